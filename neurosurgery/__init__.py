@@ -1,0 +1,1 @@
+"""neurosurgery: measure and restore the learning capacity of neurons in Equinox models."""
