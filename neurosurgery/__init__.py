@@ -1,1 +1,8 @@
 """neurosurgery: measure and restore the learning capacity of neurons in Equinox models."""
+
+from ._anatomy import Anatomy as Anatomy
+from ._build import anatomy as anatomy
+from ._errors import AnatomyError as AnatomyError
+from ._groups import LeafSlice as LeafSlice, NeuronGroup as NeuronGroup
+
+__version__ = "0.1.0"

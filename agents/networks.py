@@ -1,0 +1,112 @@
+"""BRO's BroNet and DACER's denoiser, as plain Equinox modules.
+
+Nothing here tells neurosurgery where the neurons are: the anatomy reads them from the traced
+computation. Architectures follow the papers (see the BRO and DACER pages of the docs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+def orthogonal_linear(in_size: int, out_size: int, scale: float, *, key: PRNGKeyArray) -> eqx.nn.Linear:
+    """A Linear layer with orthogonal weights (gain `scale`) and zero bias."""
+    linear = eqx.nn.Linear(in_size, out_size, key=key)
+    weight = jax.nn.initializers.orthogonal(scale)(key, (out_size, in_size), jnp.float32)
+    return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (weight, jnp.zeros(out_size)))
+
+
+class BroBlock(eqx.Module):
+    """`x + LN(Dense(ReLU(LN(Dense(x)))))` — no activation after the add."""
+
+    dense1: eqx.nn.Linear
+    norm1: eqx.nn.LayerNorm
+    dense2: eqx.nn.Linear
+    norm2: eqx.nn.LayerNorm
+
+    def __init__(self, width: int, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.dense1 = orthogonal_linear(width, width, math.sqrt(2), key=k1)
+        self.norm1 = eqx.nn.LayerNorm(width)
+        self.dense2 = orthogonal_linear(width, width, math.sqrt(2), key=k2)
+        self.norm2 = eqx.nn.LayerNorm(width)
+
+    def __call__(self, x: Float[Array, " width"]) -> Float[Array, " width"]:
+        h = jax.nn.relu(self.norm1(self.dense1(x)))
+        return x + self.norm2(self.dense2(h))
+
+
+class BroNet(eqx.Module):
+    """BroNet: stem `ReLU(LN(Dense(x)))`, residual blocks, separate output Dense."""
+
+    stem: eqx.nn.Linear
+    stem_norm: eqx.nn.LayerNorm
+    blocks: tuple[BroBlock, ...]
+    head: eqx.nn.Linear
+
+    def __init__(self, in_size: int, out_size: int, width: int = 512, blocks: int = 2, *,
+                 key: PRNGKeyArray):  # fmt: skip
+        keys = jax.random.split(key, blocks + 2)
+        self.stem = orthogonal_linear(in_size, width, math.sqrt(2), key=keys[0])
+        self.stem_norm = eqx.nn.LayerNorm(width)
+        self.blocks = tuple(BroBlock(width, key=k) for k in keys[1:-1])
+        self.head = orthogonal_linear(width, out_size, 1.0, key=keys[-1])
+
+    def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
+        x = jax.nn.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class BroCritic(eqx.Module):
+    """A BroNet on concat(obs, action) with a quantile head (BRO: 100 quantiles)."""
+
+    net: BroNet
+
+    def __init__(self, obs_size: int, action_size: int, width: int = 512, blocks: int = 2,
+                 n_quantiles: int = 100, *, key: PRNGKeyArray):  # fmt: skip
+        self.net = BroNet(obs_size + action_size, n_quantiles, width, blocks, key=key)
+
+    def __call__(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Float[Array, " q"]:
+        return self.net(jnp.concatenate([obs, action]))
+
+
+def sinusoidal_embedding(t: Float[Array, ""], dim: int = 16) -> Float[Array, " dim"]:
+    """Transformer-style sinusoidal embedding of a scalar time."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = t * freqs
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+
+
+class Denoiser(eqx.Module):
+    """DACER's noise predictor ε̂(obs, x_t, t).
+
+    Time: sinusoidal embedding (16) → Linear 32 → mish → Linear 16. Then
+    concat(obs, x_t, embedding) → MLP (3 × 256, mish) → |A| outputs.
+    """
+
+    time1: eqx.nn.Linear
+    time2: eqx.nn.Linear
+    mlp: eqx.nn.MLP
+    embed_dim: int = eqx.field(static=True)
+
+    def __init__(self, obs_size: int, action_size: int, width: int = 256, depth: int = 3,
+                 embed_dim: int = 16, *, key: PRNGKeyArray):  # fmt: skip
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.embed_dim = embed_dim
+        self.time1 = eqx.nn.Linear(embed_dim, 2 * embed_dim, key=k1)
+        self.time2 = eqx.nn.Linear(2 * embed_dim, embed_dim, key=k2)
+        self.mlp = eqx.nn.MLP(obs_size + action_size + embed_dim, action_size, width, depth,
+                              activation=jax.nn.mish, key=k3)  # fmt: skip
+
+    def __call__(self, obs: Float[Array, " obs"], x_t: Float[Array, " act"],
+                 t: Float[Array, ""]) -> Float[Array, " act"]:  # fmt: skip
+        emb = self.time2(jax.nn.mish(self.time1(sinusoidal_embedding(t, self.embed_dim))))
+        return self.mlp(jnp.concatenate([obs, x_t, emb]))

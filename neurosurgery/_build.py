@@ -1,0 +1,233 @@
+"""Build an [`Anatomy`][neurosurgery.Anatomy] from a model and an example input."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from ._anatomy import Anatomy, _compress, _make_pool, _owner_type, _Taps
+from ._errors import AnatomyError
+from ._graph import build_graph
+from ._groups import LeafSlice, NeuronGroup
+from ._trace import RawGroup, Trace, Tracer
+
+
+def _call(model: Any, *args: Any, **kwargs: Any) -> Any:
+    return model(*args, **kwargs)
+
+
+def anatomy(
+    model: eqx.Module,
+    *example_args: Any,
+    fn: Callable[..., Any] | None = None,
+    **example_kwargs: Any,
+) -> Anatomy:
+    """Map a model to its neuron groups by tracing `fn(model, *example_args, **example_kwargs)`.
+
+    Args:
+        model: any Equinox module.
+        *example_args: one example input (a single sample, as Equinox layers take it); any
+            pytree. Extra arguments (a diffusion time step, a key) are passed the same way.
+        fn: how to call the model; defaults to `model(*args, **kwargs)`. Use it for methods,
+            e.g. `fn=lambda m, obs, act: m.q(obs, act)`, or for stacked ensembles,
+            `fn=lambda m, x: eqx.filter_vmap(lambda c: c(x))(m)`.
+
+    Raises:
+        AnatomyError: the model is not an Equinox module, rejects the example input, performs an
+            operation on its units that the tracer cannot follow, or has no hidden units.
+    """
+    if not isinstance(model, eqx.Module):
+        raise AnatomyError(
+            f"anatomy() needs an Equinox module, got {type(model).__name__}. Wrap plain functions "
+            "and parameters in an `eqx.Module` subclass whose fields hold the parameters."
+        )
+    call = fn if fn is not None else _call
+    params, static = eqx.partition(model, eqx.is_array)
+    path_leaves, params_def = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [x for _, x in path_leaves]
+    paths = [jax.tree_util.keystr(p) for p, _ in path_leaves]
+    arg_dyn, arg_static = eqx.partition((example_args, example_kwargs), eqx.is_array)
+    flat_args, args_def = jax.tree_util.tree_flatten(arg_dyn)
+    n = len(leaves)
+
+    def flat_fn(*flat: Any) -> Any:
+        m = eqx.combine(jax.tree_util.tree_unflatten(params_def, flat[:n]), static)
+        a, k = eqx.combine(jax.tree_util.tree_unflatten(args_def, flat[n:]), arg_static)
+        return call(m, *a, **k)
+
+    try:
+        graph = build_graph(flat_fn, [*leaves, *flat_args])
+    except Exception as err:
+        shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", x), example_args)
+        raise AnatomyError(
+            f"{type(model).__name__} rejects the example input {shapes}: "
+            f"{type(err).__name__}: {err}. Pass one example input exactly as the model takes it "
+            "(a single sample, not a batch, for Equinox layers), or give `fn=` to say how to call "
+            "the model."
+        ) from err
+    offsets = list(np.cumsum([0] + [int(np.prod(x.shape, dtype=int)) for x in leaves])[:-1])
+    tracer = Tracer(graph, [int(o) for o in offsets], n, paths)
+    trace = tracer.run()
+    owners = {i: _owner_type(model, p) for i, (p, _) in enumerate(path_leaves)}
+    groups, taps = _resolve(trace, tracer, offsets, paths, [tuple(x.shape) for x in leaves], owners)
+    if not any(g.hidden for g in groups):
+        raise AnatomyError(
+            f"{type(model).__name__} has no hidden units: "
+            + ("no dense or convolution layer with parameter weights was found in its computation"
+               if not groups else "every layer feeds the output directly")
+            + ". There is nothing to score or reset; map a model with at least one hidden layer."
+        )  # fmt: skip
+    return Anatomy(tuple(groups), graph, tuple(taps), tuple(paths),
+                   tuple(tuple(x.shape) for x in leaves), params_def, n,
+                   type(model).__name__)  # fmt: skip
+
+
+def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
+    """Yield (unit, param element) arrays with mixed labels expanded to their member units."""
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    labels = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    elems = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+    both = np.unique(np.stack([labels, elems]), axis=1)
+    labels, elems = both
+    plain = np.array([lab not in trace.mixes for lab in labels], dtype=bool) if labels.size else labels
+    out_u, out_e = [labels[plain]], [elems[plain]]
+    mixed = ~plain
+    if mixed.any():
+        ml, me = labels[mixed], elems[mixed]
+        order = np.argsort(ml, kind="stable")
+        ml, me = ml[order], me[order]
+        uniq, starts = np.unique(ml, return_index=True)
+        ends = [*starts[1:], len(ml)]
+        for lab, s, e in zip(uniq, starts, ends, strict=True):
+            for member in trace.mixes[int(lab)]:
+                out_u.append(np.full(e - s, member, np.int64))
+                out_e.append(me[s:e])
+    return np.concatenate(out_u), np.concatenate(out_e)
+
+
+def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
+             shapes: list[tuple[int, ...]], owners: dict[int, type]):  # fmt: skip
+    offsets_arr = np.asarray(offsets, np.int64)
+    unit_group = np.full(tracer.next_label, -1, np.int64)
+    for u, g in tracer.unit_group.items():
+        unit_group[u] = g
+    firsts = np.array([g.first for g in trace.groups], np.int64)
+
+    def slices(pairs: list, drop_shared: bool) -> dict[int, list[LeafSlice]]:
+        units, elems = _expand(trace, pairs)
+        result: dict[int, list[LeafSlice]] = defaultdict(list)
+        if units.size == 0:
+            return result
+        gids = unit_group[units]
+        local = units - firsts[gids]
+        leaf = np.searchsorted(offsets_arr, elems, side="right") - 1
+        flat = elems - offsets_arr[leaf]
+        order = np.lexsort((flat, leaf, gids))
+        gids, local, leaf, flat = gids[order], local[order], leaf[order], flat[order]
+        keys = np.stack([gids, leaf])
+        uniq, starts = np.unique(keys, axis=1, return_index=True)
+        ends = [*starts[1:], len(gids)]
+        for (g, lf), s, e in zip(uniq.T, starts, ends, strict=True):
+            owner = np.full(int(np.prod(shapes[lf], dtype=int)), -1, np.int64)
+            f, u = flat[s:e], local[s:e]
+            if drop_shared:
+                # An entry that meets several units of one group (a scalar slope) is not per-unit.
+                counts = np.bincount(f, minlength=owner.size)
+                keep = counts[f] == 1
+                f, u = f[keep], u[keep]
+                if f.size == 0:
+                    continue
+            owner[f] = u
+            axes, units_map = _compress(owner.reshape(shapes[lf]))
+            result[int(g)].append(LeafSlice(paths[lf], int(lf), shapes[lf], axes, units_map))
+        return result
+
+    incoming = slices(trace.incoming + trace.bias, False)
+    per_unit = slices(trace.per_unit, True)
+    outgoing = slices(trace.outgoing, False)
+    mixed_units: dict[int, set[int]] = defaultdict(set)
+    for members in trace.mixes.values():
+        gs = {int(unit_group[u]) for u in members}
+        for g in gs:
+            mixed_units[g] |= gs - {g}
+    output_groups = {int(unit_group[u]) for u in trace.output_labels}
+    names = _names(trace.groups, paths)
+    groups, taps = [], []
+    for i, raw in enumerate(trace.groups):
+        groups.append(NeuronGroup(
+            names[i], i, raw.unit_shape, owners.get(raw.weight_leaf, object),
+            tuple(incoming.get(i, ())), tuple(per_unit.get(i, ())), tuple(outgoing.get(i, ())),
+            shared=bool(mixed_units.get(i)), output=i in output_groups,
+            shared_with=tuple(sorted(names[j] for j in mixed_units.get(i, ()))),
+        ))  # fmt: skip
+        taps.append(_taps(trace, i, raw))
+    return groups, taps
+
+
+def _names(raw: list[RawGroup], paths: list[str]) -> list[str]:
+    base = []
+    for g in raw:
+        p = paths[g.weight_leaf].lstrip(".")
+        for suffix in (".weight", ".kernel", ".w"):
+            if p.endswith(suffix):
+                p = p[: -len(suffix)]
+                break
+        base.append(p or "root")
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for b in base:
+        out.append(b if base.count(b) == 1 else f"{b}@{seen[b]}")
+        seen[b] += 1
+    return out
+
+
+def _taps(trace: Trace, index: int, raw: RawGroup) -> _Taps:
+    """Where to read a group's activation and inject its pre-activation gradient."""
+    chain = raw.chain
+    sinks = trace.sinks.get(index) or [raw.output]
+    post = max(sinks)
+    ancestors: set[int] = set()
+    stack = [post]
+    while stack:
+        v = stack.pop()
+        if v in ancestors:
+            continue
+        ancestors.add(v)
+        stack.extend(chain[v][1])
+
+    def reaches_start(avoid: int) -> bool:
+        seen, todo = set(), [post]
+        while todo:
+            v = todo.pop()
+            if v == avoid or v in seen:
+                continue
+            if v == raw.output:
+                return True
+            seen.add(v)
+            todo.extend(chain[v][1])
+        return False
+
+    def kind(v: int) -> str:
+        k, preds = chain[v]
+        while k == "pass" and preds:
+            k, preds = chain[preds[0]]
+        return k
+
+    candidates = [v for v in ancestors if kind(v) in ("producer", "pre")]
+    dominating = [v for v in candidates if v == raw.output or not reaches_start(v)]
+    pre = max(dominating)
+    return _Taps(pre, post, _make_pool(trace, pre, raw.first, raw.unit_shape),
+                 _make_pool(trace, post, raw.first, raw.unit_shape),
+                 trace_shape(trace, pre))  # fmt: skip
+
+
+def trace_shape(trace: Trace, vid: int) -> tuple[int, ...]:
+    units = trace.values[vid].units
+    assert units is not None
+    return tuple(units.shape)
