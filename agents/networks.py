@@ -14,7 +14,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
-def orthogonal_linear(in_size: int, out_size: int, scale: float, *, key: PRNGKeyArray) -> eqx.nn.Linear:
+def orthogonal_linear(
+    in_size: int, out_size: int, scale: float, *, key: PRNGKeyArray
+) -> eqx.nn.Linear:
     """A Linear layer with orthogonal weights (gain `scale`) and zero bias."""
     linear = eqx.nn.Linear(in_size, out_size, key=key)
     weight = jax.nn.initializers.orthogonal(scale)(key, (out_size, in_size), jnp.float32)
@@ -73,7 +75,9 @@ class BroCritic(eqx.Module):
                  n_quantiles: int = 100, *, key: PRNGKeyArray):  # fmt: skip
         self.net = BroNet(obs_size + action_size, n_quantiles, width, blocks, key=key)
 
-    def __call__(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Float[Array, " q"]:
+    def __call__(
+        self, obs: Float[Array, " obs"], action: Float[Array, " act"]
+    ) -> Float[Array, " q"]:
         return self.net(jnp.concatenate([obs, action]))
 
 

@@ -3,6 +3,7 @@
 from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
 from ._errors import AnatomyError as AnatomyError
-from ._groups import LeafSlice as LeafSlice, NeuronGroup as NeuronGroup
+from ._groups import LeafSlice as LeafSlice
+from ._groups import NeuronGroup as NeuronGroup
 
 __version__ = "0.1.0"

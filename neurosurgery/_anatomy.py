@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -15,9 +15,9 @@ import numpy as np
 from jaxtyping import Array, Bool, PyTree
 
 from ._errors import AnatomyError
-from ._graph import Graph, build_graph, evaluate
-from ._groups import LeafSlice, NeuronGroup
-from ._trace import Trace, Tracer
+from ._graph import Graph, evaluate
+from ._groups import NeuronGroup
+from ._trace import Trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +61,19 @@ def _compress(owner: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
     for a in reversed(range(owner.ndim)):
         if a not in axes:
             reduced = np.take(reduced, 0, axis=a)
-    return tuple(axes), reduced.astype(np.int32)
+    return tuple(axes), np.asarray(reduced, dtype=np.int32)
 
 
 def _owner_type(model: Any, path: tuple) -> type:
-    obj = model
+    obj: Any = model
     owner: Any = model
     for key in path[:-1]:
         if isinstance(key, jax.tree_util.GetAttrKey):
             obj = getattr(obj, key.name)
         elif isinstance(key, jax.tree_util.SequenceKey):
-            obj = obj[key.idx]
+            obj = cast(Any, obj)[key.idx]
         elif isinstance(key, jax.tree_util.DictKey):
-            obj = obj[key.key]
+            obj = cast(Any, obj)[key.key]
         else:
             break
         if isinstance(obj, eqx.Module):
@@ -147,7 +147,13 @@ class Anatomy:
                 return re.search(path[3:], name) is not None
             return fnmatch.fnmatchcase(name, path.replace("[", "[[]"))
 
-        types = layer_type if isinstance(layer_type, tuple) else (layer_type,)
+        types: tuple[type, ...] = (
+            ()
+            if layer_type is None
+            else layer_type
+            if isinstance(layer_type, tuple)
+            else (layer_type,)
+        )
         return tuple(
             g
             for g in self.groups

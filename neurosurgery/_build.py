@@ -22,7 +22,7 @@ def _call(model: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def anatomy(
-    model: eqx.Module,
+    model: Any,
     *example_args: Any,
     fn: Callable[..., Any] | None = None,
     **example_kwargs: Any,
@@ -95,7 +95,9 @@ def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
     elems = np.concatenate([p[1] for p in pairs]).astype(np.int64)
     both = np.unique(np.stack([labels, elems]), axis=1)
     labels, elems = both
-    plain = np.array([lab not in trace.mixes for lab in labels], dtype=bool) if labels.size else labels
+    plain = (
+        np.array([lab not in trace.mixes for lab in labels], dtype=bool) if labels.size else labels
+    )
     out_u, out_e = [labels[plain]], [elems[plain]]
     mixed = ~plain
     if mixed.any():

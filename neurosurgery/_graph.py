@@ -128,7 +128,9 @@ def build_graph(fn: Callable[..., Any], flat_args: Sequence[Any]) -> Graph:
                     outs = walk(sub, (), inputs, inner_site)
             else:
                 outs = [new_value(v.aval) for v in eqn.outvars]
-                ops.append(Op(eqn.primitive, dict(eqn.params), inputs, outs, inner_site, _source(eqn)))
+                ops.append(
+                    Op(eqn.primitive, dict(eqn.params), inputs, outs, inner_site, _source(eqn))
+                )
             for var, out in zip(eqn.outvars, outs, strict=True):
                 env[var] = out
                 if isinstance(out, int):
@@ -152,6 +154,7 @@ def evaluate(
     Calls whose sub-program holds no watched value run as they are (their custom derivative rules
     kept); the others are inlined so that the edit happens at the right place.
     """
+    edited: set[int] = set()
     watched_sites = {site for (site, _), vid in graph.where.items() if vid in watched}
 
     def holds_watched(site: tuple[int, ...]) -> bool:
@@ -164,7 +167,9 @@ def evaluate(
         def write(var: Any, value: Any) -> None:
             if isinstance(var, jcore.Var) and not isinstance(var, jcore.Literal):
                 vid = graph.where.get((site, var))
-                if vid is not None and vid in watched:
+                # A value crossing a call boundary has several names; edit it once.
+                if vid is not None and vid in watched and vid not in edited:
+                    edited.add(vid)
                     value = edit(vid, value)
                 env[var] = value
 

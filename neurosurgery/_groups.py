@@ -123,7 +123,9 @@ class NeuronGroup:
 
     def leaves(self) -> tuple[str, ...]:
         """Paths of every leaf touched by the group."""
-        return tuple(dict.fromkeys(s.path for s in (*self.incoming, *self.per_unit, *self.outgoing)))
+        return tuple(
+            dict.fromkeys(s.path for s in (*self.incoming, *self.per_unit, *self.outgoing))
+        )
 
     def kind(self) -> str:
         if self.output:

@@ -229,7 +229,9 @@ class Tracer:
             i = labelled.index(True)
             units = ins[i].units
             assert units is not None
-            raise self.cannot_follow(op, units, "it is not an operation whose effect on units is known")
+            raise self.cannot_follow(
+                op, units, "it is not an operation whose effect on units is known"
+            )
         for out in op.outputs:
             self.values[out] = Value(None, None, dep_input, dep_param and not dep_input)
 
@@ -291,7 +293,9 @@ class Tracer:
         unit_shape = tuple(p_shape[d] for d in (*p_batch, *p_free))
         group = self.new_group(op, unit_shape, self.leaf_of(p_params))
         idx = np.indices(p_shape)
-        unit_of_param = np.ravel_multi_index([idx[d] for d in (*p_batch, *p_free)], unit_shape)
+        unit_of_param = np.asarray(
+            np.ravel_multi_index([idx[d] for d in (*p_batch, *p_free)], unit_shape)
+        )
         keep = p_params >= 0
         self.incoming.append(((group.first + unit_of_param)[keep], p_params[keep]))
         out_shape = self.graph.shapes[op.outputs[0]]
@@ -300,7 +304,7 @@ class Tracer:
         first_free = nb if p_side == 0 else nb + len(a_free)
         coords = [oidx[i] for i in range(nb)]
         coords += [oidx[first_free + i] for i in range(len(p_free))]
-        units = group.first + np.ravel_multi_index(coords, unit_shape).astype(np.int32)
+        units = group.first + np.asarray(np.ravel_multi_index(coords, unit_shape), dtype=np.int32)
         self.values[op.outputs[0]] = Value(units, None, True, False)
 
     def conv(self, op: Op, ins: list[Value]) -> None:
@@ -362,7 +366,9 @@ class Tracer:
             if both.any():
                 pairs = np.unique(np.stack([units[both], u[both]]), axis=1)
                 table = {(int(a), int(b)): self.mix(int(a), int(b)) for a, b in pairs.T}
-                units[both] = [table[(int(a), int(b))] for a, b in zip(units[both], u[both], strict=True)]
+                units[both] = [
+                    table[(int(a), int(b))] for a, b in zip(units[both], u[both], strict=True)
+                ]
         dep_input = any(v.dep_input for v in ins)
         dep_param = any(v.dep_param for v in ins)
         params = None
@@ -423,7 +429,9 @@ class Tracer:
                 results[field] = self.struct_apply(op, filled)
             except LookupError:
                 if field == "units" and any((x >= 0).any() for x in filled):
-                    raise self.cannot_follow(op, filled[0], "its indices depend on the input") from None
+                    raise self.cannot_follow(
+                        op, filled[0], "its indices depend on the input"
+                    ) from None
                 results[field] = None
             assert results[field] is None or results[field].shape == out_shape
         dep_input = any(v.dep_input for v in ins)
@@ -449,7 +457,8 @@ class Tracer:
             for a in sorted(axes, reverse=True):
                 if red is None:
                     break
-                red = np.take(red, 0, axis=a) if (red == np.take(red, [0], axis=a)).all() else None
+                constant = (red == np.take(red, [0], axis=a)).all()
+                red = np.asarray(np.take(red, 0, axis=a)) if constant else None
             results[field] = red
         params = results["params"] if not v.dep_input else None
         self.values[op.outputs[0]] = Value(
