@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import ArrayLike, PyTree, ScalarLike
 
+from ._treecheck import describe, first_path_difference, flatten_with_paths
+
 __all__ = [
     "ScaleByAdamPerEntryState",
     "adam_per_entry",
@@ -48,47 +50,23 @@ class Initable(Protocol):
         ...
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def _describe(leaf: Any) -> str:
-    if leaf is None:
-        return "None"
-    shape = jnp.shape(leaf)
-    dtype = getattr(leaf, "dtype", type(leaf).__name__)
-    return f"{dtype}{list(shape)}"
-
-
-def _first_path_difference(a: list[str], b: list[str]) -> tuple[str, str]:
-    """The first position where two path lists differ, as (path in a, path in b)."""
-    for pa, pb in zip(a, b, strict=False):
-        if pa != pb:
-            return pa, pb
-    if len(a) > len(b):
-        return a[len(b)], "<nothing>"
-    return "<nothing>", b[len(a)]
-
-
 def _check_state(optimizer: Initable, opt_state: PyTree, params: PyTree) -> None:
     """Raise `ValueError` unless `opt_state` has the structure and shapes of `init(params)`."""
     expected = jax.eval_shape(optimizer.init, params)
-    exp_leaves, exp_def = jax.tree_util.tree_flatten_with_path(expected)
-    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(opt_state)
-    exp_paths = [jax.tree_util.keystr(p) for p, _ in exp_leaves]
-    got_paths = [jax.tree_util.keystr(p) for p, _ in got_leaves]
+    exp_paths, exp_leaves, exp_def = flatten_with_paths(expected)
+    got_paths, got_leaves, got_def = flatten_with_paths(opt_state)
     if exp_paths != got_paths:
-        in_state, in_init = _first_path_difference(got_paths, exp_paths)
+        in_state, in_init = first_path_difference(got_paths, exp_paths)
         raise ValueError(
             "opt_state does not belong to these params and optimizer: the first difference is "
             f"opt_state{in_state} where optimizer.init(params) has opt_state{in_init}; {_FIX_STATE}"
         )
-    for path, (_, got), (_, exp) in zip(got_paths, got_leaves, exp_leaves, strict=True):
+    for path, got, exp in zip(got_paths, got_leaves, exp_leaves, strict=True):
         got_dtype = getattr(got, "dtype", None)
         if jnp.shape(got) != exp.shape or (got_dtype is not None and got_dtype != exp.dtype):
             raise ValueError(
                 f"opt_state does not belong to these params: opt_state{path} is "
-                f"{_describe(got)} but optimizer.init(params) gives {_describe(exp)}; {_FIX_STATE}"
+                f"{describe(got)} but optimizer.init(params) gives {describe(exp)}; {_FIX_STATE}"
             )
     if got_def != exp_def:
         raise ValueError(
@@ -99,12 +77,10 @@ def _check_state(optimizer: Initable, opt_state: PyTree, params: PyTree) -> None
 
 def _check_masks(params: PyTree, element_masks: PyTree) -> None:
     """Raise `ValueError` unless the masks have params' structure and each leaf's shape, bool."""
-    p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
-    m_leaves, m_def = jax.tree_util.tree_flatten_with_path(element_masks, is_leaf=_is_none)
-    p_paths = [jax.tree_util.keystr(p) for p, _ in p_leaves]
-    m_paths = [jax.tree_util.keystr(p) for p, _ in m_leaves]
+    p_paths, p_leaves, p_def = flatten_with_paths(params, none_is_leaf=True)
+    m_paths, m_leaves, m_def = flatten_with_paths(element_masks, none_is_leaf=True)
     if p_paths != m_paths:
-        in_masks, in_params = _first_path_difference(m_paths, p_paths)
+        in_masks, in_params = first_path_difference(m_paths, p_paths)
         raise ValueError(
             "element_masks does not match params: the first difference is "
             f"element_masks{in_masks} where params has params{in_params}; {_FIX_MASKS}"
@@ -114,18 +90,18 @@ def _check_masks(params: PyTree, element_masks: PyTree) -> None:
             "element_masks does not match params: same leaf paths but different node types or "
             f"static fields ({m_def} versus {p_def}); {_FIX_MASKS}"
         )
-    for path, (_, param), (_, mask) in zip(p_paths, p_leaves, m_leaves, strict=True):
+    for path, param, mask in zip(p_paths, p_leaves, m_leaves, strict=True):
         if mask is None:
             continue
         if param is None:
             raise ValueError(
-                f"element_masks{path} is {_describe(mask)} but params{path} is None (not an "
+                f"element_masks{path} is {describe(mask)} but params{path} is None (not an "
                 f"array); {_FIX_MASKS}"
             )
         if jnp.shape(mask) != jnp.shape(param) or getattr(mask, "dtype", None) != jnp.bool_:
             raise ValueError(
                 f"element_masks{path} must be a bool array of the parameter's shape "
-                f"{list(jnp.shape(param))}, got {_describe(mask)}; {_FIX_MASKS}"
+                f"{list(jnp.shape(param))}, got {describe(mask)}; {_FIX_MASKS}"
             )
 
 
