@@ -1,0 +1,277 @@
+"""The dm_control suite on native MuJoCo (`dmc/<domain>-<task>`), stepped in worker processes.
+
+Observations are dm_control's observation dicts flattened and concatenated in the task's own
+key order (the order of `env.observation_spec()`, the same as dm_control's
+`flat_observation=True`); `DmcEnv.observation_keys` lists the keys and their slices.
+
+Workers are started with the `spawn` method (JAX is multithreaded, so forking after importing
+it is unsafe): a script that makes a dm_control environment at top level must guard its entry
+point with `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import math
+import multiprocessing as mp
+import os
+import weakref
+from multiprocessing.connection import wait
+from typing import Any
+
+import jax
+import numpy as np
+from jaxtyping import Float
+
+from ._core import Env, Step, check_action_layout, check_settings
+from ._dmc_worker import buffer_size, load_task, shared_views, worker_main
+
+
+class WorkerError(RuntimeError):
+    """A dm_control worker process died or failed; all workers of the environment are stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DmcState:
+    """A host-side handle to the state of a `DmcEnv`, not a snapshot of it.
+
+    The simulator states live in the worker processes; `step` always advances the current
+    state, whatever handle it is given (the handle only has to belong to the same environment).
+
+    Attributes:
+        env_id: identifies the `DmcEnv` the handle came from.
+        resets: how many times `reset` was called on that environment.
+        steps: `step` calls since the last reset.
+    """
+
+    env_id: int
+    resets: int
+    steps: int
+
+
+@functools.cache
+def dmc_names() -> list[str]:
+    """Names of every dm_control suite task, as `dmc/<domain>-<task>`."""
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    from dm_control import suite
+
+    return [f"dmc/{d}-{t}" for d, t in suite.ALL_TASKS]
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _shutdown(procs: list, conns: list, timeout: float = 3.0) -> None:
+    """Stop worker processes: ask politely, then terminate, then kill; always reap them."""
+    for conn in conns:
+        with contextlib.suppress(OSError, ValueError):
+            conn.send_bytes(b"close")
+    for proc in procs:
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    for conn in conns:
+        conn.close()
+
+
+class DmcEnv(Env):
+    """`num_envs` dm_control environments stepped in parallel worker processes.
+
+    Each of `num_workers` processes owns a contiguous slice of the environments; actions,
+    observations, rewards and flags travel through one shared-memory buffer, so a step pickles
+    nothing. `reset`/`step` are not jittable (`jittable = False`) and return NumPy arrays.
+    Same seed, same trajectories, whatever `num_workers`: each environment is seeded from
+    `(seed of the reset key, environment index)`.
+
+    If a worker dies or fails, the call raises `WorkerError` naming the worker and task, after
+    every other worker has been stopped. Ctrl-C while stepping stops all workers too. Use the
+    environment as a context manager or call `close()`; workers also stop when the environment
+    is garbage collected or the interpreter exits.
+    """
+
+    jittable = False
+
+    def __init__(
+        self,
+        domain: str,
+        task: str,
+        *,
+        num_envs: int,
+        seed: int,
+        action_repeat: int,
+        episode_length: int,
+        num_workers: int | None = None,
+        task_kwargs: dict[str, Any] | None = None,
+        start_timeout: float = 120.0,
+    ):
+        check_settings(num_envs, action_repeat, episode_length)
+        self.name = f"dmc/{domain}-{task}"
+        self.num_envs, self.seed = int(num_envs), int(seed)
+        self.action_repeat, self.episode_length = int(action_repeat), int(episode_length)
+        self._closed = True
+        self._task_kwargs = dict(task_kwargs or {})
+        probe = load_task(domain, task, self._task_kwargs)
+        self.observation_keys = {}
+        offset = 0
+        for key, spec in probe.observation_spec().items():
+            size = math.prod(spec.shape)
+            self.observation_keys[key] = slice(offset, offset + size)
+            offset += size
+        self.observation_size = offset
+        spec = probe.action_spec()
+        self.action_size = int(spec.shape[0])
+        self.action_low = np.asarray(spec.minimum, np.float32)
+        self.action_high = np.asarray(spec.maximum, np.float32)
+        probe.close()
+
+        workers = _default_workers() if num_workers is None else int(num_workers)
+        self.num_workers = max(1, min(workers, self.num_envs))
+        sizes = (self.num_envs, self.observation_size, self.action_size)
+        ctx = mp.get_context("spawn")
+        self._buffer = ctx.RawArray("b", buffer_size(*sizes))
+        self._views = shared_views(self._buffer, *sizes)
+        bounds = np.linspace(0, self.num_envs, self.num_workers + 1).round().astype(int)
+        self._slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        self._procs: list = []
+        self._conns: list = []
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        self._closed = False
+        self._resets = 0
+        try:
+            for index, (start, stop) in enumerate(self._slices):
+                parent_end, child_end = ctx.Pipe()
+                args = (
+                    *(index, domain, task, start, stop, sizes, self.action_repeat),
+                    *(self.episode_length, self._task_kwargs, self._buffer, child_end),
+                )
+                proc = ctx.Process(
+                    target=worker_main, args=args, name=f"envs-{self.name}-{index}", daemon=True
+                )
+                proc.start()
+                child_end.close()
+                self._procs.append(proc)
+                self._conns.append(parent_end)
+            self._await_all(timeout=start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (for monitoring, and for the fault tests)."""
+        return [p.pid for p in self._procs]
+
+    def reset(self, key: Any = None) -> tuple[DmcState, Step]:
+        self._check_open()
+        if key is None:
+            key = jax.random.key(self.seed)
+        seed = _seed_from_key(key)
+        self._command(f"reset:{seed}".encode())
+        self._resets += 1
+        return DmcState(id(self), self._resets, 0), self._read()
+
+    def step(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> tuple[DmcState, Step]:
+        self._check_open()
+        if not isinstance(state, DmcState) or state.env_id != id(self):
+            raise TypeError(f"{self.name}: state must be the DmcState returned by this env")
+        check_action_layout(action, self.num_envs, self.action_size, self.name)
+        action = np.asarray(action)
+        if not np.all(np.isfinite(action)):
+            bad = sorted({int(i) for i in np.nonzero(~np.isfinite(action))[0]})
+            raise ValueError(
+                f"{self.name}: action contains NaN or inf (environments {bad}); "
+                "nothing was stepped, the environment is unchanged and still usable"
+            )
+        self._views["action"][:] = action
+        self._command(b"step")
+        return dataclasses.replace(state, steps=state.steps + 1), self._read()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+
+    # ----------------------------------------------------------------- internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.name}: the environment is closed")
+
+    def _read(self) -> Step:
+        v = self._views
+        return Step(
+            obs=v["obs"].copy(),
+            reward=v["reward"].copy(),
+            terminated=v["terminated"].copy(),
+            truncated=v["truncated"].copy(),
+            final_obs=v["final_obs"].copy(),
+            episode_return=v["episode_return"].copy(),
+            episode_length=v["episode_length"].copy(),
+        )
+
+    def _command(self, message: bytes) -> None:
+        """Send `message` to every worker and wait for all answers; stop all on any failure."""
+        try:
+            for index, conn in enumerate(self._conns):
+                try:
+                    conn.send_bytes(message)
+                except OSError:
+                    self._fail(index, "its pipe is closed")
+            self._await_all(timeout=None)
+        except BaseException:
+            self.close()
+            raise
+
+    def _await_all(self, timeout: float | None) -> None:
+        pending = dict(enumerate(self._conns))
+        sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
+        while pending:
+            waitables = list(pending.values()) + [self._procs[i].sentinel for i in pending]
+            ready = wait(waitables, timeout)
+            if not ready:
+                self._fail(min(pending), f"it did not answer within {timeout} s")
+            for obj in ready:
+                if obj in sentinels:
+                    index = sentinels[obj]
+                    if index in pending and not self._conns[index].poll():
+                        self._procs[index].join(1.0)
+                        self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
+                    continue
+                index = self._conns.index(obj)
+                try:
+                    reply = obj.recv_bytes()
+                except (EOFError, OSError):
+                    self._procs[index].join(1.0)
+                    self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
+                if reply != b"ok":
+                    self._fail(index, "it raised:\n" + reply.removeprefix(b"error:").decode())
+                pending.pop(index, None)
+
+    def _fail(self, index: int, what: str) -> None:
+        start, stop = self._slices[index]
+        pid = self._procs[index].pid
+        self.close()
+        raise WorkerError(
+            f"dm_control worker {index} (pid {pid}, environments {start}..{stop - 1}) of "
+            f"{self.name!r} failed: {what}. All workers of this environment were shut down."
+        )
+
+
+def _seed_from_key(key: Any) -> int:
+    """A 32-bit integer seed derived from a JAX PRNG key (typed or legacy)."""
+    key = jax.numpy.asarray(key)
+    if not jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    return int(jax.random.bits(key, (), dtype=np.uint32))

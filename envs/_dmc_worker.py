@@ -1,0 +1,214 @@
+"""The worker process of the dm_control backend, and the shared-memory layout both sides use.
+
+A worker owns a contiguous slice of the environments. Per step the parent writes actions into
+shared memory and sends a few bytes (`b"step"`); the worker steps its environments, writes
+observations, rewards and flags into shared memory and answers `b"ok"`. No array is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import traceback
+from typing import Any
+
+import numpy as np
+
+# Fields of the shared buffer: name → (dtype, per-environment shape as a function of sizes).
+_FIELDS: tuple[tuple[str, Any, str], ...] = (
+    ("action", np.float32, "act"),
+    ("obs", np.float32, "obs"),
+    ("final_obs", np.float32, "obs"),
+    ("reward", np.float32, ""),
+    ("episode_return", np.float32, ""),
+    ("episode_length", np.int32, ""),
+    ("terminated", np.bool_, ""),
+    ("truncated", np.bool_, ""),
+)
+
+
+def buffer_size(num_envs: int, obs_size: int, action_size: int) -> int:
+    """Bytes needed for all shared arrays (each field 8-byte aligned)."""
+    return sum(_field_bytes(num_envs, obs_size, action_size, f) for f in _FIELDS)
+
+
+def _field_bytes(n: int, obs: int, act: int, field: tuple[str, Any, str]) -> int:
+    _, dtype, kind = field
+    width = {"obs": obs, "act": act, "": 1}[kind]
+    return -(-n * width * np.dtype(dtype).itemsize // 8) * 8
+
+
+def shared_views(buffer: Any, num_envs: int, obs_size: int, action_size: int) -> dict:
+    """NumPy views of the shared buffer, identical in parent and workers."""
+    raw = memoryview(buffer).cast("B")
+    views, offset = {}, 0
+    for field in _FIELDS:
+        name, dtype, kind = field
+        shape = {"obs": (num_envs, obs_size), "act": (num_envs, action_size), "": (num_envs,)}
+        count = math.prod(shape[kind])
+        views[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(
+            shape[kind]
+        )
+        offset += _field_bytes(num_envs, obs_size, action_size, field)
+    return views
+
+
+def env_seed(seed: int, index: int) -> int:
+    """Seed of environment `index` for a reset with `seed`: independent of the worker layout."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def load_task(domain: str, task: str, task_kwargs: dict) -> Any:
+    """Load a dm_control suite task without its own time limit (the wrapper applies one)."""
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    from dm_control import suite
+
+    kwargs = {"time_limit": float("inf"), **task_kwargs}
+    return suite.load(domain, task, task_kwargs=kwargs)
+
+
+def worker_main(
+    index: int,
+    domain: str,
+    task: str,
+    start: int,
+    stop: int,
+    sizes: tuple[int, int, int],
+    action_repeat: int,
+    episode_length: int,
+    task_kwargs: dict,
+    buffer: Any,
+    conn: Any,
+) -> None:
+    """Serve `reset`/`step` commands for environments `start..stop-1` until told to close.
+
+    Ctrl-C is ignored here: the parent receives it and shuts the workers down. A closed pipe
+    (the parent exited, however) ends the worker too, so no worker outlives its parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        runner = _Runner(
+            domain, task, start, stop, sizes, action_repeat, episode_length, task_kwargs, buffer
+        )
+        conn.send_bytes(b"ok")
+    except BaseException:
+        conn.send_bytes(b"error:" + traceback.format_exc().encode())
+        return
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if message == b"close":
+            return
+        try:
+            if message == b"step":
+                runner.step()
+            else:
+                runner.reset(int(message.removeprefix(b"reset:")))
+            conn.send_bytes(b"ok")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                conn.send_bytes(b"error:" + traceback.format_exc().encode())
+            return
+
+
+class _Runner:
+    """The environments of one worker and their running episode statistics."""
+
+    def __init__(
+        self,
+        domain: str,
+        task: str,
+        start: int,
+        stop: int,
+        sizes: tuple[int, int, int],
+        action_repeat: int,
+        episode_length: int,
+        task_kwargs: dict,
+        buffer: Any,
+    ):
+        self.envs = [load_task(domain, task, task_kwargs) for _ in range(start, stop)]
+        self.start, self.stop = start, stop
+        self.action_repeat, self.episode_length = action_repeat, episode_length
+        v = shared_views(buffer, *sizes)
+        sl = slice(start, stop)
+        self.action, self.obs, self.final_obs = v["action"][sl], v["obs"][sl], v["final_obs"][sl]
+        self.reward, self.terminated, self.truncated = (
+            v["reward"][sl],
+            v["terminated"][sl],
+            v["truncated"][sl],
+        )
+        self.out_return, self.out_length = v["episode_return"][sl], v["episode_length"][sl]
+        spec = self.envs[0].action_spec()
+        self.low = np.asarray(spec.minimum, np.float64)
+        self.high = np.asarray(spec.maximum, np.float64)
+        self.slots = []  # (key, start, stop) in the flat observation, in the task's own order
+        offset = 0
+        for key, s in self.envs[0].observation_spec().items():
+            size = math.prod(s.shape)
+            self.slots.append((key, offset, offset + size))
+            offset += size
+        n = stop - start
+        self.ep_return = np.zeros(n, np.float64)
+        self.ep_length = np.zeros(n, np.int64)
+        from dm_control.rl.control import PhysicsError
+
+        self.physics_error = PhysicsError
+
+    def _write(self, out: np.ndarray, observation: dict) -> None:
+        for key, a, b in self.slots:
+            out[a:b] = np.ravel(observation[key])
+
+    def reset(self, seed: int) -> None:
+        for j, env in enumerate(self.envs):
+            env.task.random.seed(env_seed(seed, self.start + j))
+            self._write(self.obs[j], env.reset().observation)
+        self.final_obs[:] = self.obs
+        self.reward[:] = 0.0
+        self.terminated[:] = False
+        self.truncated[:] = False
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        self.out_return[:] = 0.0
+        self.out_length[:] = 0
+
+    def step(self) -> None:
+        unit = (np.clip(self.action, -1.0, 1.0).astype(np.float64) + 1.0) * 0.5
+        ctrl = self.low + unit * (self.high - self.low)
+        for j, env in enumerate(self.envs):
+            total, count, terminated, observation = 0.0, 0, False, None
+            for _ in range(self.action_repeat):
+                try:
+                    ts = env.step(ctrl[j])
+                except self.physics_error:
+                    # Diverged simulation: end the episode as terminal, keep the last good obs.
+                    terminated = True
+                    count += 1
+                    break
+                total += ts.reward or 0.0
+                count += 1
+                observation = ts.observation
+                if ts.last():
+                    terminated = True
+                    break
+            if observation is not None:
+                self._write(self.final_obs[j], observation)
+            else:
+                self.final_obs[j] = self.obs[j]
+            self.ep_return[j] += total
+            self.ep_length[j] += count
+            truncated = not terminated and self.ep_length[j] >= self.episode_length
+            self.reward[j] = total
+            self.terminated[j] = terminated
+            self.truncated[j] = truncated
+            self.out_return[j] = self.ep_return[j]
+            self.out_length[j] = self.ep_length[j]
+            if terminated or truncated:
+                self._write(self.obs[j], env.reset().observation)
+                self.ep_return[j] = 0.0
+                self.ep_length[j] = 0
+            else:
+                self.obs[j] = self.final_obs[j]

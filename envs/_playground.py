@@ -1,0 +1,64 @@
+"""MuJoCo Playground's DM Control Suite ports (`playground/<Name>`), MJX (`impl="jax"`) by default.
+
+Playground 0.2.0 defaults to the `warp` implementation, which needs a GPU. Here the default is
+`impl="jax"` (MJX), which runs on any device; pass `impl="warp"` to `envs.make` to select warp.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from ._jax import JaxEnv, observation_size_of
+
+
+@functools.cache
+def playground_names() -> list[str]:
+    """Names of the Playground DM Control Suite tasks, as `playground/<Name>`."""
+    from mujoco_playground import dm_control_suite
+
+    return [f"playground/{n}" for n in dm_control_suite.ALL_ENVS]
+
+
+def make_playground(
+    name: str,
+    *,
+    num_envs: int,
+    seed: int,
+    action_repeat: int,
+    episode_length: int,
+    impl: str = "jax",
+    config_overrides: dict[str, Any] | None = None,
+    check_finite: bool = True,
+) -> JaxEnv:
+    """Build a batched Playground DM Control Suite task.
+
+    Args:
+        name: the Playground name without prefix, e.g. `"CartpoleSwingup"`.
+        impl: physics implementation: `"jax"` (MJX, default, any device) or `"warp"` (GPU).
+        config_overrides: further entries of the task's Playground config (e.g. `ctrl_dt`).
+            Playground's own `episode_length` and `action_repeat` are not used: this wrapper
+            applies its own time limit and action repeat.
+    """
+    from mujoco_playground import registry
+
+    overrides = {"impl": impl, **(config_overrides or {})}
+    env = registry.load(name, config_overrides=overrides)
+    model = env.mj_model
+    ctrl_range = np.where(
+        model.actuator_ctrllimited[:, None].astype(bool), model.actuator_ctrlrange, 0.0
+    )
+    return JaxEnv(
+        f"playground/{name}",
+        env.reset,
+        env.step,
+        ctrl_range,
+        observation_size_of(env.reset),
+        num_envs=num_envs,
+        seed=seed,
+        action_repeat=action_repeat,
+        episode_length=episode_length,
+        check_finite=check_finite,
+    )

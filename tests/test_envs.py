@@ -1,0 +1,197 @@
+"""The batched JAX wrapper's semantics, on a tiny analytic task that compiles in a second.
+
+The task: a point on a line. `ctrl` in [0, 4] moves it by `ctrl`, the reward is `ctrl`, the
+episode terminates when the position passes 10. Observation: (position, last ctrl).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+
+
+class _LineState(eqx.Module):
+    obs: jax.Array
+    reward: jax.Array
+    done: jax.Array
+    pos: jax.Array
+
+
+def _reset(key: jax.Array) -> _LineState:
+    pos = jax.random.uniform(jax.random.wrap_key_data(key), (), jnp.float32, 0.0, 0.1)
+    zero = jnp.zeros((), jnp.float32)
+    return _LineState(jnp.stack([pos, zero]), zero, zero, pos)
+
+
+def _step(state: _LineState, ctrl: jax.Array) -> _LineState:
+    pos = state.pos + ctrl[0]
+    return _LineState(jnp.stack([pos, ctrl[0]]), ctrl[0], (pos > 10.0).astype(jnp.float32), pos)
+
+
+def _line(num_envs: int = 3, action_repeat: int = 1, episode_length: int = 6) -> envs.JaxEnv:
+    return envs.JaxEnv(
+        "test/line",
+        _reset,
+        _step,
+        np.array([[0.0, 4.0]], np.float32),
+        2,
+        num_envs=num_envs,
+        seed=0,
+        action_repeat=action_repeat,
+        episode_length=episode_length,
+    )
+
+
+@pytest.fixture(scope="module")
+def line() -> envs.JaxEnv:
+    return _line()
+
+
+def _act(env: envs.Env, value: float | list[float]) -> jax.Array:
+    a = jnp.asarray(value, jnp.float32).reshape(-1, 1)
+    return jnp.broadcast_to(a, (env.num_envs, 1))
+
+
+def test_reset_layout(line, getkey):
+    _, step = line.reset(getkey())
+    assert line.jittable
+    assert step.obs.shape == step.final_obs.shape == (3, 2)
+    assert step.obs.dtype == jnp.float32
+    assert step.terminated.dtype == step.truncated.dtype == jnp.bool_
+    assert step.episode_length.dtype == jnp.int32
+    assert not step.terminated.any() and not step.truncated.any()
+    assert jnp.all(step.reward == 0.0)
+
+
+def test_actions_are_clipped_and_rescaled(line, getkey):
+    state, _ = line.reset(getkey())
+    for action, ctrl in ((-1.0, 0.0), (0.0, 2.0), (1.0, 4.0), (7.0, 4.0), (-3.0, 0.0)):
+        _, step = line.step(state, _act(line, action))
+        np.testing.assert_allclose(step.reward, ctrl)
+        np.testing.assert_allclose(step.obs[:, 1], ctrl)
+
+
+def test_truncation_and_auto_reset(line, getkey):
+    state, step = line.reset(getkey())
+    first = step.obs
+    total = 0.0
+    for t in range(1, 7):
+        state, step = line.step(state, _act(line, -0.5))  # ctrl 1: never terminates in 6 steps
+        total += 1.0
+        assert not step.terminated.any()
+        np.testing.assert_array_equal(step.episode_length, t)
+        np.testing.assert_allclose(step.episode_return, total)
+    assert step.truncated.all()
+    # final_obs is the end of the finished episode, obs the start of the next one.
+    np.testing.assert_allclose(step.final_obs[:, 0], first[:, 0] + 6.0, rtol=1e-6)
+    assert jnp.all(step.obs[:, 0] < 0.1) and jnp.all(step.obs[:, 1] == 0.0)
+    state, step = line.step(state, _act(line, -0.5))
+    np.testing.assert_array_equal(step.episode_length, 1)
+    np.testing.assert_allclose(step.episode_return, 1.0)
+    assert not step.truncated.any()
+
+
+def test_termination_is_not_truncation(line, getkey):
+    state, _ = line.reset(getkey())
+    ctrl = jnp.array([[1.0], [1.0], [-1.0]], jnp.float32)  # 4, 4, 0 per step
+    for _ in range(2):
+        state, step = line.step(state, ctrl)
+    state, step = line.step(state, ctrl)  # positions pass 10 for the first two envs
+    np.testing.assert_array_equal(step.terminated, [True, True, False])
+    assert not step.truncated.any()
+    np.testing.assert_allclose(step.episode_return, [12.0, 12.0, 0.0])
+    np.testing.assert_array_equal(step.episode_length, [3, 3, 3])
+    assert jnp.all(step.final_obs[:2, 0] > 10.0) and jnp.all(step.obs[:2, 0] < 0.1)
+    np.testing.assert_allclose(step.obs[2], step.final_obs[2])
+
+
+def test_action_repeat_sums_rewards_and_stops_at_terminal(getkey):
+    env = _line(num_envs=2, action_repeat=3, episode_length=7)
+    state, _ = env.reset(getkey())
+    state, step = env.step(state, jnp.array([[-0.5], [1.0]], jnp.float32))  # ctrl 1 and 4
+    np.testing.assert_allclose(step.reward, [3.0, 12.0])
+    np.testing.assert_array_equal(step.terminated, [False, True])
+    np.testing.assert_array_equal(step.episode_length, [3, 3])
+    state, step = env.step(state, jnp.array([[-0.5], [1.0]], jnp.float32))
+    # env 1 terminates after 3 sub-steps; env 0 reaches 6 steps; the third call passes 7.
+    state, step = env.step(state, jnp.array([[-0.5], [-1.0]], jnp.float32))
+    np.testing.assert_array_equal(step.truncated, [True, False])
+    np.testing.assert_array_equal(step.episode_length, [9, 3])
+
+
+def test_runs_inside_scan_jit_and_vmap(line, getkey):
+    @jax.jit
+    def rollout(key):
+        state, _ = line.reset(key)
+
+        def body(state, _):
+            state, step = line.step(state, _act(line, -0.5))
+            return state, step
+
+        return jax.lax.scan(body, state, length=13)[1]
+
+    steps = rollout(getkey())
+    assert steps.obs.shape == (13, 3, 2)
+    assert int(steps.truncated.sum()) == 2 * 3  # at steps 6 and 12
+    keys = jax.random.split(getkey(), 2)
+    batched = jax.vmap(lambda k: line.reset(k)[1].obs)(keys)
+    assert batched.shape == (2, 3, 2)
+
+
+def test_same_key_same_trajectory(line, getkey):
+    key = getkey()
+    runs = []
+    for _ in range(2):
+        state, step = line.reset(key)
+        obs = [step.obs]
+        for _ in range(8):
+            state, step = line.step(state, _act(line, [0.3, -0.2, 0.9]))
+            obs.append(step.obs)
+        runs.append(jnp.stack(obs))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = line.reset(getkey())[1].obs
+    assert not jnp.array_equal(other, runs[0][0])
+    # Legacy uint32 keys and seed-based default keys work too.
+    assert line.reset(jax.random.PRNGKey(0))[1].obs.shape == (3, 2)
+    np.testing.assert_array_equal(line.reset()[1].obs, line.reset(jax.random.key(0))[1].obs)
+
+
+def test_bad_actions(line, getkey):
+    state, _ = line.reset(getkey())
+    with pytest.raises(ValueError, match=r"shape \(3,\).*expected.*\(3, 1\)"):
+        line.step(state, jnp.zeros(3, jnp.float32))
+    with pytest.raises(TypeError, match="dtype int32, expected float32"):
+        line.step(state, jnp.zeros((3, 1), jnp.int32))
+    with pytest.raises(TypeError, match="must be an array"):
+        line.step(state, [[0.0]] * 3)
+    nan = jnp.array([[0.0], [jnp.nan], [0.0]], jnp.float32)
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        jax.block_until_ready(line.step(state, nan))
+    # The state given in stays usable.
+    _, step = line.step(state, _act(line, 0.0))
+    np.testing.assert_allclose(step.reward, 2.0)
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+        _line(num_envs=0)
+    with pytest.raises(ValueError, match="action_repeat"):
+        _line(action_repeat=1.5)  # type: ignore[arg-type]
+
+
+def test_unknown_names_suggest_close_ones():
+    names = envs.names()
+    assert "brax/halfcheetah" in names
+    assert "playground/CartpoleSwingup" in names
+    assert "dmc/dog-run" in names and "dmc/humanoid-walk" in names
+    with pytest.raises(ValueError, match="dmc/cartpole-swingup"):
+        envs.make("dmc/cartpole-swingpu")
+    with pytest.raises(ValueError, match="playground/CheetahRun"):
+        envs.make("playground/CheetaRun")
+    with pytest.raises(ValueError, match="dmc/cartpole-swingup"):
+        envs.make("cartpole-swingup")
+    with pytest.raises(ValueError, match="brax/halfcheetah"):
+        envs.make("brax/half_cheetah")

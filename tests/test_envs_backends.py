@@ -1,0 +1,95 @@
+"""Brax and Playground behind the common interface: small tasks, few steps, one compile each."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+
+_SETTINGS = {
+    # Brax: inverted pendulum, actuator range [-3, 3]; falls over (terminates) under full push.
+    "brax/inverted_pendulum": dict(num_envs=2, action_repeat=1, episode_length=4),
+    # Playground's DM Control cartpole on MJX, with action repeat.
+    "playground/CartpoleBalance": dict(num_envs=2, action_repeat=2, episode_length=6),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(_SETTINGS))
+def env(request) -> envs.Env:
+    return envs.make(request.param, seed=3, **_SETTINGS[request.param])
+
+
+def _rollout(env: envs.Env, key: jax.Array, actions: jax.Array) -> list[envs.Step]:
+    state, step = env.reset(key)
+    steps = [step]
+    for action in actions:
+        state, step = env.step(state, action)
+        steps.append(step)
+    return steps
+
+
+def test_layout_truncation_and_determinism(env, getkey):
+    assert env.jittable
+    key = getkey()
+    actions = jax.random.uniform(
+        getkey(), (4, env.num_envs, env.action_size), jnp.float32, -0.1, 0.1
+    )
+    steps = _rollout(env, key, actions)
+    first = steps[0]
+    assert first.obs.shape == (env.num_envs, env.observation_size)
+    assert first.obs.dtype == jnp.float32 and first.reward.dtype == jnp.float32
+    agent_steps = env.episode_length // env.action_repeat
+    for t, step in enumerate(steps[1:], start=1):
+        assert not step.terminated.any()  # small actions: the pole stays up
+        if t < agent_steps:
+            np.testing.assert_array_equal(step.episode_length, t * env.action_repeat)
+            np.testing.assert_array_equal(step.obs, step.final_obs)
+    end = steps[agent_steps]
+    assert end.truncated.all()
+    np.testing.assert_array_equal(end.episode_length, env.episode_length)
+    rewards = sum(s.reward for s in steps[1 : agent_steps + 1])
+    np.testing.assert_allclose(end.episode_return, rewards, rtol=1e-5)
+    assert not jnp.allclose(end.obs, end.final_obs)  # auto-reset to a fresh start
+    again = _rollout(env, key, actions)
+    for a, b in zip(steps, again, strict=True):
+        np.testing.assert_array_equal(a.obs, b.obs)
+        np.testing.assert_array_equal(a.reward, b.reward)
+
+
+def test_termination(env, getkey):
+    if not env.name.startswith("brax/"):
+        pytest.skip("the cartpole tasks never terminate")
+    state, _ = env.reset(getkey())
+    push = jnp.ones((env.num_envs, env.action_size), jnp.float32)  # full force, +3 after rescaling
+    for _ in range(env.episode_length - 1):
+        state, step = env.step(state, push)
+        if step.terminated.all():
+            break
+    else:
+        raise AssertionError("the pendulum never fell")
+    assert not step.truncated.any()
+    assert (step.episode_length < env.episode_length).all()
+    assert not jnp.allclose(step.obs, step.final_obs)
+
+
+@pytest.mark.slow  # a fresh MJX compile (~30 s on 2 cores); the wrapper's scan test is fast
+def test_inside_scan(getkey):
+    env = envs.make("playground/CartpoleBalance", **_SETTINGS["playground/CartpoleBalance"])
+
+    @jax.jit
+    def rollout(key):
+        state, _ = env.reset(key)
+        action = jnp.zeros((env.num_envs, env.action_size), jnp.float32)
+        return jax.lax.scan(lambda s, _: env.step(s, action), state, length=4)[1]
+
+    steps = rollout(getkey())
+    assert steps.obs.shape == (4, env.num_envs, env.observation_size)
+    assert bool(jnp.all(jnp.isfinite(steps.obs)))
+    np.testing.assert_array_equal(steps.truncated[:, 0], [False, False, True, False])
+
+
+def test_wrong_action(env, getkey):
+    state, _ = env.reset(getkey())
+    with pytest.raises(ValueError, match="expected"):
+        env.step(state, jnp.zeros((env.num_envs + 1, env.action_size), jnp.float32))
