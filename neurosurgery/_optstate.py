@@ -123,9 +123,10 @@ def reset_optimizer_state(
     counts (see `scale_by_adam_per_entry`); they are set to 0 where the mask is `True` only when
     `reset_count=True`.
 
-    Note that "parameter-shaped" is decided by optax's `tree_map_params`, so a wrapper that keeps a
-    copy of the parameters themselves (e.g. Lookahead's slow weights, an EMA of the parameters) is
-    also found and would be set to `value`; reset such states in their own way.
+    Note that "parameter-shaped" is decided by optax's `tree_map_params`, so a transform that keeps
+    a copy of the parameters themselves (such as the `z` sequence of `optax.contrib`'s
+    schedule-free optimizers) is also found and would be set to `value`; reset such states in
+    their own way.
 
     All checks happen on structure and shapes before any value is computed, so the function works
     under `jax.jit` and `jax.vmap` (masks are arrays; nothing branches on values).

@@ -158,3 +158,25 @@ def test_selected_rows_can_be_redrawn(getkey):
     new = jnp.where(rows[:, None], fresh, old)
     np.testing.assert_array_equal(new[~rows], 0.0)
     np.testing.assert_array_equal(new[rows], fresh[rows])
+
+
+def test_scale_multiplies_every_draw_exactly(getkey):
+    # Powers of two scale floats exactly, so the same key gives exactly scale × the unit draw.
+    key = getkey()
+    for factory in (lecun_normal, kaiming_normal, xavier_uniform, uniform_fan_in, orthogonal):
+        unit = factory()(key, (6, 10))
+        np.testing.assert_array_equal(factory(2.0)(key, (6, 10)), 2.0 * unit)
+        np.testing.assert_array_equal(factory(0.5)(key, (6, 10)), 0.5 * unit)
+
+
+def test_explicit_fans_for_a_bias(getkey):
+    key = getkey()
+    # A bias drawn with its layer's fans: LeCun std 1/sqrt(64), Xavier bound sqrt(6 / (64 + 16)).
+    np.testing.assert_allclose(
+        lecun_normal()(key, (16,), fan_in=64), jax.random.normal(key, (16,)) / 8.0, rtol=1e-6
+    )
+    bias = np.asarray(xavier_uniform()(key, (4096,), fan_in=64, fan_out=16))
+    bound = math.sqrt(6 / 80)
+    assert bias.min() >= -bound and bias.max() <= bound and bias.max() > 0.99 * bound
+    with pytest.raises(ValueError, match="fan_in="):
+        xavier_uniform()(key, (16,), fan_in=64)  # Xavier needs the fan-out as well

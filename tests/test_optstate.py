@@ -294,6 +294,10 @@ def test_vmap_over_seeds():
             lambda: adamw_per_entry(1e-2, weight_decay=0.1),
             lambda: optax.adamw(1e-2, weight_decay=0.1),
         ),
+        (
+            lambda: adamw_per_entry(1e-2, eps_root=1e-8, weight_decay=0.1, mask=_is_weight),
+            lambda: optax.adamw(1e-2, eps_root=1e-8, weight_decay=0.1, mask=_is_weight),
+        ),
     ],
 )
 def test_per_entry_adam_matches_optax_without_resets(ours, theirs):
