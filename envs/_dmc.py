@@ -68,7 +68,7 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _shutdown(procs: list, conns: list, timeout: float = 3.0) -> None:
+def _shutdown(procs: list, conns: list, timeout: float = 2.0) -> None:
     """Stop worker processes: ask politely, then terminate, then kill; always reap them."""
     for conn in conns:
         with contextlib.suppress(OSError, ValueError):
@@ -77,7 +77,7 @@ def _shutdown(procs: list, conns: list, timeout: float = 3.0) -> None:
         proc.join(timeout)
         if proc.is_alive():
             proc.terminate()
-            proc.join(1.0)
+            proc.join(0.5)
         if proc.is_alive():
             proc.kill()
             proc.join()

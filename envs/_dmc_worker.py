@@ -179,7 +179,7 @@ class _Runner:
         unit = (np.clip(self.action, -1.0, 1.0).astype(np.float64) + 1.0) * 0.5
         ctrl = self.low + unit * (self.high - self.low)
         for j, env in enumerate(self.envs):
-            total, count, terminated, observation = 0.0, 0, False, None
+            total, count, terminated, limit, observation = 0.0, 0, False, False, None
             for _ in range(self.action_repeat):
                 try:
                     ts = env.step(ctrl[j])
@@ -192,7 +192,10 @@ class _Runner:
                 count += 1
                 observation = ts.observation
                 if ts.last():
-                    terminated = True
+                    # dm_control marks a terminal state with discount 0; a last step with
+                    # discount 1 is its own time limit (a `time_limit` in task_kwargs).
+                    terminated = not ts.discount
+                    limit = not terminated
                     break
             if observation is not None:
                 self._write(self.final_obs[j], observation)
@@ -200,7 +203,7 @@ class _Runner:
                 self.final_obs[j] = self.obs[j]
             self.ep_return[j] += total
             self.ep_length[j] += count
-            truncated = not terminated and self.ep_length[j] >= self.episode_length
+            truncated = not terminated and (limit or self.ep_length[j] >= self.episode_length)
             self.reward[j] = total
             self.terminated[j] = terminated
             self.truncated[j] = truncated

@@ -1,0 +1,153 @@
+"""dm_control in worker processes: semantics, determinism and the fault paths."""
+
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import envs
+
+_NAME = "dmc/cartpole-swingup"
+
+
+def _make(**kwargs) -> envs.DmcEnv:
+    settings = dict(num_envs=4, num_workers=2, seed=0, action_repeat=2, episode_length=6)
+    env = envs.make(_NAME, **{**settings, **kwargs})
+    assert isinstance(env, envs.DmcEnv)
+    return env
+
+
+@pytest.fixture(scope="module")
+def env():
+    with _make() as env:
+        yield env
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` is reaped (no process, not even a zombie)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _actions(seed: int, steps: int, env: envs.Env) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (steps, env.num_envs, env.action_size)).astype(np.float32)
+
+
+def test_layout_and_flat_observations(env):
+    assert not env.jittable
+    assert env.observation_size == 5 and env.action_size == 1
+    assert list(env.observation_keys) == ["position", "velocity"]
+    assert env.observation_keys["velocity"] == slice(3, 5)
+    state, step = env.reset(jax.random.key(0))
+    assert isinstance(state, envs.DmcState)
+    assert step.obs.shape == (4, 5) and step.obs.dtype == np.float32
+    assert step.terminated.dtype == np.bool_ and step.episode_length.dtype == np.int32
+    assert not step.truncated.any() and np.all(step.reward == 0.0)
+
+
+def test_truncation_auto_reset_and_repeat(env):
+    state, step = env.reset(jax.random.key(1))
+    returns = np.zeros(4, np.float32)
+    for t, action in enumerate(_actions(0, 3, env), start=1):
+        state, step = env.step(state, action)
+        returns += step.reward
+        np.testing.assert_array_equal(step.episode_length, 2 * t)  # action_repeat = 2
+        assert not step.terminated.any()
+        assert step.truncated.all() == (t == 3)
+        if t < 3:
+            np.testing.assert_array_equal(step.obs, step.final_obs)
+    np.testing.assert_allclose(step.episode_return, returns, rtol=1e-5)
+    assert not np.allclose(step.obs, step.final_obs)
+    state, step = env.step(state, np.zeros((4, 1), np.float32))
+    np.testing.assert_array_equal(step.episode_length, 2)
+    assert state.steps == 4
+
+
+def test_same_seed_same_trajectories_whatever_the_workers(env):
+    actions = _actions(1, 5, env)
+
+    def run(e: envs.Env, key: jax.Array) -> np.ndarray:
+        state, step = e.reset(key)
+        obs = [step.obs]
+        for a in actions:
+            state, step = e.step(state, a)
+            obs.append(step.obs)
+            obs.append(step.final_obs)
+        return np.stack(obs)
+
+    first = run(env, jax.random.key(7))
+    np.testing.assert_array_equal(first, run(env, jax.random.key(7)))
+    assert not np.array_equal(first[0], run(env, jax.random.key(8))[0])
+    with _make(num_workers=1) as single:
+        np.testing.assert_array_equal(first, run(single, jax.random.key(7)))
+
+
+def test_bad_actions_leave_env_usable(env):
+    state, _ = env.reset(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
+        env.step(state, np.zeros((4, 2), np.float32))
+    with pytest.raises(TypeError, match="dtype float64, expected float32"):
+        env.step(state, np.zeros((4, 1)))
+    bad = np.zeros((4, 1), np.float32)
+    bad[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf \(environments \[2\]\)"):
+        env.step(state, bad)
+    state, step = env.step(state, np.zeros((4, 1), np.float32))
+    np.testing.assert_array_equal(step.episode_length, 2)
+
+
+def test_unknown_domain_and_closed_env():
+    with pytest.raises(ValueError, match="dmc/cheetah-run"):
+        envs.make("dmc/cheeta-run")
+    e = _make(num_envs=1)
+    assert e.num_workers == 1
+    state, _ = e.reset()
+    pids = e.worker_pids
+    e.close()
+    e.close()
+    assert all(_gone(p) for p in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        e.step(state, np.zeros((1, 1), np.float32))
+
+
+def test_killed_worker_raises_and_leaves_no_process():
+    e = _make()
+    state, _ = e.reset()
+    pids = e.worker_pids
+    os.kill(pids[1], signal.SIGKILL)
+    with pytest.raises(envs.WorkerError, match=r"worker 1 .*'dmc/cartpole-swingup'.*exit code -9"):
+        e.step(state, np.zeros((4, 1), np.float32))
+    assert all(_gone(p) for p in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        e.step(state, np.zeros((4, 1), np.float32))
+
+
+def test_ctrl_c_while_stepping_stops_all_workers():
+    e = _make()
+    state, _ = e.reset()
+    pids = e.worker_pids
+    os.kill(pids[0], signal.SIGSTOP)  # a stuck worker: the parent waits until Ctrl-C
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        e.step(state, np.zeros((4, 1), np.float32))
+    timer.join()
+    assert time.monotonic() - start < 30
+    assert all(_gone(p) for p in pids)
+
+
+def test_dm_control_time_limit_is_truncation():
+    # cartpole's control step is 0.01 s: a 0.04 s dm_control time limit ends after 4 steps.
+    with _make(num_envs=2, task_kwargs={"time_limit": 0.04}, episode_length=100) as e:
+        state, _ = e.reset()
+        for _ in range(2):
+            state, step = e.step(state, np.zeros((2, 1), np.float32))
+        assert step.truncated.all() and not step.terminated.any()
+        np.testing.assert_array_equal(step.episode_length, 4)
