@@ -119,9 +119,10 @@ def reset_optimizer_state(
     Every floating-point, parameter-shaped array in the state (Adam's `mu` and `nu`, momentum
     traces, gradient accumulators, ...) is set to `value` exactly where the mask is `True` and is
     bit-identical elsewhere. Entries that are not parameter-shaped (scalar step counts,
-    hyperparameters, ...) are never touched. Integer parameter-shaped entries are per-entry step
-    counts (see `scale_by_adam_per_entry`); they are set to 0 where the mask is `True` only when
-    `reset_count=True`.
+    hyperparameters, ...) are never touched. Integer parameter-shaped entries of floating-point
+    parameters are per-entry step counts (see `scale_by_adam_per_entry`); they are set to 0 where
+    the mask is `True` only when `reset_count=True`. State kept for integer or boolean arrays in
+    `params` is left alone.
 
     Note that "parameter-shaped" is decided by optax's `tree_map_params`, so a transform that keeps
     a copy of the parameters themselves (such as the `z` sequence of `optax.contrib`'s
@@ -155,9 +156,11 @@ def reset_optimizer_state(
     paths = jax.tree_util.tree_map_with_path(lambda p, _: jax.tree_util.keystr(p), params)
     counts_seen: list[str] = []
 
-    def reset_leaf(leaf: Any, mask: Any, path: Any) -> Any:
+    def reset_leaf(leaf: Any, mask: Any, param: Any, path: Any) -> Any:
         if leaf is None or mask is None or isinstance(leaf, optax.MaskedNode):
             return leaf
+        if not jnp.issubdtype(param.dtype, jnp.inexact):
+            return leaf  # the state of a non-trainable integer/bool array: nothing to reset
         if jnp.shape(leaf) != jnp.shape(mask):
             raise ValueError(
                 f"the optimizer state keeps an entry for params{path} of shape "
@@ -189,6 +192,7 @@ def reset_optimizer_state(
         reset_leaf,
         opt_state,
         element_masks,
+        params,
         paths,
         is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode),
     )

@@ -379,3 +379,20 @@ def test_per_entry_adam_inside_masked_transform():
     inner = new_state.inner_state[0]
     counts = [c for c in jax.tree.leaves(inner.count)]
     assert len(counts) == N_WEIGHTS and all(np.all(np.asarray(c) == 0) for c in counts)
+
+
+def test_state_of_integer_arrays_is_not_mistaken_for_step_counts():
+    # eqx.filter(model, eqx.is_array) keeps integer buffers; their zeros_like "moments" are
+    # integer and params-shaped, but they are not step counts and are not touched.
+    params = {"w": jnp.ones((2, 3)), "seen": jnp.arange(3, dtype=jnp.int32)}
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(params)
+    assert state[0].mu["seen"].dtype == jnp.int32
+    masks = {"w": None, "seen": jnp.ones(3, bool)}
+    with pytest.raises(ValueError, match="no per-entry step counts"):
+        reset_optimizer_state(optimizer, state, params, masks, reset_count=True)
+    sgd = optax.sgd(1e-2, momentum=0.9)
+    sgd_state = sgd.init(params)
+    new_state = reset_optimizer_state(sgd, sgd_state, params, masks)
+    for a, b in zip(jax.tree.leaves(sgd_state), jax.tree.leaves(new_state), strict=True):
+        np.testing.assert_array_equal(a, b)
