@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export MUJOCO_GL ?= disable
+export NO_MKDOCS_2_WARNING ?= 1
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=1
 
 .PHONY: demo test lint typecheck docs bench clean
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m neurosurgery.demo
+	$(BIN)/python -m agents.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

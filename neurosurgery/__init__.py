@@ -2,6 +2,7 @@
 
 from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
+from ._declare import DeclaredGroup as DeclaredGroup
 from ._errors import AnatomyError as AnatomyError
 from ._groups import LeafSlice as LeafSlice
 from ._groups import NeuronGroup as NeuronGroup

@@ -88,7 +88,7 @@ class Anatomy:
     name or position, filter, print [`summary`][neurosurgery.Anatomy.summary].
     """
 
-    def __init__(self, groups: tuple[NeuronGroup, ...], graph: Graph, taps: tuple[_Taps, ...],
+    def __init__(self, groups: tuple[NeuronGroup, ...], graph: Graph, taps: tuple[_Taps | None, ...],
                  leaf_paths: tuple[str, ...], leaf_shapes: tuple[tuple[int, ...], ...],
                  params_def: Any, n_params: int, model_type: str):  # fmt: skip
         self.groups = groups
@@ -137,7 +137,9 @@ class Anatomy:
         Args:
             path: glob (`layers[*]`, `*blocks*`) or regular expression (`re:...`) on the name.
             layer_type: module class(es) owning the producing weight.
-            hidden, shared, output: keep groups with this flag value.
+            hidden: keep groups whose units stay inside the model (or the others).
+            shared: keep residual-stream groups (or the others).
+            output: keep groups whose units leave the model (or the others).
         """
 
         def name_ok(name: str) -> bool:
@@ -240,9 +242,14 @@ class Anatomy:
 
     # ---- probes ----------------------------------------------------------------------------
     def zeros(self, batch_shape: tuple[int, ...] = ()) -> dict[str, Array]:
-        """Zero perturbations at every group's pre-activation, for `tapped`."""
+        """Zero perturbations at every observed group's pre-activation, for `tapped`.
+
+        Groups declared by hand (see [`DeclaredGroup`][neurosurgery.DeclaredGroup]) are not observed.
+        """
         out = {}
         for g, t in zip(self.groups, self._taps, strict=True):
+            if t is None:
+                continue
             dtype = self._graph.dtypes[t.pre]
             out[g.name] = jnp.zeros((*batch_shape, *t.pre_shape), dtype)
         return out
@@ -258,8 +265,9 @@ class Anatomy:
         """
         leaves = self.check_model(model)
         dyn_args = jax.tree_util.tree_leaves(eqx.filter((args, kwargs), eqx.is_array))
-        by_pre = {t.pre: g.name for g, t in zip(self.groups, self._taps, strict=True)}
-        by_post = {t.post: g.name for g, t in zip(self.groups, self._taps, strict=True)}
+        pairs = [(g.name, t) for g, t in zip(self.groups, self._taps, strict=True) if t is not None]
+        by_pre = {t.pre: name for name, t in pairs}
+        by_post = {t.post: name for name, t in pairs}
         acts: dict[str, Array] = {}
 
         def edit(vid: int, value: Any) -> Any:
@@ -276,6 +284,11 @@ class Anatomy:
     def pool(self, name: str, values: Array, where: str = "post", batch_ndim: int = 1) -> Array:
         """Average `values` (a tapped value, leading batch axes) to one number per unit."""
         taps = self._taps[self.names.index(name)]
+        if taps is None:
+            raise AnatomyError(
+                f"Group {name!r} was declared by hand, so its activations are not observed; "
+                "score it with a weight-based metric."
+            )
         pooler = taps.post_pool if where == "post" else taps.pre_pool
         return pooler(values, batch_ndim)
 

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from ._anatomy import Anatomy, _compress, _make_pool, _owner_type, _Taps
+from ._declare import declared_groups, declaring_modules, make_opaque
 from ._errors import AnatomyError
 from ._graph import build_graph
 from ._groups import LeafSlice, NeuronGroup
@@ -54,9 +55,11 @@ def anatomy(
     arg_dyn, arg_static = eqx.partition((example_args, example_kwargs), eqx.is_array)
     flat_args, args_def = jax.tree_util.tree_flatten(arg_dyn)
     n = len(leaves)
+    declaring = declaring_modules(model)
 
     def flat_fn(*flat: Any) -> Any:
         m = eqx.combine(jax.tree_util.tree_unflatten(params_def, flat[:n]), static)
+        m = make_opaque(m, declaring)
         a, k = eqx.combine(jax.tree_util.tree_unflatten(args_def, flat[n:]), arg_static)
         return call(m, *a, **k)
 
@@ -74,7 +77,10 @@ def anatomy(
     tracer = Tracer(graph, [int(o) for o in offsets], n, paths)
     trace = tracer.run()
     owners = {i: _owner_type(model, p) for i, (p, _) in enumerate(path_leaves)}
-    groups, taps = _resolve(trace, tracer, offsets, paths, [tuple(x.shape) for x in leaves], owners)
+    shapes = [tuple(x.shape) for x in leaves]
+    groups, taps = _resolve(trace, tracer, offsets, paths, shapes, owners)
+    declared = declared_groups(declaring, paths, shapes, len(groups))
+    groups, taps = groups + declared, taps + [None] * len(declared)
     if not any(g.hidden for g in groups):
         raise AnatomyError(
             f"{type(model).__name__} has no hidden units: "
@@ -93,21 +99,22 @@ def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     labels = np.concatenate([p[0] for p in pairs]).astype(np.int64)
     elems = np.concatenate([p[1] for p in pairs]).astype(np.int64)
-    both = np.unique(np.stack([labels, elems]), axis=1)
-    labels, elems = both
-    plain = (
-        np.array([lab not in trace.mixes for lab in labels], dtype=bool) if labels.size else labels
-    )
+    key = np.sort((labels << 32) | elems)  # one sort of int64 keys, then drop repeats
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    labels, elems = key >> 32, key & 0xFFFFFFFF
+    is_mix = np.zeros(int(labels.max()) + 1, bool)
+    is_mix[[m for m in trace.mixes if m < is_mix.size]] = True
+    plain = ~is_mix[labels]
     out_u, out_e = [labels[plain]], [elems[plain]]
     mixed = ~plain
     if mixed.any():
         ml, me = labels[mixed], elems[mixed]
         order = np.argsort(ml, kind="stable")
         ml, me = ml[order], me[order]
-        uniq, starts = np.unique(ml, return_index=True)
+        starts = np.flatnonzero(np.r_[True, ml[1:] != ml[:-1]])
         ends = [*starts[1:], len(ml)]
-        for lab, s, e in zip(uniq, starts, ends, strict=True):
-            for member in trace.mixes[int(lab)]:
+        for s, e in zip(starts, ends, strict=True):
+            for member in trace.mixes[int(ml[s])]:
                 out_u.append(np.full(e - s, member, np.int64))
                 out_e.append(me[s:e])
     return np.concatenate(out_u), np.concatenate(out_e)
@@ -130,12 +137,20 @@ def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
         local = units - firsts[gids]
         leaf = np.searchsorted(offsets_arr, elems, side="right") - 1
         flat = elems - offsets_arr[leaf]
-        order = np.lexsort((flat, leaf, gids))
-        gids, local, leaf, flat = gids[order], local[order], leaf[order], flat[order]
-        keys = np.stack([gids, leaf])
-        uniq, starts = np.unique(keys, axis=1, return_index=True)
-        ends = [*starts[1:], len(gids)]
-        for (g, lf), s, e in zip(uniq.T, starts, ends, strict=True):
+        # Sort by (group, leaf); each run of equal keys is one leaf slice of one group.
+        key = gids * (len(shapes) + 1) + leaf
+        order = np.argsort(key, kind="stable")
+        key, gids, local, leaf, flat = (
+            key[order],
+            gids[order],
+            local[order],
+            leaf[order],
+            flat[order],
+        )
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = [*starts[1:], len(key)]
+        for s, e in zip(starts, ends, strict=True):
+            g, lf = gids[s], leaf[s]
             owner = np.full(int(np.prod(shapes[lf], dtype=int)), -1, np.int64)
             f, u = flat[s:e], local[s:e]
             if drop_shared:

@@ -109,7 +109,6 @@ class Tracer:
         self.per_unit: list[tuple[np.ndarray, np.ndarray]] = []
         self.outgoing: list[tuple[np.ndarray, np.ndarray]] = []
         self.values: list[Value | None] = [None] * len(graph.shapes)
-        self.declared: dict[str, Any] = {}
         for i, vid in enumerate(graph.inputs):
             shape = graph.shapes[vid]
             if i < n_param_leaves:
@@ -466,7 +465,15 @@ class Tracer:
         )
 
     def declared_call(self, op: Op, ins: list[Value]) -> None:
-        handler = self.declared.get(str(op.params["name"]))
-        if handler is None:  # pragma: no cover - only created by anatomy()
-            raise AnatomyError(f"unknown declared module call {op.params['name']}")
-        handler(self, op, ins)
+        """A module with declared groups: units may not flow in, nothing flows out."""
+        for v in ins:
+            if v.units is not None and (v.units >= 0).any():
+                raise AnatomyError(
+                    f"The {self.describe_units(v.units)} flow into a module that declares its own "
+                    "neuron groups, so their outgoing weights are unknown. Declare the groups on "
+                    "the enclosing module instead, so that producer and consumers are declared "
+                    "together."
+                )
+        dep_input = any(v.dep_input for v in ins)
+        for out in op.outputs:
+            self.values[out] = Value(None, None, dep_input, not dep_input)

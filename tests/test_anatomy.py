@@ -342,3 +342,68 @@ def test_no_hidden_units(getkey):
 
     with pytest.raises(ns.AnatomyError, match="no dense or convolution layer"):
         ns.anatomy(NoLayers(jnp.ones(3)), jnp.zeros(3))
+
+
+class ScanTrunk(eqx.Module):
+    """Hidden layers stacked and applied with lax.scan: the tracer does not enter loops."""
+
+    inp: jax.Array
+    stack: jax.Array
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.inp @ x)
+
+        def body(h, w):
+            return jax.nn.relu(w @ h), None
+
+        return jax.lax.scan(body, h, self.stack)[0]
+
+
+class Declaring(ScanTrunk):
+    def __neuron_groups__(self):
+        return [ns.DeclaredGroup("input", incoming=[(".inp", 0)], outgoing=[(".stack", 2)])]
+
+
+class WithTrunk(eqx.Module):
+    trunk: ScanTrunk
+    head: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.head(self.trunk(x))
+
+
+def test_loop_is_named_and_points_to_declaration(getkey):
+    model = WithTrunk(
+        ScanTrunk(jnp.ones((4, 3)), jnp.ones((2, 4, 4))), eqx.nn.Linear(4, 1, key=getkey())
+    )
+    with pytest.raises(
+        ns.AnatomyError, match=r"cannot follow `scan`.*`\.trunk\.inp`.*__neuron_groups__"
+    ):
+        ns.anatomy(model, jnp.zeros(3))
+
+
+def test_declared_groups_override_inference(getkey):
+    trunk = Declaring(jnp.ones((4, 3)), jnp.ones((2, 4, 4)))
+    model = WithTrunk(trunk, eqx.nn.Linear(4, 1, key=getkey()))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    assert anatomy.names == ("head", "trunk.input")
+    declared = anatomy["trunk.input"]
+    assert declared.layer_type is Declaring and declared.unit_shape == (4,)
+    assert_owners(owners(declared, "incoming"), {".trunk.inp": rows(4, (4, 3))})
+    assert_owners(owners(declared, "outgoing"), {
+        ".trunk.stack": np.broadcast_to(np.arange(4)[None, None, :], (2, 4, 4))})  # fmt: skip
+    y, acts = anatomy.tapped(model, anatomy.zeros(), jnp.ones(3))
+    np.testing.assert_allclose(y, model(jnp.ones(3)), rtol=1e-6)
+    assert set(acts) == {"head"}
+
+
+def test_declaration_naming_a_missing_leaf(getkey):
+    class Bad(ScanTrunk):
+        def __neuron_groups__(self):
+            return [ns.DeclaredGroup("input", incoming=[(".w", 0)])]
+
+    model = WithTrunk(Bad(jnp.ones((4, 3)), jnp.ones((2, 4, 4))), eqx.nn.Linear(4, 1, key=getkey()))
+    with pytest.raises(
+        ns.AnatomyError, match=r"declares group 'input' with leaf '\.w'.*\['\.inp', '\.stack'\]"
+    ):
+        ns.anatomy(model, jnp.zeros(3))
