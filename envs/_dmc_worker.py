@@ -63,10 +63,16 @@ def env_seed(seed: int, index: int) -> int:
 def load_task(domain: str, task: str, task_kwargs: dict) -> Any:
     """Load a dm_control suite task without its own time limit (the wrapper applies one)."""
     os.environ.setdefault("MUJOCO_GL", "disable")
+    from absl import logging as absl_logging
     from dm_control import suite
 
     kwargs = {"time_limit": float("inf"), **task_kwargs}
-    return suite.load(domain, task, task_kwargs=kwargs)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # model-compiler deprecation notices
+    try:
+        return suite.load(domain, task, task_kwargs=kwargs)
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def worker_main(
@@ -145,11 +151,12 @@ class _Runner:
         spec = self.envs[0].action_spec()
         self.low = np.asarray(spec.minimum, np.float64)
         self.high = np.asarray(spec.maximum, np.float64)
-        self.slots = []  # (key, start, stop) in the flat observation, in the task's own order
+        # (key, start, stop, flat) in the flat observation, in the task's own key order.
+        self.slots = []
         offset = 0
         for key, s in self.envs[0].observation_spec().items():
             size = math.prod(s.shape)
-            self.slots.append((key, offset, offset + size))
+            self.slots.append((key, offset, offset + size, len(s.shape) <= 1))
             offset += size
         n = stop - start
         self.ep_return = np.zeros(n, np.float64)
@@ -159,8 +166,8 @@ class _Runner:
         self.physics_error = PhysicsError
 
     def _write(self, out: np.ndarray, observation: dict) -> None:
-        for key, a, b in self.slots:
-            out[a:b] = np.ravel(observation[key])
+        for key, a, b, flat in self.slots:
+            out[a:b] = observation[key] if flat else np.ravel(observation[key])
 
     def reset(self, seed: int) -> None:
         for j, env in enumerate(self.envs):

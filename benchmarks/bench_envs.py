@@ -1,0 +1,128 @@
+"""Environment throughput: env-steps/s per backend × num_envs, and dm_control worker scaling.
+
+    python benchmarks/bench_envs.py            # short run (a few minutes on 2 CPU cores)
+    python benchmarks/bench_envs.py --full     # heavier tasks too, longer timings
+
+Part 1 times `env.step` for each backend and `num_envs` in (1, 16, 64, 256): JAX backends as one
+compiled `lax.scan` rollout (compile time reported apart), dm_control through its worker pool.
+Part 2 compares the dm_control worker pool against one plain single-core dm_control loop:
+ratio = pool env-steps/s ÷ (native steps/s × workers); the target is ≥ 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+
+SIZES = (1, 16, 64, 256)
+
+
+def bench_jax(name: str, num_envs: int, steps: int) -> tuple[float, float]:
+    """Return (env-steps/s, compile seconds) of a jitted `lax.scan` rollout of `steps` steps."""
+    env = envs.make(name, num_envs=num_envs, seed=0)
+    actions = jax.random.uniform(
+        jax.random.key(1), (steps, num_envs, env.action_size), jnp.float32, -1.0, 1.0
+    )
+
+    @jax.jit
+    def rollout(key: jax.Array, actions: jax.Array) -> jax.Array:
+        state, _ = env.reset(key)
+        _, steps_out = jax.lax.scan(env.step, state, actions)
+        return steps_out.reward.sum()
+
+    start = time.perf_counter()
+    jax.block_until_ready(rollout(jax.random.key(0), actions))
+    compiled = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(rollout(jax.random.key(2), actions))
+    elapsed = time.perf_counter() - start
+    return steps * num_envs / elapsed, compiled
+
+
+def bench_dmc(name: str, num_envs: int, seconds: float, num_workers: int | None = None) -> float:
+    """Env-steps/s of the dm_control worker pool (actions pre-drawn, Python loop)."""
+    with envs.make(name, num_envs=num_envs, seed=0, num_workers=num_workers) as env:
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-1, 1, (64, num_envs, env.action_size)).astype(np.float32)
+        state, _ = env.reset()
+        for i in range(5):  # warm-up
+            state, _ = env.step(state, actions[i])
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            state, _ = env.step(state, actions[count % 64])
+            count += 1
+        return count * num_envs / (time.perf_counter() - start)
+
+
+def bench_native(domain: str, task: str, seconds: float) -> float:
+    """Steps/s of one plain dm_control loop in this process: the single-core reference."""
+    from dm_control import suite
+
+    env = suite.load(domain, task, task_kwargs={"random": 0})
+    spec = env.action_spec()
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(spec.minimum, spec.maximum, (64, *spec.shape))
+    env.reset()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        if env.step(actions[count % 64]).last():
+            env.reset()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="heavier tasks, longer timings")
+    parser.add_argument("--skip-jax", action="store_true", help="only the dm_control parts")
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    seconds = 4.0 if args.full else 1.5
+    jax_steps = 50 if args.full else 20
+    jax_tasks = ["brax/inverted_pendulum", "playground/CartpoleSwingup"]
+    dmc_tasks = ["dmc/cartpole-swingup"]
+    scaling = ["cheetah-run", "humanoid-walk"]
+    if args.full:
+        jax_tasks += ["brax/halfcheetah", "playground/CheetahRun"]
+        dmc_tasks += ["dmc/cheetah-run", "dmc/humanoid-walk"]
+        scaling += ["dog-run"]
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cores} CPU cores available\n")
+
+    print("## env-steps/s per backend × num_envs")
+    print("| task | " + " | ".join(f"{n} envs" for n in SIZES) + " | compile (s) |")
+    print("|---|" + "---|" * (len(SIZES) + 1))
+    for name in [] if args.skip_jax else jax_tasks:
+        rates, compiles = [], []
+        for n in SIZES:
+            rate, compiled = bench_jax(name, n, jax_steps)
+            rates.append(rate)
+            compiles.append(compiled)
+        cells = " | ".join(f"{r:,.0f}" for r in rates)
+        print(f"| {name} | {cells} | {min(compiles):.0f}–{max(compiles):.0f} |", flush=True)
+    for name in dmc_tasks:
+        cells = " | ".join(f"{bench_dmc(name, n, seconds):,.0f}" for n in SIZES)
+        print(f"| {name} ({cores} workers) | {cells} | – |", flush=True)
+
+    print(f"\n## dm_control worker pool vs one native loop ({cores} workers)")
+    print("| task | native 1 core | pool, 16 envs | ratio | pool, 64 envs | ratio |")
+    print("|---|---|---|---|---|---|")
+    for task in scaling:
+        native = bench_native(*task.split("-", 1), seconds)
+        cells = []
+        for n in (16, 64):
+            pool = bench_dmc(f"dmc/{task}", n, seconds, num_workers=cores)
+            cells.append(f"{pool:,.0f} | {pool / (native * cores):.2f}")
+        print(f"| dmc/{task} | {native:,.0f} | {' | '.join(cells)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
