@@ -1,10 +1,50 @@
-"""neurosurgery: measure and restore the learning capacity of neurons in Equinox models."""
+"""neurosurgery: measure and restore the learning capacity of neurons in Equinox models.
+
+Anatomy (which parameter entries belong to which unit), metric plugins (GraMa, τ-dormant, ...),
+selection rules and resets of the model and its optax optimizer state.
+"""
 
 from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
+from ._compare import Comparison as Comparison
+from ._compare import compare as compare
+from ._compare import score_all as score_all
 from ._declare import DeclaredGroup as DeclaredGroup
 from ._errors import AnatomyError as AnatomyError
 from ._groups import LeafSlice as LeafSlice
 from ._groups import NeuronGroup as NeuronGroup
+from ._init import Initializer as Initializer
+from ._init import kaiming_normal as kaiming_normal
+from ._init import lecun_normal as lecun_normal
+from ._init import orthogonal as orthogonal
+from ._init import uniform_fan_in as uniform_fan_in
+from ._init import xavier_uniform as xavier_uniform
+from ._metrics import Dormant as Dormant
+from ._metrics import GradientActivity as GradientActivity
+from ._metrics import GraMa as GraMa
+from ._metrics import Metric as Metric
+from ._metrics import Utility as Utility
+from ._metrics import WeightMagnitude as WeightMagnitude
+from ._metrics import unit_reduce as unit_reduce
+from ._observe import Observation as Observation
+from ._observe import normalise as normalise
+from ._observe import observe as observe
+from ._optstate import adam_per_entry as adam_per_entry
+from ._optstate import adamw_per_entry as adamw_per_entry
+from ._optstate import reset_optimizer_state as reset_optimizer_state
+from ._optstate import scale_by_adam_per_entry as scale_by_adam_per_entry
+from ._reset import Resetter as Resetter
+from ._reset import Schedule as Schedule
+from ._reset import Selection as Selection
+from ._reset import redo as redo
+from ._reset import regrama as regrama
+from ._reset import reset as reset
+from ._select import bottom_fraction as bottom_fraction
+from ._select import capped_threshold as capped_threshold
+from ._select import inactive_ratio as inactive_ratio
+from ._select import network_inactive_ratio as network_inactive_ratio
+from ._select import threshold as threshold
+from ._whole import full_reset as full_reset
+from ._whole import shrink_and_perturb as shrink_and_perturb
 
 __version__ = "0.1.0"

@@ -241,44 +241,61 @@ class Anatomy:
         return jax.tree_util.tree_unflatten(self._params_def, leaves)
 
     # ---- probes ----------------------------------------------------------------------------
-    def zeros(self, batch_shape: tuple[int, ...] = ()) -> dict[str, Array]:
-        """Zero perturbations at every observed group's pre-activation, for `tapped`.
+    def zeros(self, batch_shape: tuple[int, ...] = (), sites: tuple[str, ...] = ("pre", "post")
+              ) -> dict[str, dict[str, Array]]:  # fmt: skip
+        """Zero perturbations for [`tapped`][neurosurgery.Anatomy.tapped].
 
-        Groups declared by hand (see [`DeclaredGroup`][neurosurgery.DeclaredGroup]) are not observed.
+        Returns `{"pre": {group: zeros}, "post": {group: zeros}}`: `pre` is each group's
+        pre-activation (after any per-unit norm, before the activation), `post` its activation as
+        the next layer reads it. Groups declared by hand (see
+        [`DeclaredGroup`][neurosurgery.DeclaredGroup]) are not observed.
         """
-        out = {}
-        for g, t in zip(self.groups, self._taps, strict=True):
-            if t is None:
-                continue
-            dtype = self._graph.dtypes[t.pre]
-            out[g.name] = jnp.zeros((*batch_shape, *t.pre_shape), dtype)
+        out: dict[str, dict[str, Array]] = {}
+        for site in sites:
+            if site not in ("pre", "post"):
+                raise ValueError(f"unknown probe site {site!r}; use 'pre' and/or 'post'")
+            out[site] = {}
+            for g, t in zip(self.groups, self._taps, strict=True):
+                if t is None:
+                    continue
+                vid = t.pre if site == "pre" else t.post
+                shape = self._graph.shapes[vid]
+                out[site][g.name] = jnp.zeros((*batch_shape, *shape), self._graph.dtypes[vid])
         return out
 
-    def tapped(self, model: PyTree, perturb: Mapping[str, Array] | None, *args: Any,
-               **kwargs: Any) -> tuple[Any, dict[str, Array]]:  # fmt: skip
-        """Run the model on one example, adding `perturb[name]` at each group's pre-activation.
+    def tapped(self, model: PyTree, perturb: Mapping[str, Mapping[str, Array]] | None,
+               *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Array]]:  # fmt: skip
+        """Run the model on one example with perturbations added at the probe sites.
 
-        Returns the model's output and each group's activation (its units' output as the next
-        layer reads it). The gradient of a loss with respect to `perturb` is the gradient at the
-        pre-activations; vmap over a batch with per-sample perturbations to get per-sample
-        gradients from one backward pass. Static (non-array) arguments must equal the example's.
+        `perturb` is `None` or has the form of [`zeros()`][neurosurgery.Anatomy.zeros]. Returns the
+        model's output and each observed group's activation. The gradient of a loss with respect
+        to `perturb["pre"]` (`["post"]`) is the gradient at the pre-activations (activations);
+        vmap over a batch with per-sample perturbations to get per-sample gradients from the same
+        backward pass as the weights'. Static (non-array) arguments must equal the example's.
         """
         leaves = self.check_model(model)
         dyn_args = jax.tree_util.tree_leaves(eqx.filter((args, kwargs), eqx.is_array))
         pairs = [(g.name, t) for g, t in zip(self.groups, self._taps, strict=True) if t is not None]
-        by_pre = {t.pre: name for name, t in pairs}
-        by_post = {t.post: name for name, t in pairs}
+        pre = dict(perturb.get("pre", {})) if perturb is not None else {}
+        post = dict(perturb.get("post", {})) if perturb is not None else {}
+        edits: dict[int, list[tuple[str, str]]] = {}
+        for name, t in pairs:
+            edits.setdefault(t.pre, []).append(("pre", name))
+            edits.setdefault(t.post, []).append(("post", name))
         acts: dict[str, Array] = {}
 
         def edit(vid: int, value: Any) -> Any:
-            if perturb is not None and vid in by_pre:
-                value = value + perturb[by_pre[vid]].astype(value.dtype)
-            if vid in by_post:
-                acts[by_post[vid]] = value
+            for site, name in edits[vid]:  # pre before post where they coincide
+                if site == "pre":
+                    if name in pre:
+                        value = value + pre[name].astype(value.dtype)
+                else:
+                    if name in post:
+                        value = value + post[name].astype(value.dtype)
+                    acts[name] = value
             return value
 
-        watched = frozenset(by_pre) | frozenset(by_post)
-        outs = evaluate(self._graph, [*leaves, *dyn_args], edit, watched)
+        outs = evaluate(self._graph, [*leaves, *dyn_args], edit, frozenset(edits))
         return jax.tree_util.tree_unflatten(self._graph.out_tree, outs), acts
 
     def pool(self, name: str, values: Array, where: str = "post", batch_ndim: int = 1) -> Array:

@@ -128,7 +128,7 @@ def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
         unit_group[u] = g
     firsts = np.array([g.first for g in trace.groups], np.int64)
 
-    def slices(pairs: list, drop_shared: bool) -> dict[int, list[LeafSlice]]:
+    def slices(pairs: list, drop_shared: bool, kind: str) -> dict[int, list[LeafSlice]]:
         units, elems = _expand(trace, pairs)
         result: dict[int, list[LeafSlice]] = defaultdict(list)
         if units.size == 0:
@@ -162,12 +162,19 @@ def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
                     continue
             owner[f] = u
             axes, units_map = _compress(owner.reshape(shapes[lf]))
-            result[int(g)].append(LeafSlice(paths[lf], int(lf), shapes[lf], axes, units_map))
+            result[int(g)].append(LeafSlice(paths[lf], int(lf), shapes[lf], axes, units_map, kind))
         return result
 
-    incoming = slices(trace.incoming + trace.bias, False)
-    per_unit = slices(trace.per_unit, True)
-    outgoing = slices(trace.outgoing, False)
+    def merged(*parts: dict[int, list[LeafSlice]]) -> dict[int, list[LeafSlice]]:
+        out: dict[int, list[LeafSlice]] = defaultdict(list)
+        for part in parts:
+            for g, items in part.items():
+                out[g].extend(items)
+        return out
+
+    incoming = merged(slices(trace.incoming, False, "weight"), slices(trace.bias, False, "bias"))
+    per_unit = merged(slices(trace.scale, True, "scale"), slices(trace.per_unit, True, "shift"))
+    outgoing = slices(trace.outgoing, False, "weight")
     mixed_units: dict[int, set[int]] = defaultdict(set)
     for members in trace.mixes.values():
         gs = {int(unit_group[u]) for u in members}
@@ -182,6 +189,7 @@ def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
             tuple(incoming.get(i, ())), tuple(per_unit.get(i, ())), tuple(outgoing.get(i, ())),
             shared=bool(mixed_units.get(i)), output=i in output_groups,
             shared_with=tuple(sorted(names[j] for j in mixed_units.get(i, ()))),
+            normalized=raw.normalized,
         ))  # fmt: skip
         taps.append(_taps(trace, i, raw))
     return groups, taps

@@ -26,7 +26,9 @@ class DeclaredGroup:
 
     Each role lists `(path, axis)` pairs: the leaf at `path` (relative to the declaring module,
     written as `jax.tree_util.keystr` writes it, e.g. `".w1"` or `".layers[0].weight"`) holds one
-    slice per unit along `axis`.
+    slice per unit along `axis`. A third element may give the entries' kind (see
+    [`LeafSlice`][neurosurgery.LeafSlice]); by default incoming and outgoing entries are
+    `"weight"` and per-unit entries `"shift"`.
 
     Attributes:
         name: the group's name (prefixed with the module's path in the model).
@@ -38,9 +40,9 @@ class DeclaredGroup:
     """
 
     name: str
-    incoming: Sequence[tuple[str, int]]
-    outgoing: Sequence[tuple[str, int]] = ()
-    per_unit: Sequence[tuple[str, int]] = ()
+    incoming: Sequence[tuple[str, int] | tuple[str, int, str]]
+    outgoing: Sequence[tuple[str, int] | tuple[str, int, str]] = ()
+    per_unit: Sequence[tuple[str, int] | tuple[str, int, str]] = ()
     output: bool = False
     shared: bool = False
 
@@ -107,7 +109,13 @@ def declared_groups(found: list[tuple[tuple, Any]], paths: list[str], shapes: li
             width = None
             for role in ("incoming", "outgoing", "per_unit"):
                 slices[role] = []
-                for rel, axis in getattr(decl, role):
+                for entry in getattr(decl, role):
+                    rel, axis = entry[0], entry[1]
+                    kind = (
+                        entry[2]
+                        if len(entry) > 2
+                        else ("shift" if role == "per_unit" else "weight")
+                    )
                     full = prefix + rel
                     if full not in paths:
                         own = [p[len(prefix) :] for p in paths if p.startswith(prefix)]
@@ -127,7 +135,7 @@ def declared_groups(found: list[tuple[tuple, Any]], paths: list[str], shapes: li
                             f"{axis}, but the group has {width} units."
                         )
                     slices[role].append(LeafSlice(full, leaf, shape, (axis % len(shape),),
-                                                  np.arange(size, dtype=np.int32)))  # fmt: skip
+                                                  np.arange(size, dtype=np.int32), kind))  # fmt: skip
             if width is None:
                 raise AnatomyError(f"Declared group {decl.name!r} names no incoming leaf.")
             name = f"{prefix.lstrip('.')}.{decl.name}" if prefix else decl.name

@@ -15,6 +15,10 @@ class LeafSlice:
     index of the owning unit within the group (-1: not owned). Along the other axes of the leaf
     every entry belongs to the same unit, so a weight row is `axes=(0,)` and a weight column of a
     consumer is `axes=(1,)`; a stacked ensemble adds its member axis, e.g. `axes=(0, 1)`.
+
+    `kind` says how the entries meet the units: `"weight"` (read by a dense/conv operation),
+    `"bias"` (added right after it), `"scale"` (multiplied in, e.g. a norm's scale or an activation
+    slope) or `"shift"` (added later, e.g. a norm's shift).
     """
 
     path: str
@@ -22,6 +26,7 @@ class LeafSlice:
     shape: tuple[int, ...]
     axes: tuple[int, ...]
     units: np.ndarray
+    kind: str = ""
 
     @property
     def count(self) -> int:
@@ -85,6 +90,10 @@ class NeuronGroup:
         outgoing: the matching weight columns of every layer that consumes the units.
         shared: the units are residual-stream channels also written by other groups.
         output: the units leave the model (Q values, action means, noise predictions).
+        shared_with: the other groups writing the same residual-stream channels.
+        normalized: a statistic over the layer's units (LayerNorm's mean and variance) acts on
+            them, so re-drawing some units changes the others' values: a reset of such a group is
+            not function-preserving even with zeroed outgoing weights.
     """
 
     name: str
@@ -97,6 +106,7 @@ class NeuronGroup:
     shared: bool
     output: bool
     shared_with: tuple[str, ...] = ()
+    normalized: bool = False
 
     @property
     def width(self) -> int:

@@ -69,6 +69,7 @@ class RawGroup:
     weight_leaf: int
     output: int  # value id of the operation's output
     chain: dict[int, tuple[str, list[int]]] = dataclasses.field(default_factory=dict)
+    normalized: bool = False  # an input-dependent statistic (a norm's mean/variance) acts on it
 
     @property
     def size(self) -> int:
@@ -83,6 +84,7 @@ class Trace:
     incoming: list[tuple[np.ndarray, np.ndarray]]  # (unit label, param element)
     bias: list[tuple[np.ndarray, np.ndarray]]
     per_unit: list[tuple[np.ndarray, np.ndarray]]
+    scale: list[tuple[np.ndarray, np.ndarray]]
     outgoing: list[tuple[np.ndarray, np.ndarray]]
     mixes: dict[int, frozenset[int]]
     output_labels: set[int]
@@ -107,6 +109,7 @@ class Tracer:
         self.incoming: list[tuple[np.ndarray, np.ndarray]] = []
         self.bias: list[tuple[np.ndarray, np.ndarray]] = []
         self.per_unit: list[tuple[np.ndarray, np.ndarray]] = []
+        self.scale: list[tuple[np.ndarray, np.ndarray]] = []
         self.outgoing: list[tuple[np.ndarray, np.ndarray]] = []
         self.values: list[Value | None] = [None] * len(graph.shapes)
         for i, vid in enumerate(graph.inputs):
@@ -203,7 +206,7 @@ class Tracer:
             if isinstance(atom, int) and atom in self.chain_of:
                 sinks[self.chain_of[atom]].append(atom)
         values = [v if v is not None else Value(None, None, False, False) for v in self.values]
-        return Trace(self.groups, self.incoming, self.bias, self.per_unit, self.outgoing,
+        return Trace(self.groups, self.incoming, self.bias, self.per_unit, self.scale, self.outgoing,
                      self.mixes, outputs, values, sinks)  # fmt: skip
 
     def step(self, op: Op) -> None:
@@ -378,6 +381,7 @@ class Tracer:
                     break
         # Per-unit parameters: a parameter operand meeting labelled elements.
         kind = "act"
+        normalizing = False
         if units is not None and (units >= 0).any():
             for v in ins:
                 if v.dep_param and not v.dep_input:
@@ -386,6 +390,7 @@ class Tracer:
                         self.record_per_unit(op, ins, units, np.broadcast_to(v.params, out_shape))
                 elif v.dep_input and (v.units is None or not (v.units >= 0).any()):
                     kind = "pre"
+                    normalizing = True
         if op.name in PASS:
             kind = "pass"
         self.values[op.outputs[0]] = Value(units, params, dep_input, dep_param and not dep_input)
@@ -395,6 +400,7 @@ class Tracer:
                 preds = [a for a in op.inputs if isinstance(a, int) and self.chain_of.get(a) == g]
                 self.chain_of[op.outputs[0]] = g
                 self.groups[g].chain[op.outputs[0]] = (kind, preds)
+                self.groups[g].normalized |= normalizing
 
     def record_per_unit(self, op: Op, ins: list[Value], units: np.ndarray, params: np.ndarray):
         keep = (units >= 0) & (params >= 0)
@@ -409,6 +415,8 @@ class Tracer:
         )  # fmt: skip
         if op.name in ("add", "sub", "add_any") and producer_fed:
             self.bias.append(pair)
+        elif op.name in ("mul", "div"):
+            self.scale.append(pair)
         else:
             self.per_unit.append(pair)
 

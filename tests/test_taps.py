@@ -33,14 +33,16 @@ def test_preactivation_gradient_per_sample(getkey):
         ys, _ = jax.vmap(anatomy.tapped, in_axes=(None, 0, 0))(mlp, perturb, xs)
         return jnp.mean(ys**2)
 
-    grads = jax.grad(loss)(anatomy.zeros((6,)))["layers[0]"]
+    all_grads = jax.grad(loss)(anatomy.zeros((6,)))
+    grads, post = all_grads["pre"]["layers[0]"], all_grads["post"]["layers[0]"]
     l0, l1 = mlp.layers
     for n in range(6):
         z = l0.weight @ xs[n] + l0.bias
         y = l1.weight @ jnp.maximum(z, 0) + l1.bias
-        # d (y^2 / N) / dz = 2 y / N * W1 * relu'(z)
+        # d (y^2 / N) / dz = 2 y / N * W1 * relu'(z); at the activation, without relu'(z)
         expected = 2 * y[0] / 6 * l1.weight[0] * (z > 0).astype(jnp.float32)
         np.testing.assert_allclose(grads[n], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(post[n], 2 * y[0] / 6 * l1.weight[0], rtol=1e-5, atol=1e-7)
 
 
 def test_preactivation_sits_after_the_norm_and_before_the_activation(getkey):
@@ -54,7 +56,7 @@ def test_preactivation_sits_after_the_norm_and_before_the_activation(getkey):
 
     expected = jax.grad(rest)(z_stem)
     got = jax.grad(lambda p: anatomy.tapped(net, p, x)[0][0])(anatomy.zeros())
-    np.testing.assert_allclose(got["stem"], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["pre"]["stem"], expected, rtol=1e-5, atol=1e-7)
     _, acts = anatomy.tapped(net, None, x)
     np.testing.assert_allclose(acts["stem"], jax.nn.relu(z_stem), rtol=1e-6)
     # The block's second layer has no activation: its output is LN(dense2(h)) before the add.

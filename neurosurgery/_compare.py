@@ -1,0 +1,112 @@
+"""Score one observation with several metrics and compare what they flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._anatomy import Anatomy
+from ._metrics import Metric, Scores
+from ._observe import Observation
+
+
+def score_all(metrics: Sequence[Metric], anatomy: Anatomy, observation: Observation,
+              states: Mapping[str, Any] | None = None) -> dict[str, Scores]:  # fmt: skip
+    """Scores of every metric for one observation, keyed by metric name."""
+    out = {}
+    for metric in metrics:
+        state = states[metric.name] if states is not None else metric.init(anatomy)
+        out[metric.name] = metric.score(anatomy, observation, state)[0]
+    return out
+
+
+def _top_quarter(x: np.ndarray) -> np.ndarray:
+    """Units in the top 25 % of their layer (per member row), ties by index."""
+    n = x.shape[-1]
+    k = n - int(np.ceil(0.75 * n))
+    ranks = np.argsort(np.argsort(-x, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return ranks < k
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Per-layer inactive ratios of several metrics and how much their flagged sets agree.
+
+    Attributes:
+        inactive: metric → group → fraction of units with score ≤ τ.
+        network: metric → fraction over all compared groups (weighted by units).
+        jaccard: (metric a, metric b) → group → |A ∩ B| / |A ∪ B| of the flagged sets
+            (1.0 when both are empty).
+        quadrants: group → counts of units (high activation & high gradient, high activation &
+            low gradient, low activation & high gradient, low & low), "high" meaning in the top
+            25 % of the layer, for the activation and gradient metrics named in `quadrant_metrics`.
+    """
+
+    inactive: dict[str, dict[str, float]]
+    network: dict[str, float]
+    jaccard: dict[tuple[str, str], dict[str, float]]
+    quadrants: dict[str, tuple[int, int, int, int]]
+    quadrant_metrics: tuple[str, str] | None
+
+    def table(self) -> str:
+        """A readable table: one row per group, inactive % per metric, then agreement."""
+        metrics = list(self.inactive)
+        groups = list(next(iter(self.inactive.values())))
+        head = ["group", *[f"{m} %" for m in metrics], *[f"J({a},{b})" for a, b in self.jaccard]]
+        if self.quadrants:
+            head.append("quadrants hh/hl/lh/ll")
+        rows = [head]
+        for g in groups:
+            row = [g, *[f"{100 * self.inactive[m].get(g, float('nan')):.1f}" for m in metrics]]
+            row += [f"{self.jaccard[p].get(g, float('nan')):.2f}" for p in self.jaccard]
+            if self.quadrants:
+                row.append("/".join(map(str, self.quadrants.get(g, ()))))
+            rows.append(row)
+        rows.append(["network", *[f"{100 * self.network[m]:.1f}" for m in metrics]])
+        widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+                         for r in rows)  # fmt: skip
+
+
+def compare(anatomy: Anatomy, scores: Mapping[str, Scores], tau: float | Mapping[str, float] = 0.0,
+            *, hidden_only: bool = True,
+            quadrant_metrics: tuple[str, str] | None = ("dormant", "grama")) -> Comparison:  # fmt: skip
+    """Compare metrics on the same units: inactive ratios, Jaccard agreement and quadrants.
+
+    Args:
+        anatomy: the anatomy the scores belong to.
+        scores: metric name → group → scores (see [`score_all`][neurosurgery.score_all]).
+        tau: the threshold, one for all metrics or one per metric name.
+        hidden_only: leave output groups out.
+        quadrant_metrics: (activation metric, gradient metric) for the quadrant counts, as in the
+            paper's analysis; skipped when either is missing.
+    """
+    taus = {m: (tau[m] if isinstance(tau, Mapping) else tau) for m in scores}
+    keep = [g for g in anatomy.groups if not (hidden_only and g.output)]
+    names = [g.name for g in keep if all(g.name in s for s in scores.values())]
+    flagged = {m: {g: np.asarray(s[g]) <= taus[m] for g in names} for m, s in scores.items()}
+    inactive = {m: {g: float(f[g].mean()) for g in names} for m, f in flagged.items()}
+    total = sum(anatomy[g].n_units for g in names)
+    network = {m: float(sum(f[g].sum() for g in names)) / max(total, 1) for m, f in flagged.items()}
+    jaccard = {}
+    for a, b in itertools.combinations(scores, 2):
+        jaccard[(a, b)] = {}
+        for g in names:
+            union = np.logical_or(flagged[a][g], flagged[b][g]).sum()
+            inter = np.logical_and(flagged[a][g], flagged[b][g]).sum()
+            jaccard[(a, b)][g] = float(inter / union) if union else 1.0
+    quadrants = {}
+    if quadrant_metrics and all(m in scores for m in quadrant_metrics):
+        act_m, grad_m = quadrant_metrics
+        for g in names:
+            hi_a = _top_quarter(np.asarray(jnp.asarray(scores[act_m][g])))
+            hi_g = _top_quarter(np.asarray(jnp.asarray(scores[grad_m][g])))
+            quadrants[g] = (int((hi_a & hi_g).sum()), int((hi_a & ~hi_g).sum()),
+                            int((~hi_a & hi_g).sum()), int((~hi_a & ~hi_g).sum()))  # fmt: skip
+    return Comparison(inactive, network, jaccard, quadrants,
+                      quadrant_metrics if quadrants else None)  # fmt: skip
