@@ -1,0 +1,192 @@
+"""SAC pieces checked against independent NumPy computations."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import agents
+from agents import SAC, Batch, NetworkConfig, SACConfig
+
+NET = NetworkConfig(width=8, depth=1)
+
+
+def np_mlp(mlp: agents.MLP, x: np.ndarray, act=lambda h: np.maximum(h, 0.0)) -> np.ndarray:
+    """Forward pass of a plain MLP in NumPy (float64), from its weights."""
+    for layer in mlp.layers:
+        x = act(x @ np.asarray(layer.linear.weight, np.float64).T + np.asarray(layer.linear.bias))
+    return x @ np.asarray(mlp.head.weight, np.float64).T + np.asarray(mlp.head.bias)
+
+
+def member(tree, i):
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+
+
+@pytest.fixture(scope="module")
+def sac():
+    return SAC(SACConfig(batch_size=4, actor=NET, critic=NET, gamma=0.9, tau=0.25), 3, 2)
+
+
+@pytest.fixture(scope="module")
+def state(sac):
+    return sac.init(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+    terminated = jnp.asarray([0.0, 1.0, 0.0, 1.0], jnp.float32)
+    return Batch(f(4, 3), jnp.tanh(f(4, 2)), f(4), f(4, 3), terminated)
+
+
+def test_squashed_gaussian_log_prob_matches_numpy():
+    rng = np.random.default_rng(1)
+    mean, log_std, noise = (rng.normal(size=3) for _ in range(3))
+    action, logp = agents.squashed_gaussian(
+        jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32),
+        jnp.asarray(noise, jnp.float32),
+    )  # fmt: skip
+    u = mean + np.exp(log_std) * noise
+    std = np.exp(log_std)
+    log_normal = -((u - mean) ** 2) / (2 * std**2) - np.log(std * math.sqrt(2 * math.pi))
+    expected = np.sum(log_normal - np.log(1 - np.tanh(u) ** 2))
+    np.testing.assert_allclose(np.asarray(action), np.tanh(u), rtol=1e-5)
+    np.testing.assert_allclose(float(logp), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_log_prob_stable_for_saturated_actions():
+    _, logp = agents.squashed_gaussian(jnp.full(2, 30.0), jnp.zeros(2), jnp.zeros(2))
+    assert np.isfinite(float(logp))
+
+
+def test_critic_target_matches_numpy(sac, state, batch):
+    key = jax.random.key(5)
+    probe = sac.critic_probe(state, batch, key)
+    # the next action uses the same noise draw as the probe
+    noise = np.asarray(jax.random.normal(key, batch.action.shape, batch.action.dtype), np.float64)
+    out = np_mlp(state.actor.net, np.asarray(batch.next_obs, np.float64))
+    mean, raw = out[:, :2], out[:, 2:]
+    log_std = -5.0 + 0.5 * 7.0 * (np.tanh(raw) + 1.0)
+    u = mean + np.exp(log_std) * noise
+    a = np.tanh(u)
+    logp = np.sum(
+        -0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi) - np.log(1 - a**2), axis=-1
+    )
+    x = np.concatenate([np.asarray(batch.next_obs, np.float64), a], axis=-1)
+    q = np.stack([np_mlp(member(state.target_critic, i).net, x)[:, 0] for i in range(2)], -1)
+    alpha = float(np.exp(state.log_alpha))
+    expected = np.asarray(batch.reward) + 0.9 * (1 - np.asarray(batch.terminated)) * (
+        q.min(-1) - alpha * logp
+    )
+    np.testing.assert_allclose(np.asarray(probe.inputs[2]), expected, rtol=1e-4, atol=1e-4)
+    # per-sample loss: sum over the two critics of the squared TD error
+    x0 = np.concatenate([np.asarray(batch.obs, np.float64), np.asarray(batch.action)], -1)
+    q0 = np.stack([np_mlp(member(state.critic, i).net, x0)[:, 0] for i in range(2)], -1)
+    per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0, 0))(probe.model, *probe.inputs)
+    np.testing.assert_allclose(
+        np.asarray(per_sample), ((q0 - expected[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def updated(sac, state, batch):
+    update = eqx.filter_jit(sac.update)
+    s0, m0 = update(state, batch, jax.random.key(1), 0)
+    s1, m1 = update(s0, batch, jax.random.key(2), 1)
+    return s0, m0, s1, m1
+
+
+def test_soft_target_update(sac, state, updated):
+    s0, _, _, _ = updated
+    tau = sac.config.tau
+    old = jax.tree.leaves(eqx.filter(state.target_critic, eqx.is_array))
+    new = jax.tree.leaves(eqx.filter(s0.critic, eqx.is_array))
+    got = jax.tree.leaves(eqx.filter(s0.target_critic, eqx.is_array))
+    for o, n, g in zip(old, new, got, strict=True):
+        np.testing.assert_allclose(np.asarray(g), (1 - tau) * np.asarray(o) + tau * np.asarray(n), rtol=1e-6, atol=1e-7)  # fmt: skip
+
+
+def test_policy_delay_updates_actor_on_phase_zero_only(state, updated):
+    s0, m0, s1, m1 = updated
+    changed = lambda a, b: any(
+        not np.array_equal(x, y)
+        for x, y in zip(
+            jax.tree.leaves(eqx.filter(a, eqx.is_array)),
+            jax.tree.leaves(eqx.filter(b, eqx.is_array)),
+            strict=True,
+        )
+    )
+    assert changed(state.actor, s0.actor) and changed(state.critic, s0.critic)
+    assert not changed(s0.actor, s1.actor) and changed(s0.critic, s1.critic)
+    assert float(s0.log_alpha) != float(state.log_alpha)
+    assert float(s1.log_alpha) == float(s0.log_alpha)
+    assert {"actor_loss", "alpha_loss", "alpha", "entropy"} <= set(m0) and "actor_loss" not in m1
+    assert int(s1.updates) == 2
+    # Adam took policy_delay (=2) actor steps on phase 0
+    counts = [int(x) for x in jax.tree.leaves(s0.actor_opt) if jnp.issubdtype(x.dtype, jnp.integer)]
+    assert counts and all(c == 2 for c in counts)
+
+
+def test_alpha_moves_towards_target_entropy(sac, state, updated):
+    # α rises when the policy entropy is below the target −|A| and falls when above
+    s0, m0, _, _ = updated
+    step = float(s0.log_alpha) - float(state.log_alpha)
+    assert sac.target_entropy == -2.0
+    assert np.sign(step) == np.sign(sac.target_entropy - float(m0["entropy"]))
+
+
+def test_twin_critics_are_stacked_and_differ(state):
+    w = state.critic.net.layers[0].linear.weight
+    assert w.shape == (2, 8, 5)
+    assert not np.allclose(w[0], w[1])
+
+
+@pytest.mark.parametrize("activation", sorted(agents.ACTIVATIONS))
+@pytest.mark.parametrize("layer_norm,residual", [(False, False), (True, False), (True, True)])
+def test_network_options(activation, layer_norm, residual):
+    cfg = NetworkConfig(width=6, depth=2, activation=activation, layer_norm=layer_norm, residual=residual)  # fmt: skip
+    mlp = agents.MLP(3, 2, cfg, key=jax.random.key(0))
+    out = mlp(jnp.ones(3))
+    assert out.shape == (2,) and bool(jnp.all(jnp.isfinite(out)))
+    n_linear = sum(isinstance(x, eqx.nn.Linear) for x in jax.tree.leaves(mlp, is_leaf=lambda x: isinstance(x, eqx.nn.Linear)))  # fmt: skip
+    assert n_linear == (1 + 2 * 2 + 1 if residual else 2 + 1)
+
+
+def test_unknown_activation_rejected():
+    with pytest.raises(ValueError, match="activation"):
+        NetworkConfig(activation="swishy").validate("sac.actor")
+
+
+def test_act_deterministic_and_bounded(sac, state):
+    obs = jnp.ones((5, 3))
+    a1 = sac.act(state, obs, jax.random.key(0), True)
+    a2 = sac.act(state, obs, jax.random.key(1), True)
+    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))
+    a3 = sac.act(state, obs, jax.random.key(1), False)
+    assert a3.shape == (5, 2) and bool(jnp.all(jnp.abs(a3) <= 1))
+
+
+def test_probes_expose_per_sample_losses(sac, state, batch):
+    probes = sac.probes(state, batch, jax.random.key(0))
+    assert set(probes) == {"critic", "actor"}
+    for probe in probes.values():
+        per_sample = jax.vmap(probe.loss, in_axes=(None,) + (0,) * len(probe.inputs))(
+            probe.model, *probe.inputs
+        )
+        assert per_sample.shape == (4,)
+
+
+def test_replay_buffer_wraps_and_samples():
+    r = agents.replay_init(5, 1, 1)
+    for start in (0, 3):
+        v = jnp.arange(start, start + 3, dtype=jnp.float32)
+        r = agents.replay_add(r, Batch(v[:, None], v[:, None], v, v[:, None], v))
+    assert int(r.size) == 5 and int(r.position) == 1
+    np.testing.assert_array_equal(np.asarray(r.data.reward), [5, 1, 2, 3, 4])
+    sample = agents.replay_sample(r, jax.random.key(0), 64)
+    assert set(np.asarray(sample.reward).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    np.testing.assert_array_equal(np.asarray(sample.obs[:, 0]), np.asarray(sample.reward))
