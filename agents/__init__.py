@@ -1,4 +1,10 @@
 """Agents (SAC; BRO and DACER to come), their networks, and the shared trainer and run pipeline."""
+
+from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import load_checkpoint as load_checkpoint
+from ._checkpoint import save_checkpoint as save_checkpoint
+from ._config import TrainConfig as TrainConfig
+from ._loop import TrainState as TrainState
 from ._mlp import ACTIVATIONS as ACTIVATIONS
 from ._mlp import MLP as MLP
 from ._mlp import NetworkConfig as NetworkConfig
@@ -6,6 +12,8 @@ from ._replay import Replay as Replay
 from ._replay import replay_add as replay_add
 from ._replay import replay_init as replay_init
 from ._replay import replay_sample as replay_sample
+from ._run import load_run_config as load_run_config
+from ._run import train as train
 from ._sac import SAC as SAC
 from ._sac import Actor as Actor
 from ._sac import Batch as Batch
@@ -14,3 +22,10 @@ from ._sac import Probe as Probe
 from ._sac import SACConfig as SACConfig
 from ._sac import SACState as SACState
 from ._sac import squashed_gaussian as squashed_gaussian
+from ._sinks import ConsoleSink as ConsoleSink
+from ._sinks import CSVSink as CSVSink
+from ._sinks import JSONLSink as JSONLSink
+from ._sinks import TensorBoardSink as TensorBoardSink
+from ._surgery import surgery_step as surgery_step
+from ._trainer import NonFiniteError as NonFiniteError
+from ._trainer import Trainer as Trainer

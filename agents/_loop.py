@@ -1,0 +1,180 @@
+"""The compiled pieces of training, per seed: acting, replay insertion, update cycles, segments.
+
+A segment is a whole logging interval. For JAX environments it is one `lax.scan` over bodies of
+`env_per_body` vectorised env steps followed by `updates_per_body` gradient updates (the replay
+ratio as a fraction p/q, rounded to whole policy-delay cycles). For host environments the same
+per-seed pieces are jitted separately and called from a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._replay import Replay, replay_add, replay_init, replay_sample, transitions
+from ._surgery import surgery_step
+
+
+class TrainState(eqx.Module):
+    """Per-seed training state (stacked over seeds by vmap). `env_state` is None on host envs."""
+
+    agent: Any
+    replay: Replay
+    env_state: Any
+    obs: Array
+    key: Array
+
+
+def body_shape(replay_ratio: float, cycle: int) -> tuple[int, int]:
+    """(env steps, updates) per body: updates/env steps = replay ratio, updates % cycle == 0."""
+    frac = Fraction(replay_ratio).limit_denominator(64)
+    if frac <= 0:
+        raise ValueError(f"replay_ratio {replay_ratio} rounds to 0")
+    p, q = frac.numerator, frac.denominator
+    k = cycle // math.gcd(p, cycle)
+    return q * k, p * k
+
+
+class Loop:
+    """Per-seed functions for one agent, env and config; vmapped and jitted by the trainer."""
+
+    def __init__(self, agent, env, config, surgery: bool):
+        self.agent, self.env, self.config = agent, env, config
+        self.surgery = surgery
+        self.cycle = agent.update_cycle
+        self.env_per_body, self.updates_per_body = body_shape(config.replay_ratio, self.cycle)
+
+    # --- state -------------------------------------------------------------------------------
+    def init(self, seed_key: Array, env_state: Any, obs: Array) -> TrainState:
+        k_agent, k_loop = jax.random.split(seed_key)
+        c, env = self.config, self.env
+        replay = replay_init(c.buffer_size, env.observation_size, env.action_size)
+        return TrainState(self.agent.init(k_agent), replay, env_state, obs, k_loop)
+
+    # --- acting ------------------------------------------------------------------------------
+    def act(self, ts: TrainState, random: bool) -> tuple[TrainState, Array]:
+        key, sub = jax.random.split(ts.key)
+        n, a = ts.obs.shape[0], self.env.action_size
+        if random:
+            action = jax.random.uniform(sub, (n, a), jnp.float32, -1.0, 1.0)
+        else:
+            action = self.agent.act(ts.agent, ts.obs.astype(jnp.float32), sub, False)
+        return eqx.tree_at(lambda t: t.key, ts, key), action
+
+    def insert(self, ts: TrainState, action: Array, step: Any, env_state: Any) -> tuple:
+        replay = replay_add(ts.replay, transitions(ts.obs.astype(jnp.float32), action, step))
+        ended = step.terminated | step.truncated
+        stats = jnp.stack(
+            [
+                jnp.sum(jnp.where(ended, step.episode_return, 0.0)).astype(jnp.float32),
+                jnp.sum(jnp.where(ended, step.episode_length, 0)).astype(jnp.float32),
+                jnp.sum(ended).astype(jnp.float32),
+            ]
+        )
+        ts = eqx.tree_at(
+            lambda t: (t.replay, t.env_state, t.obs),
+            ts,
+            (replay, env_state, step.obs.astype(ts.obs.dtype)),
+            is_leaf=lambda x: x is None,
+        )
+        return ts, stats
+
+    def env_step(self, ts: TrainState, random: bool) -> tuple[TrainState, Array]:
+        ts, action = self.act(ts, random)
+        env_state, step = self.env.step(ts.env_state, action)
+        return self.insert(ts, action, step, env_state)
+
+    # --- updates -----------------------------------------------------------------------------
+    def updates(self, ts: TrainState, u0: Array) -> tuple[TrainState, dict[str, Array]]:
+        """`updates_per_body` gradient updates; `u0` (unbatched) counts updates done before."""
+        agent, c = self.agent, self.config
+
+        def one_cycle(carry, _):
+            ts, u = carry
+            metrics: dict[str, Array] = {}
+            agent_state, key = ts.agent, ts.key
+            for phase in range(self.cycle):
+                key, k_batch, k_update = jax.random.split(key, 3)
+                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
+                agent_state, m = agent.update(agent_state, batch, k_update, phase)
+                for name, value in m.items():
+                    metrics.setdefault(name, []).append(value)
+            u = u + self.cycle
+            if self.surgery:
+                key, k_batch, k_surgery = jax.random.split(key, 3)
+                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
+                agent_state, surgery_metrics = _maybe_surgery(
+                    agent, c, agent_state, batch, k_surgery, u, self.cycle
+                )
+                metrics.update({k: [v] for k, v in surgery_metrics.items()})
+            ts = eqx.tree_at(lambda t: (t.agent, t.key), ts, (agent_state, key))
+            return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
+
+        n_cycles = self.updates_per_body // self.cycle
+        (ts, _), metrics = jax.lax.scan(one_cycle, (ts, u0), None, length=n_cycles)
+        return ts, {k: jnp.mean(v) for k, v in metrics.items()}
+
+    # --- segments (JAX environments) ---------------------------------------------------------
+    def segment(self, ts: TrainState, u0: Array, bodies: int, learning: bool):
+        """`bodies` bodies; returns the state and per-body stats and update metrics."""
+
+        def body(carry, _):
+            ts, u = carry
+            ts, stats = jax.lax.scan(
+                lambda t, _: self.env_step(t, not learning), ts, None, length=self.env_per_body
+            )
+            out = {"stats": jnp.sum(stats, axis=0)}
+            if learning:
+                ts, metrics = self.updates(ts, u)
+                u = u + self.updates_per_body
+                out["metrics"] = metrics
+            return (ts, u), out
+
+        (ts, _), out = jax.lax.scan(body, (ts, u0), None, length=bodies)
+        return ts, out
+
+    def warmup(self, ts: TrainState, steps: int):
+        """`steps` vectorised env steps of uniform random actions, no updates."""
+        ts, stats = jax.lax.scan(lambda t, _: self.env_step(t, True), ts, None, length=steps)
+        return ts, {"stats": jnp.sum(stats, axis=0)[None]}
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate(self, agent_state: Any, eval_env: Any, key: Array, length: int) -> Array:
+        """Mean return of the first episode of each eval env, acting deterministically."""
+        env_state, step = eval_env.reset(jax.random.wrap_key_data(key))
+        n = step.obs.shape[0]
+
+        def body(carry, _):
+            env_state, obs, done, ret = carry
+            action = self.agent.act(agent_state, obs.astype(jnp.float32), key, True)
+            env_state, step = eval_env.step(env_state, action)
+            ended = (step.terminated | step.truncated) & ~done
+            ret = jnp.where(ended, step.episode_return.astype(jnp.float32), ret)
+            return (env_state, step.obs, done | ended, ret), None
+
+        init = (env_state, step.obs, jnp.zeros(n, bool), jnp.zeros(n, jnp.float32))
+        (_, _, done, ret), _ = jax.lax.scan(body, init, None, length=length)
+        count = jnp.maximum(jnp.sum(done), 1).astype(jnp.float32)
+        return jnp.sum(jnp.where(done, ret, 0.0)) / count
+
+
+def _maybe_surgery(agent, config, agent_state, batch, key, u, cycle: int):
+    """Run `surgery_step` when the update count crossed a multiple of reset_period in this cycle."""
+    period = config.reset_period
+    due = (u // period) != ((u - cycle) // period)
+    step = lambda s: surgery_step(agent, config, s, batch, key)
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, agent_state)[1]
+    )
+    return jax.lax.cond(
+        due,
+        step,
+        lambda s: (s, zeros),
+        agent_state,
+    )

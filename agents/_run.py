@@ -1,0 +1,226 @@
+"""A training run on disk: run folder, sinks, progress bar, checkpoints, resume, summary, plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from ._config import TrainConfig, config_from_dict, config_to_dict
+from ._sinks import (
+    ConsoleSink,
+    CSVSink,
+    JSONLSink,
+    Sink,
+    TensorBoardSink,
+    plot_curves,
+    read_metrics,
+)
+from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, _program_options, versions
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration saved in a run folder (for `--resume`)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+    return replace(config_from_dict(json.loads(path.read_text())["config"]), run_dir=str(run_dir))
+
+
+def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[Sink]:
+    seeds, out = config.seeds, []
+    if "csv" in config.sinks:
+        out.append(CSVSink(run_dir / "metrics.csv", seeds, keep_until))
+    if "jsonl" in config.sinks:
+        out.append(JSONLSink(run_dir / "metrics.jsonl", seeds, keep_until))
+    if "tensorboard" in config.sinks:
+        out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
+    if "console" in config.sinks:
+        out.append(ConsoleSink())
+    return out
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Train `config.agent` on `config.env` for every seed; returns the final summary.
+
+    Metrics reach `callbacks` and the sinks named in `config.sinks` as `(env_steps, {name:
+    per-seed values})`. With `resume`, the run continues from the checkpoint in `config.run_dir`.
+    """
+    config.validate()
+    run_dir = Path(config.run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    header = None
+    if resume:
+        header = read_header(ckpt_path) if ckpt_path.exists() else None
+        if header is not None and header["config"] != _program_options(config):
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written by a different configuration"
+            )
+    elif ckpt_path.exists():
+        raise CheckpointError(f"{run_dir} already holds a run; pass --resume or another run dir")
+    trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"config": config_to_dict(config), "versions": versions()}
+    if not resume or not (run_dir / "config.json").exists():
+        (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    ts = trainer.initial_state()
+    env_steps = updates = 0
+    if header is not None:
+        ts, header = load_checkpoint(ckpt_path, ts)
+        env_steps, updates = header["env_steps"], header["updates"]
+        if not trainer.jittable:  # host environments restart their episodes
+            trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)
+            ts = replace_obs(ts, obs)
+    sinks = _sinks(config, run_dir, env_steps if resume else None)
+    emit = [*callbacks, *(s.write for s in sinks)]
+    try:
+        ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
+    finally:
+        for s in sinks:
+            s.close()
+        trainer.close()
+    return _finish(config, run_dir, env_steps, updates, trainer)
+
+
+def replace_obs(ts: Any, obs: jax.Array) -> Any:
+    import equinox as eqx
+
+    return eqx.tree_at(lambda t: t.obs, ts, obs)
+
+
+def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: Path):
+    c = trainer.config
+    warmup_steps = trainer.warmup_vec * c.num_envs
+    bar = None
+    if c.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=c.steps, initial=min(env_steps, c.steps), unit="step", dynamic_ncols=True)
+    last_ckpt = env_steps if env_steps else None
+    try:
+        while env_steps < c.steps:
+            learning = env_steps >= warmup_steps
+            t0 = time.perf_counter()
+            compile_before = trainer.compile_s
+            ts, stats, metrics = trainer.segment(ts, updates, learning)
+            jax.block_until_ready(ts)
+            seg_steps = trainer.segment_env_steps if learning else warmup_steps
+            seg_updates = trainer.bodies * trainer.loop.updates_per_body if learning else 0
+            _check_finite(trainer, ts, metrics, env_steps, updates, last_ckpt)
+            env_steps, updates = env_steps + seg_steps, updates + seg_updates
+            wall = time.perf_counter() - t0 - (trainer.compile_s - compile_before)
+            record = _record(stats, metrics)
+            n_seeds = len(c.seeds)
+            record["perf/env_steps_per_s"] = np.full(n_seeds, seg_steps * n_seeds / wall)
+            record["perf/updates_per_s"] = np.full(n_seeds, seg_updates * n_seeds / wall)
+            record["perf/compile_s"] = np.full(n_seeds, trainer.compile_s)
+            done = env_steps >= c.steps
+            if c.eval_every and (
+                done or env_steps // c.eval_every > (env_steps - seg_steps) // c.eval_every
+            ):
+                record["eval/episode_return"] = trainer.evaluate(ts, env_steps)
+            for fn in emit:
+                fn(env_steps, record)
+            if (
+                done
+                or env_steps // c.checkpoint_every > (env_steps - seg_steps) // c.checkpoint_every
+            ):
+                meta = {"env_steps": env_steps, "updates": updates, "config": _program_options(c)}
+                save_checkpoint(ckpt_path, ts, meta)
+                last_ckpt = env_steps
+            if bar is not None:
+                bar.update(min(env_steps, c.steps) - bar.n)
+                post = {"sps": f"{record['perf/env_steps_per_s'][0]:.0f}"}
+                for key in ("eval/episode_return", "train/episode_return"):
+                    if key in record and np.isfinite(record[key]).any():
+                        post[key.split("/")[0] + "_ret"] = f"{np.nanmean(record[key]):.3g}"
+                bar.set_postfix(post)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ts, env_steps, updates
+
+
+def _record(stats: jax.Array, metrics: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    stats = np.asarray(stats, np.float64).sum(axis=1)  # [S, 3]: return sum, length sum, count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        count = np.where(stats[:, 2] > 0, stats[:, 2], np.nan)
+        out = {
+            "train/episode_return": stats[:, 0] / count,
+            "train/episode_length": stats[:, 1] / count,
+        }
+    for name, value in metrics.items():
+        prefix = "" if "/" in name else "train/"
+        out[prefix + name] = np.asarray(value, np.float64).mean(axis=1)
+    return out
+
+
+def _check_finite(trainer: Trainer, ts, metrics, env_steps: int, updates: int, last_ckpt) -> None:
+    kept = f"last good checkpoint: env step {last_ckpt}" if last_ckpt else "no checkpoint yet"
+    per_body_updates = trainer.loop.updates_per_body
+    per_body_steps = trainer.loop.env_per_body * trainer.config.num_envs
+    bad = {
+        (metric, network): ~np.isfinite(np.asarray(metrics[metric]))  # [S, B]
+        for metric, network in trainer.agent.loss_networks
+        if metric in metrics
+    }
+    bad = {k: v for k, v in bad.items() if v.any()}
+    if bad:
+        body = min(int(np.argwhere(v)[:, 1].min()) for v in bad.values())
+        names = ", ".join(
+            f"{metric} of network '{network}' (seeds "
+            f"{[trainer.config.seeds[i] for i in np.flatnonzero(v[:, body])]})"
+            for (metric, network), v in bad.items()
+            if v[:, body].any()
+        )
+        raise NonFiniteError(
+            f"non-finite {names} within updates {updates + body * per_body_updates + 1}–"
+            f"{updates + (body + 1) * per_body_updates}, at env step "
+            f"{env_steps + (body + 1) * per_body_steps}; run stopped ({kept})"
+        )
+    finite = {k: np.asarray(v) for k, v in trainer._finite(ts).items()}
+    for network, ok in finite.items():
+        if not ok.all():
+            seed = trainer.config.seeds[int(np.argmin(ok))]
+            raise NonFiniteError(
+                f"non-finite parameters in network '{network}' (seed {seed}) after env step "
+                f"{env_steps + trainer.segment_env_steps}, update {updates}; run stopped ({kept})"
+            )
+
+
+def _finish(config: TrainConfig, run_dir: Path, env_steps: int, updates: int, trainer) -> dict:
+    summary: dict[str, Any] = {
+        "env_steps": env_steps,
+        "updates": updates,
+        "seeds": list(config.seeds),
+    }
+    csv_path = run_dir / "metrics.csv"
+    if csv_path.exists():
+        data = read_metrics(csv_path)
+        for name in ("eval/episode_return", "train/episode_return"):
+            if name in data:
+                by_seed = [data[name].get(s, []) for s in config.seeds]
+                summary[name] = {
+                    "final": [p[-1][1] if p else None for p in by_seed],
+                    "best": [max(v for _, v in p) if p else None for p in by_seed],
+                }
+        plot_curves(
+            csv_path,
+            run_dir / "returns.png",
+            ("eval/episode_return", "train/episode_return"),
+            f"{config.agent} on {config.env}",
+        )
+        plot_curves(csv_path, run_dir / "inactive.png", ("surgery/",), "inactive neurons")
+    summary["compile_s"] = trainer.compile_s
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

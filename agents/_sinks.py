@@ -1,0 +1,167 @@
+"""Metric sinks attached to the trainer's callback, and plots of a run's metrics.
+
+A record is `(env_steps, {name: per-seed values})` with flat slash-keyed names. On resume, file
+sinks drop rows newer than the checkpoint so the files read as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Record = dict[str, Sequence[float]]
+
+
+class Sink(Protocol):
+    def write(self, env_steps: int, metrics: Record) -> None: ...
+    def close(self) -> None: ...
+
+
+def _rows(env_steps: int, seeds: Sequence[int], metrics: Record):
+    for i, seed in enumerate(seeds):
+        values = {k: float(v[i]) for k, v in metrics.items() if math.isfinite(float(v[i]))}
+        if values:
+            yield seed, values
+
+
+class CSVSink:
+    """Long format: env_steps, seed, name, value."""
+
+    def __init__(self, path: Path, seeds: Sequence[int], keep_until: int | None = None):
+        self.seeds = list(seeds)
+        if keep_until is not None and path.exists():
+            with open(path, newline="") as f:
+                kept = [r for r in csv.reader(f)][1:]
+            kept = [r for r in kept if int(r[0]) <= keep_until]
+        else:
+            kept = []
+        self.file = open(path, "w", newline="")  # noqa: SIM115
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["env_steps", "seed", "name", "value"])
+        self.writer.writerows(kept)
+        self.file.flush()
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            for name, value in sorted(values.items()):
+                self.writer.writerow([env_steps, seed, name, repr(value)])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JSONLSink:
+    """One JSON object per seed and record: {"env_steps", "seed", name: value, ...}."""
+
+    def __init__(self, path: Path, seeds: Sequence[int], keep_until: int | None = None):
+        self.seeds = list(seeds)
+        kept: list[str] = []
+        if keep_until is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in kept if json.loads(ln)["env_steps"] <= keep_until]
+        self.file = open(path, "w")  # noqa: SIM115
+        self.file.writelines(ln + "\n" for ln in kept)
+        self.file.flush()
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            self.file.write(json.dumps({"env_steps": env_steps, "seed": seed, **values}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    """One event folder per seed (`tb/seed_<s>`), so seeds overlay under the same tags."""
+
+    def __init__(self, folder: Path, seeds: Sequence[int], keep_until: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.seeds = list(seeds)
+        purge = None if keep_until is None else keep_until + 1
+        self.writers = {
+            s: SummaryWriter(str(folder / f"seed_{s}"), purge_step=purge) for s in self.seeds
+        }
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            for name, value in values.items():
+                self.writers[seed].add_scalar(name, value, env_steps)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+class ConsoleSink:
+    """A line per record with seed means of the main metrics."""
+
+    KEYS = ("train/episode_return", "eval/episode_return", "train/critic_loss", "train/alpha")
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        parts = [f"step {env_steps:>9d}"]
+        for k in (*self.KEYS, "perf/env_steps_per_s"):
+            if k in metrics:
+                v = np.asarray(metrics[k], np.float64)
+                if np.isfinite(v).any():
+                    parts.append(f"{k.replace('/episode_return', '_return')} {np.nanmean(v):.4g}")
+        line = " | ".join(parts)
+        from tqdm import tqdm
+
+        tqdm.write(line, file=self.stream or sys.stdout)
+
+    def close(self) -> None:
+        pass
+
+
+def read_metrics(path: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
+    """metrics.csv → {name: {seed: [(env_steps, value), ...]}}."""
+    out: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    with open(path, newline="") as f:
+        for row in list(csv.reader(f))[1:]:
+            out.setdefault(row[2], {}).setdefault(int(row[1]), []).append(
+                (int(row[0]), float(row[3]))
+            )
+    return out
+
+
+def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title: str) -> bool:
+    """One PNG with every metric whose name starts with one of `prefixes`, per seed and mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {k: v for k, v in read_metrics(csv_path).items() if k.startswith(prefixes)}
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, by_seed) in enumerate(sorted(data.items())):
+        color = f"C{i}"
+        for pts in by_seed.values():
+            x, y = zip(*pts, strict=True)
+            ax.plot(x, y, color=color, alpha=0.3, linewidth=0.8)
+        steps = sorted(set.intersection(*[{s for s, _ in p} for p in by_seed.values()]))
+        if steps:
+            means = [np.mean([dict(p)[s] for p in by_seed.values()]) for s in steps]
+            ax.plot(steps, means, color=color, linewidth=2, label=name)
+    ax.set_xlabel("environment steps")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return True

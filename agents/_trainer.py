@@ -1,0 +1,261 @@
+"""The shared trainer: any agent, JAX or host environments, vmapped seeds, sinks, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._config import TrainConfig, config_to_dict
+from ._loop import Loop, TrainState
+from ._sac import SAC
+
+Callback = Callable[[int, dict[str, np.ndarray]], None]
+CHECKPOINT = "checkpoint.ckpt"
+#: options that may differ between a run and its resumption (steps: a run can be extended)
+RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps")
+_JIT_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _program_options(config: TrainConfig) -> dict[str, Any]:
+    """The configuration minus runtime options: what a run's state and programs depend on."""
+    d = config_to_dict(config)
+    for k in RUNTIME_OPTIONS:
+        d.pop(k)
+    return json.loads(json.dumps(d))
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or parameter became NaN/inf; the run stopped, the last good checkpoint is kept."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "equinox", "optax", "numpy", "neurosurgery", "brax", "playground"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
+    """Build an environment by name: `test/…` from agents.testing, anything else from envs."""
+    if config.env.startswith("test/"):
+        from .testing import make
+    else:
+        import envs
+
+        make = getattr(envs, "make", None)
+        if make is None:
+            raise ValueError(f"environment {config.env!r}: the envs package offers no make()")
+    return make(
+        config.env,
+        num_envs=num_envs,
+        seed=seed,
+        action_repeat=config.action_repeat,
+        episode_length=config.episode_length,
+    )
+
+
+def make_agent(config: TrainConfig, obs_size: int, action_size: int) -> Any:
+    if config.agent == "sac":
+        return SAC(config.sac, obs_size, action_size)
+    raise ValueError(f"unknown agent {config.agent!r}")
+
+
+def _seed_key(seed: int) -> jax.Array:
+    return jax.random.key_data(jax.random.key(seed))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class Trainer:
+    """Holds the compiled functions of one run; `run()` trains to `config.steps`."""
+
+    def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = ()):
+        config.validate()
+        self.config, self.callbacks = config, list(callbacks)
+        c, seeds = config, list(config.seeds)
+        self.envs = [make_env(c, c.num_envs, s) for s in seeds]
+        self.eval_envs = [make_env(c, c.eval_episodes, s + 10_000) for s in seeds]
+        env = self.envs[0]
+        self.jittable = bool(env.jittable)
+        if not self.jittable:
+            self.envs[1:] = [make_env(c, c.num_envs, s) for s in seeds[1:]]
+        self.agent = make_agent(c, env.observation_size, env.action_size)
+        self.loop = Loop(self.agent, env, c, surgery=c.reset != "none")
+        self.keys = jnp.stack([_seed_key(s) for s in seeds])
+        n, per_body = c.num_envs, self.loop.env_per_body
+        self.bodies = max(1, math.ceil(c.log_every / (n * per_body)))
+        self.segment_env_steps = self.bodies * per_body * n
+        self.warmup_vec = math.ceil(c.learning_starts / n)
+        self.eval_length = c.episode_length // c.action_repeat + 1
+        self.compile_s = 0.0
+        self._jit_cached()
+
+    # --- compiled functions ------------------------------------------------------------------
+    def _jit_cached(self) -> None:
+        """Reuse the compiled functions of an earlier trainer with the same program in-process.
+
+        The functions depend on the configuration (seed values and runtime options aside), not
+        on the seeds themselves, so a resumed run or a repeated call does not compile again.
+        """
+        if not self.jittable:
+            self._aot: dict[str, Any] = {}
+            self._jit()
+            return
+        c = self.config
+        key = json.dumps(
+            {**_program_options(c), "seeds": len(c.seeds)}, sort_keys=True, default=str
+        )
+        names = ("_init", "_finite", "_segment", "_warmup", "_evaluate", "_aot")
+        if key not in _JIT_CACHE:
+            self._aot = {}
+            self._jit()
+            _JIT_CACHE[key] = {n: getattr(self, n) for n in names}
+        self.__dict__.update(_JIT_CACHE[key])
+
+    def _jit(self) -> None:
+        loop, env = self.loop, self.envs[0]
+
+        def init(key):
+            k_env, k_seed = jax.random.split(key)
+            if self.jittable:
+                env_state, step = env.reset(jax.random.wrap_key_data(k_env))
+                return loop.init(k_seed, env_state, step.obs.astype(jnp.float32))
+            obs = jnp.zeros((self.config.num_envs, env.observation_size), jnp.float32)
+            return loop.init(k_seed, None, obs)
+
+        self._init = jax.jit(jax.vmap(init))
+        self._finite = jax.jit(
+            jax.vmap(
+                lambda ts: {k: _all_finite(v) for k, v in self.agent.networks(ts.agent).items()}
+            )
+        )
+        if self.jittable:
+            self._segment = jax.jit(
+                jax.vmap(lambda ts, u0: loop.segment(ts, u0, self.bodies, True), in_axes=(0, None))
+            )
+            self._warmup = jax.jit(jax.vmap(lambda ts: loop.warmup(ts, self.warmup_vec)))
+            ev = self.eval_envs[0]
+            self._evaluate = jax.jit(
+                jax.vmap(lambda a, k: loop.evaluate(a, ev, k, self.eval_length))
+            )
+        else:
+            self._act = jax.jit(jax.vmap(loop.act, in_axes=(0, None)), static_argnums=1)
+            self._insert = jax.jit(jax.vmap(lambda ts, a, s: loop.insert(ts, a, s, None)))
+            self._updates = jax.jit(jax.vmap(loop.updates, in_axes=(0, None)))
+            self._act_det = jax.jit(
+                jax.vmap(lambda a, o: self.agent.act(a, o.astype(jnp.float32), _seed_key(0), True))
+            )
+
+    def close(self) -> None:
+        """Release environment workers (host backends)."""
+        for env in {id(e): e for e in [*self.envs, *self.eval_envs]}.values():
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()
+
+    def state_shapes(self) -> TrainState:
+        """Shapes and dtypes of the training state (no computation), e.g. as a template."""
+        return jax.eval_shape(self._init, self.keys)
+
+    def initial_state(self) -> TrainState:
+        ts = self._init(self.keys)
+        if not self.jittable:
+            self.env_states, obs = self._reset_host(self.envs, 0)
+            ts = eqx.tree_at(lambda t: t.obs, ts, obs)
+        return ts
+
+    def _reset_host(self, envs, offset: int):
+        outs = [
+            e.reset(jax.random.wrap_key_data(jax.random.fold_in(k, offset)))
+            for e, k in zip(envs, self.keys, strict=True)
+        ]
+        obs = jnp.stack([jnp.asarray(o[1].obs, jnp.float32) for o in outs])
+        return [o[0] for o in outs], obs
+
+    # --- segments ----------------------------------------------------------------------------
+    def _timed(self, name: str, fn, *args):
+        """Call a jitted function, compiling ahead of time on first use to time compilation."""
+        compiled = self._aot.get(name)
+        if compiled is None and self.jittable:
+            t0 = time.perf_counter()
+            compiled = fn.lower(*args).compile()
+            self.compile_s += time.perf_counter() - t0
+            self._aot[name] = compiled
+        return (compiled or fn)(*args)
+
+    def segment(self, ts: TrainState, updates: int, learning: bool):
+        """One logging interval (or the warm-up): returns state, stats [S,B,3], metrics [S,B]."""
+        if self.jittable:
+            if learning:
+                ts, out = self._timed("segment", self._segment, ts, jnp.int32(updates))
+            else:
+                ts, out = self._timed("warmup", self._warmup, ts)
+            return ts, out["stats"], out.get("metrics", {})
+        return self._host_segment(ts, updates, learning)
+
+    def _host_segment(self, ts: TrainState, updates: int, learning: bool):
+        loop = self.loop
+        bodies, per_body = (self.bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
+        stats_all, metrics_all = [], []
+        for _ in range(bodies):
+            stats = jnp.zeros((len(self.envs), 3), jnp.float32)
+            for _ in range(per_body):
+                ts, actions = self._act(ts, not learning)
+                a = np.asarray(actions)
+                outs = [
+                    e.step(s, a[i])
+                    for i, (e, s) in enumerate(zip(self.envs, self.env_states, strict=True))
+                ]
+                self.env_states = [o[0] for o in outs]
+                step = jax.tree.map(
+                    lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *[o[1] for o in outs]
+                )
+                ts, st = self._insert(ts, actions, step)
+                stats = stats + st
+            stats_all.append(stats)
+            if learning:
+                ts, m = self._updates(ts, jnp.int32(updates))
+                updates += loop.updates_per_body
+                metrics_all.append(m)
+        stats = jnp.stack(stats_all, axis=1)
+        metrics = {k: jnp.stack([m[k] for m in metrics_all], 1) for k in (metrics_all or [{}])[0]}
+        return ts, stats, metrics
+
+    def evaluate(self, ts: TrainState, env_steps: int) -> np.ndarray:
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, env_steps))(self.keys)
+        if self.jittable:
+            return np.asarray(self._timed("evaluate", self._evaluate, ts.agent, keys))
+        return self._host_evaluate(ts, env_steps)
+
+    def _host_evaluate(self, ts: TrainState, env_steps: int) -> np.ndarray:
+        states, obs = self._reset_host(self.eval_envs, env_steps)
+        n = obs.shape[1]
+        done, ret = np.zeros((len(states), n), bool), np.zeros((len(states), n))
+        for _ in range(self.eval_length):
+            a = np.asarray(self._act_det(ts.agent, obs))
+            outs = [
+                e.step(s, a[i]) for i, (e, s) in enumerate(zip(self.eval_envs, states, strict=True))
+            ]
+            states = [o[0] for o in outs]
+            ended = np.stack([np.asarray(o[1].terminated | o[1].truncated) for o in outs]) & ~done
+            ret = np.where(ended, np.stack([np.asarray(o[1].episode_return) for o in outs]), ret)
+            done |= ended
+            obs = jnp.stack([jnp.asarray(o[1].obs, jnp.float32) for o in outs])
+            if done.all():
+                break
+        return (np.where(done, ret, 0.0).sum(1) / np.maximum(done.sum(1), 1)).astype(np.float32)

@@ -1,0 +1,61 @@
+"""Command line: `neurosurgery train --agent sac --env dmc/cartpole-swingup --seeds 0 1 ...`.
+
+Every option of `TrainConfig` (and the agent's nested config, e.g. `--sac.batch-size`) is a flag;
+`--help` lists them with their defaults. `--resume RUN_DIR` continues a run from its checkpoint
+with the configuration saved in that folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tyro
+
+from ._checkpoint import CheckpointError
+from ._config import TrainConfig
+from ._run import load_run_config, train
+from ._trainer import NonFiniteError
+
+
+@dataclass(frozen=True)
+class TrainCommand(TrainConfig):
+    """Train an agent; metrics, checkpoints and plots go to the run folder."""
+
+    resume: str | None = None
+    """Continue the run in this folder from its checkpoint (its saved config is used)."""
+
+
+def _config(cmd: TrainCommand) -> TrainConfig:
+    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**fields)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `neurosurgery` command; returns the exit status."""
+    cmd = tyro.extras.subcommand_cli_from_dict(
+        {"train": TrainCommand}, args=argv, prog="neurosurgery"
+    )
+    try:
+        if cmd.resume is not None:
+            config = dataclasses.replace(
+                load_run_config(cmd.resume), progress=cmd.progress, sinks=cmd.sinks
+            )
+            summary = train(config, resume=True)
+        else:
+            summary = train(_config(cmd))
+    except NonFiniteError as err:
+        print(f"neurosurgery: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, CheckpointError) as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 2
+    ret = summary.get("eval/episode_return", summary.get("train/episode_return"))
+    print(f"done: {summary['env_steps']} env steps, final return per seed: {ret}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The `neurosurgery train` command line: help, bad options, a run and its resumption."""
+
+import dataclasses
+import json
+
+import pytest
+
+from agents import TrainConfig
+from agents.cli import main
+
+TINY = [
+    "--env", "test/point-mass", "--seeds", "0", "1", "--steps", "1000", "--num-envs", "2",
+    "--episode-length", "20", "--learning-starts", "200", "--buffer-size", "2000",
+    "--log-every", "200", "--eval-every", "400", "--eval-episodes", "2",
+    "--checkpoint-every", "200", "--sinks", "csv", "jsonl", "tensorboard", "--no-progress",
+    "--sac.batch-size", "16", "--sac.actor.width", "16", "--sac.actor.depth", "1",
+    "--sac.critic.width", "16", "--sac.critic.depth", "1",
+]  # fmt: skip
+
+
+def test_help_lists_every_option_with_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "sac"]
+    for name in fields:
+        assert "--" + name.replace("_", "-") in out, name
+    for name in ("--sac.batch-size", "--sac.tau", "--sac.critic.activation", "--resume"):
+        assert name in out
+    assert out.count("(default:") >= len(fields) + 10
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--agent", "ppo"], "unknown agent 'ppo'"),
+        (["--reset", "regrama"], "not available yet"),
+        (["--reset", "magic"], "unknown reset 'magic'"),
+        (["--sac.tau", "-0.1"], "sac.tau must be in [0, 1]"),
+        (["--reset-tau", "-1"], "reset_tau must be >= 0"),
+        (["--steps", "0"], "steps must be > 0"),
+        (["--replay-ratio", "0"], "replay_ratio must be > 0"),
+        (["--sac.critic.activation", "swishy"], "activation 'swishy' is unknown"),
+        (["--env", "test/nope"], "unknown test environment"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    code = main(["train", *TINY, "--run-dir", str(run_dir), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_train_and_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0
+    assert "done: 1000 env steps" in capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 1000
+    # a finished run resumes to the same summary without more work
+    assert main(["train", "--resume", str(run_dir), "--no-progress", "--sinks", "csv"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1000
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err

@@ -1,0 +1,237 @@
+"""The trainer end to end on the tiny point-mass task: files, resume after SIGKILL, seeds, NaN."""
+
+import csv
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import agents
+from agents import NetworkConfig, SACConfig, TrainConfig
+
+NET = NetworkConfig(width=16, depth=1)
+BASE = TrainConfig(
+    env="test/point-mass",
+    seeds=(0, 1),
+    steps=1000,
+    num_envs=2,
+    episode_length=20,
+    learning_starts=200,
+    buffer_size=2000,
+    log_every=200,
+    eval_every=400,
+    eval_episodes=2,
+    checkpoint_every=200,
+    sinks=("csv", "jsonl", "tensorboard"),
+    progress=False,
+    sac=SACConfig(batch_size=16, actor=NET, critic=NET),
+)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(run_dir: Path) -> list[tuple[str, ...]]:
+    """metrics.csv without timing-dependent rows."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [tuple(r) for r in csv.reader(f) if not r[2].startswith("perf/")]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """A run in a subprocess, started early (it compiles alongside the in-process run)."""
+    run_dir = tmp_path_factory.mktemp("killed")
+    config = dataclasses.replace(BASE, run_dir=str(run_dir))
+    (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
+    script = "import sys, agents\nagents.train(agents.load_run_config(sys.argv[1]))\n"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], cwd=ROOT)
+    seen: list[int] = []
+
+    def kill_mid_run() -> None:
+        ckpt = run_dir / "checkpoint.ckpt"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists():
+                seen.append(agents._checkpoint.read_header(ckpt)["env_steps"])
+                if seen[-1] >= 200:
+                    time.sleep(random.uniform(0.0, 1.0))
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    killer = threading.Thread(target=kill_mid_run)
+    killer.start()
+    yield config, killer
+    killer.join()
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, killed_run):
+    run_dir = tmp_path_factory.mktemp("full")
+    config = dataclasses.replace(BASE, run_dir=str(run_dir))
+    records = []
+    summary = agents.train(config, callbacks=[lambda step, m: records.append((step, m))])
+    return config, run_dir, summary, records
+
+
+def test_run_folder_contents(full_run):
+    config, run_dir, summary, _ = full_run
+    for name in ("config.json", "metrics.csv", "metrics.jsonl", "checkpoint.ckpt", "summary.json"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / "returns.png").stat().st_size > 0
+    assert sorted(p.name for p in (run_dir / "tb").iterdir()) == ["seed_0", "seed_1"]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["versions"]["jax"] == jax.__version__ and "equinox" in saved["versions"]
+    assert agents.load_run_config(run_dir) == config
+    assert summary["env_steps"] == 1000 and summary["updates"] == 400
+    assert len(summary["eval/episode_return"]["final"]) == 2
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {ln["seed"] for ln in lines} == {0, 1}
+
+
+def test_callback_metric_names(full_run):
+    _, _, _, records = full_run
+    steps = [s for s, _ in records]
+    assert steps == [200, 400, 600, 800, 1000]
+    names = set().union(*(m.keys() for _, m in records))
+    for name in ("train/critic_loss", "train/actor_loss", "train/alpha", "train/entropy",
+                 "train/q_mean", "train/episode_return", "eval/episode_return",
+                 "perf/env_steps_per_s", "perf/updates_per_s", "perf/compile_s"):  # fmt: skip
+        assert name in names, name
+    assert all(np.shape(v) == (2,) for _, m in records for v in m.values())
+    assert "train/critic_loss" not in records[0][1]  # warm-up: no updates yet
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(full_run, killed_run):
+    _, full_dir, summary, _ = full_run
+    config, killer = killed_run
+    killer.join()
+    run_dir = Path(config.run_dir)
+    header = agents._checkpoint.read_header(run_dir / "checkpoint.ckpt")
+    assert 200 <= header["env_steps"] < 1000  # killed mid-run, after a checkpoint
+    resumed = agents.train(config, resume=True)
+    assert rows(run_dir) == rows(full_dir)
+    for key in ("env_steps", "updates", "eval/episode_return", "train/episode_return"):
+        assert resumed[key] == summary[key]
+
+
+def test_vmapped_seeds_equal_single_seed_runs(full_run, tmp_path):
+    config, full_dir, _, _ = full_run
+    by_seed = {}
+    for seed in (0, 1):
+        cfg = dataclasses.replace(config, seeds=(seed,), run_dir=str(tmp_path / f"s{seed}"))
+        agents.train(cfg)
+        by_seed[seed] = {r[0:1] + r[2:] for r in rows(tmp_path / f"s{seed}")[1:]}
+    for seed in (0, 1):
+        vmapped = {r[0:1] + r[2:] for r in rows(full_dir)[1:] if r[1] == str(seed)}
+        single = by_seed[seed]
+        assert {r[:2] for r in vmapped} == {r[:2] for r in single}
+        v, s = dict((r[:2], float(r[2])) for r in vmapped), dict((r[:2], float(r[2])) for r in single)  # fmt: skip
+        for k in v:
+            np.testing.assert_allclose(v[k], s[k], rtol=1e-3, atol=1e-4, err_msg=str(k))
+
+
+def _poisoned_copy(full_run, tmp_path, network: str) -> TrainConfig:
+    config, full_dir, _, _ = full_run
+    run_dir = tmp_path / f"nan_{network}"
+    shutil.copytree(full_dir, run_dir)
+    trainer = agents.Trainer(config)
+    template = trainer.initial_state()
+    ckpt = run_dir / "checkpoint.ckpt"
+    state, header = agents.load_checkpoint(ckpt, template)
+    where = {
+        "critic": lambda t: t.agent.critic.net.head.weight,
+        "actor": lambda t: t.agent.actor.net.head.weight,
+    }[network]
+    state = eqx.tree_at(where, state, replace_fn=lambda w: w.at[0, 0].set(jnp.nan))
+    meta = {k: v for k, v in header.items() if k != "leaves"}
+    agents.save_checkpoint(ckpt, state, meta)
+    return dataclasses.replace(config, run_dir=str(run_dir), steps=config.steps + 400)
+
+
+@pytest.mark.parametrize("network", ["critic", "actor"])
+def test_non_finite_stops_run_and_keeps_checkpoint(full_run, tmp_path, network):
+    config = _poisoned_copy(full_run, tmp_path, network)
+    ckpt = Path(config.run_dir) / "checkpoint.ckpt"
+    before = ckpt.read_bytes()
+    with pytest.raises(agents.NonFiniteError, match=f"'{network}'") as err:
+        agents.train(config, resume=True)
+    assert "env step" in str(err.value) and "1000" in str(err.value)
+    assert ckpt.read_bytes() == before
+
+
+def test_checkpoint_roundtrip_is_complete(full_run, tmp_path):
+    config, full_dir, _, _ = full_run
+    template = agents.Trainer(config).initial_state()
+    state, header = agents.load_checkpoint(full_dir / "checkpoint.ckpt", template)
+    path = tmp_path / "copy.ckpt"
+    agents.save_checkpoint(path, state, {"env_steps": header["env_steps"]})
+    again, _ = agents.load_checkpoint(path, template)
+    leaves = lambda t: jax.tree.leaves(agents._checkpoint._unwrap_keys(eqx.filter(t, eqx.is_array)))
+    for a, b in zip(leaves(state), leaves(again), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # optimizer states, targets, temperature, replay, keys and counters all travel
+    assert int(state.agent.updates[0]) == 400 and int(state.replay.size[0]) == 1000
+    assert not np.array_equal(state.agent.critic.net.head.weight, state.agent.target_critic.net.head.weight)  # fmt: skip
+    assert not os.path.exists(str(path) + ".tmp")
+
+
+def test_incompatible_checkpoint_refused(full_run, tmp_path):
+    config, full_dir, _, _ = full_run
+    wider = dataclasses.replace(config.sac, critic=NetworkConfig(width=24, depth=1))
+    template = agents.Trainer(dataclasses.replace(config, sac=wider)).state_shapes()
+    with pytest.raises(agents.CheckpointError, match="does not match"):
+        agents.load_checkpoint(full_dir / "checkpoint.ckpt", template)
+    run_dir = tmp_path / "other"
+    shutil.copytree(full_dir, run_dir)
+    with pytest.raises(agents.CheckpointError, match="different configuration"):
+        agents.train(dataclasses.replace(config, sac=wider, run_dir=str(run_dir)), resume=True)
+    with pytest.raises(agents.CheckpointError, match="already holds a run"):
+        agents.train(dataclasses.replace(config, run_dir=str(run_dir)))
+
+
+def test_host_loop_environment(tmp_path):
+    cfg = dataclasses.replace(
+        BASE, env="test/point-mass-host", steps=220, learning_starts=200, log_every=20,
+        eval_every=220, eval_episodes=1, run_dir=str(tmp_path / "host"),
+    )  # fmt: skip
+    summary = agents.train(cfg)
+    assert summary["env_steps"] == 220 and summary["updates"] == 10
+    assert len(summary["eval/episode_return"]["final"]) == 2
+
+
+def test_surgery_hook_runs_every_reset_period(monkeypatch):
+    calls = []
+
+    def fake(agent, config, state, batch, key):
+        calls.append(config.reset_period)
+        return state, {"surgery/ran": jnp.ones((), jnp.float32)}
+
+    monkeypatch.setattr(agents._loop, "surgery_step", fake)
+    config = dataclasses.replace(BASE, seeds=(0,), reset_period=4, replay_ratio=4.0)
+    env = agents.testing.PointMass(2, 20)
+    agent = agents.SAC(config.sac, env.observation_size, env.action_size)
+    loop = agents._loop.Loop(agent, env, config, surgery=True)
+
+    @jax.jit
+    def init(key):
+        env_state, step = env.reset(jax.random.wrap_key_data(key))
+        return loop.init(key, env_state, step.obs)
+
+    ts = init(jax.random.key_data(jax.random.key(0)))
+    assert (loop.env_per_body, loop.updates_per_body) == (1, 4)
+    _, metrics = jax.jit(loop.updates)(ts, jnp.int32(0))
+    # cycles of 2 updates end at 2 and 4: the surgery step is due at 4 only
+    assert float(metrics["surgery/ran"]) == 0.5 and calls and set(calls) == {4}
