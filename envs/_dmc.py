@@ -229,12 +229,16 @@ class DmcEnv(Env):
                     conn.send_bytes(message)
                 except OSError:
                     self._fail(index, "its pipe is closed")
-            self._await_all(timeout=None)
+            # Blocking reads in order: a dead worker's pipe reads as EOF (only the worker holds
+            # its end), and Ctrl-C interrupts the read. Cheaper than a select() per step.
+            for index, conn in enumerate(self._conns):
+                self._check_reply(index, conn)
         except BaseException:
             self.close()
             raise
 
-    def _await_all(self, timeout: float | None) -> None:
+    def _await_all(self, timeout: float) -> None:
+        """Wait for every worker's first answer, with a timeout (start-up)."""
         pending = dict(enumerate(self._conns))
         sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
         while pending:
@@ -250,14 +254,17 @@ class DmcEnv(Env):
                         self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
                     continue
                 index = self._conns.index(obj)
-                try:
-                    reply = obj.recv_bytes()
-                except (EOFError, OSError):
-                    self._procs[index].join(1.0)
-                    self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
-                if reply != b"ok":
-                    self._fail(index, "it raised:\n" + reply.removeprefix(b"error:").decode())
+                self._check_reply(index, obj)
                 pending.pop(index, None)
+
+    def _check_reply(self, index: int, conn: Any) -> None:
+        try:
+            reply = conn.recv_bytes()
+        except (EOFError, OSError):
+            self._procs[index].join(1.0)
+            self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
+        if reply != b"ok":
+            self._fail(index, "it raised:\n" + reply.removeprefix(b"error:").decode())
 
     def _fail(self, index: int, what: str) -> None:
         start, stop = self._slices[index]

@@ -183,16 +183,21 @@ class _Runner:
         self.out_length[:] = 0
 
     def step(self) -> None:
+        # Per-environment work stays in plain Python; the bookkeeping is vectorised after it.
         unit = (np.clip(self.action, -1.0, 1.0).astype(np.float64) + 1.0) * 0.5
-        ctrl = self.low + unit * (self.high - self.low)
+        ctrl = list(self.low + unit * (self.high - self.low))
+        n = len(self.envs)
+        rewards, counts = [0.0] * n, [0] * n
+        terminal, limit = [False] * n, [False] * n
+        final_obs = self.final_obs
         for j, env in enumerate(self.envs):
-            total, count, terminated, limit, observation = 0.0, 0, False, False, None
+            total, count, observation = 0.0, 0, None
             for _ in range(self.action_repeat):
                 try:
                     ts = env.step(ctrl[j])
                 except self.physics_error:
                     # Diverged simulation: end the episode as terminal, keep the last good obs.
-                    terminated = True
+                    terminal[j] = True
                     count += 1
                     break
                 total += ts.reward or 0.0
@@ -201,24 +206,26 @@ class _Runner:
                 if ts.last():
                     # dm_control marks a terminal state with discount 0; a last step with
                     # discount 1 is its own time limit (a `time_limit` in task_kwargs).
-                    terminated = not ts.discount
-                    limit = not terminated
+                    terminal[j] = not ts.discount
+                    limit[j] = not terminal[j]
                     break
             if observation is not None:
-                self._write(self.final_obs[j], observation)
+                self._write(final_obs[j], observation)
             else:
-                self.final_obs[j] = self.obs[j]
-            self.ep_return[j] += total
-            self.ep_length[j] += count
-            truncated = not terminated and (limit or self.ep_length[j] >= self.episode_length)
-            self.reward[j] = total
-            self.terminated[j] = terminated
-            self.truncated[j] = truncated
-            self.out_return[j] = self.ep_return[j]
-            self.out_length[j] = self.ep_length[j]
-            if terminated or truncated:
-                self._write(self.obs[j], env.reset().observation)
-                self.ep_return[j] = 0.0
-                self.ep_length[j] = 0
-            else:
-                self.obs[j] = self.final_obs[j]
+                final_obs[j] = self.obs[j]
+            rewards[j], counts[j] = total, count
+        self.ep_return += rewards
+        self.ep_length += counts
+        terminated = np.array(terminal)
+        truncated = ~terminated & (np.array(limit) | (self.ep_length >= self.episode_length))
+        ended = terminated | truncated
+        self.reward[:] = rewards
+        self.terminated[:] = terminated
+        self.truncated[:] = truncated
+        self.out_return[:] = self.ep_return
+        self.out_length[:] = self.ep_length
+        self.obs[:] = final_obs
+        for j in np.flatnonzero(ended):
+            self._write(self.obs[j], self.envs[j].reset().observation)
+        self.ep_return[ended] = 0.0
+        self.ep_length[ended] = 0

@@ -170,13 +170,12 @@ class JaxEnv(Env):
             with jax.numpy_dtype_promotion("standard"):
                 return jax.vmap(self._step_one)(inner, ctrl)
 
-        inner = step_all(inner, ctrl)
-        reward = inner.reward.astype(jnp.float32)
-        done = inner.done > 0
-        count = jnp.ones(self.num_envs, jnp.int32)
         if self.action_repeat == 1:
-            return inner, self._obs(inner), reward, done, count
+            inner = step_all(inner, ctrl)
+            reward, done = inner.reward.astype(jnp.float32), inner.done > 0
+            return inner, self._obs(inner), reward, done, jnp.ones(self.num_envs, jnp.int32)
 
+        # One copy of the simulator step inside the loop (compiling MJX twice is slow on CPU).
         def body(_: int, carry: tuple) -> tuple:
             inner, obs, reward, done, count = carry
             new = step_all(inner, ctrl)
@@ -187,8 +186,15 @@ class JaxEnv(Env):
             done = done | (new.done > 0)
             return new, obs, reward, done, count
 
-        carry = (inner, self._obs(inner), reward, done, count)
-        return jax.lax.fori_loop(1, self.action_repeat, body, carry)
+        n = self.num_envs
+        carry = (
+            inner,
+            jnp.zeros((n, self.observation_size), jnp.float32),
+            jnp.zeros(n, jnp.float32),
+            jnp.zeros(n, bool),
+            jnp.zeros(n, jnp.int32),
+        )
+        return jax.lax.fori_loop(0, self.action_repeat, body, carry)
 
     def _step_impl(self, state: JaxState, action: jax.Array) -> tuple[JaxState, Step]:
         if self.check_finite:

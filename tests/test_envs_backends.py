@@ -93,3 +93,11 @@ def test_wrong_action(env, getkey):
     state, _ = env.reset(getkey())
     with pytest.raises(ValueError, match="expected"):
         env.step(state, jnp.zeros((env.num_envs + 1, env.action_size), jnp.float32))
+
+
+def test_backend_options_reach_the_backend():
+    env = envs.make("brax/inverted_pendulum", backend="generalized", num_envs=3)
+    assert (env.num_envs, env.observation_size, env.action_size) == (3, 4, 1)
+    assert env.name == "brax/inverted_pendulum"
+    with pytest.raises(TypeError):
+        envs.make("brax/inverted_pendulum", no_such_option=1)

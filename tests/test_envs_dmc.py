@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -28,8 +30,21 @@ def env():
 
 
 def _gone(pid: int) -> bool:
-    """True once `pid` is reaped (no process, not even a zombie)."""
-    return not os.path.exists(f"/proc/{pid}")
+    """True once `pid` no longer runs (no process, or a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pids: list[int], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(_gone(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _actions(seed: int, steps: int, env: envs.Env) -> np.ndarray:
@@ -151,3 +166,36 @@ def test_dm_control_time_limit_is_truncation():
             state, step = e.step(state, np.zeros((2, 1), np.float32))
         assert step.truncated.all() and not step.terminated.any()
         np.testing.assert_array_equal(step.episode_length, 4)
+
+
+_PARENT = """
+import sys, envs
+if __name__ == "__main__":
+    env = envs.make("dmc/cartpole-swingup", num_envs=2, num_workers=2)
+    print(*env.worker_pids, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_workers_exit_when_the_parent_is_killed():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and not any(_gone(p) for p in pids)
+        parent.kill()  # SIGKILL: no cleanup code runs in the parent
+        parent.wait()
+        assert _wait_gone(pids), "workers outlived their parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdin is not None:
+            parent.stdin.close()
+        if parent.stdout is not None:
+            parent.stdout.close()
