@@ -13,7 +13,7 @@ see the "Write your own metric" page.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from ._observe import Observation, normalise
 Scores = dict[str, Array]
 
 
+@runtime_checkable
 class Metric(Protocol):
     """What a metric plugin provides."""
 
@@ -90,7 +91,7 @@ class GraMa:
       by |∂L/∂γ_i| on its own, and keeps the lower of the two scores.
     """
 
-    source: Literal["preactivation", "activation", "weight"] = "preactivation"
+    source: str = "preactivation"
     eps: float = 1e-9
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -71,7 +71,7 @@ def reset(
     *,
     fresh: PyTree | None = None,
     init: Initializer | None = None,
-    outgoing: Literal["zero", "small"] = "zero",
+    outgoing: str = "zero",
     outgoing_scale: float = 0.02,
     include_shared: bool = False,
     optimizer: Initable | None = None,
@@ -122,24 +122,25 @@ def reset(
     new_leaves = []
     for i, leaf in enumerate(leaves):
         new = leaf
-        if in_masks[i] is not None:
+        in_mask, pu_mask, out_mask = in_masks[i], pu_masks[i], out_masks[i]
+        if in_mask is not None:
             source = fresh_leaves[i] if fresh_leaves is not None else _draw_named(
                 init, keys[2 * i], leaf, slices[i]["incoming"], anatomy)  # type: ignore[arg-type]  # fmt: skip
-            new = jnp.where(in_masks[i], source, new)
-        if pu_masks[i] is not None:
+            new = jnp.where(in_mask, source, new)
+        if pu_mask is not None:
             if fresh_leaves is not None:
                 source = fresh_leaves[i]
             else:
                 one = slices[i]["per_unit"][0].kind == "scale"
                 source = jnp.ones_like(leaf) if one else jnp.zeros_like(leaf)
-            new = jnp.where(pu_masks[i], source, new)
-        if out_masks[i] is not None:
+            new = jnp.where(pu_mask, source, new)
+        if out_mask is not None:
             if outgoing == "zero":
                 source = jnp.zeros_like(leaf)
             else:
                 noise = jax.random.normal(keys[2 * i + 1], leaf.shape, leaf.dtype)
                 source = outgoing_scale * jnp.std(leaf) * noise
-            new = jnp.where(out_masks[i], source, new)
+            new = jnp.where(out_mask, source, new)
         new_leaves.append(new)
     new_model = eqx.combine(anatomy.to_tree(new_leaves), static)
     if optimizer is None:
@@ -161,7 +162,7 @@ class Selection:
     """Which units a score flags: `"threshold"` (score ≤ τ), `"fraction"` (the lowest
     `fraction` of each layer) or `"capped"` (score ≤ τ, at most `max_fraction` of each layer)."""
 
-    mode: Literal["threshold", "fraction", "capped"] = "threshold"
+    mode: str = "threshold"
     tau: float = 0.0
     fraction: float = 0.0
     max_fraction: float = 1.0
@@ -216,7 +217,7 @@ class Resetter:
     metric: Metric
     select: Selection = Selection()
     schedule: Schedule = Schedule()
-    outgoing: Literal["zero", "small"] = "zero"
+    outgoing: str = "zero"
     outgoing_scale: float = 0.02
     init_weights: Initializer | None = None
     include_shared: bool = False
