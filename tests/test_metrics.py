@@ -44,7 +44,7 @@ def setup():
 
 
 def test_observe_loss_and_gradients(setup):
-    anatomy, mlp, obs, value, n = setup
+    _, _, obs, value, n = setup
     np.testing.assert_allclose(value, n["loss"], rtol=1e-5)
     np.testing.assert_allclose(
         obs.weight_grads.layers[0].weight, n["grad_w1"], rtol=1e-4, atol=1e-7

@@ -296,7 +296,7 @@ def test_bad_masks_and_states(getkey):
     fresh = _mlp(getkey())
     with pytest.raises(ns.AnatomyError, match=r"mask for group 'layers\[0\]' has shape \(5,\)"):
         ns.reset(anatomy, model, {"layers[0]": jnp.ones(5, bool)}, getkey(), fresh=fresh)
-    with pytest.raises(ns.AnatomyError, match="do not have|does not have"):
+    with pytest.raises(ns.AnatomyError, match=r"do not have|does not have"):
         ns.reset(anatomy, model, {"fc9": jnp.ones(5, bool)}, getkey(), fresh=fresh)
     with pytest.raises(ValueError, match="fresh=make_model"):
         ns.reset(anatomy, model, {"layers[0]": jnp.ones(6, bool)}, getkey())
