@@ -58,6 +58,12 @@ class Loop:
         return TrainState(self.agent.init(k_agent), replay, env_state, obs, k_loop)
 
     # --- acting ------------------------------------------------------------------------------
+    def act_random(self, ts: TrainState) -> tuple[TrainState, Array]:
+        return self.act(ts, True)
+
+    def act_policy(self, ts: TrainState) -> tuple[TrainState, Array]:
+        return self.act(ts, False)
+
     def act(self, ts: TrainState, random: bool) -> tuple[TrainState, Array]:
         key, sub = jax.random.split(ts.key)
         n, a = ts.obs.shape[0], self.env.action_size

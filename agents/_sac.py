@@ -156,7 +156,7 @@ class SAC:
     obs_size: int
     action_size: int
     name: str = "sac"
-    #: gradient updates form cycles of this length; `update` receives the position in the cycle
+    #: (metric, network) pairs: which network a non-finite loss metric points to
     loss_networks: tuple[tuple[str, str], ...] = (
         ("critic_loss", "critic"),
         ("actor_loss", "actor"),
@@ -165,6 +165,7 @@ class SAC:
 
     @property
     def update_cycle(self) -> int:
+        """Updates come in cycles of this length; `update` gets the position (static)."""
         return self.config.policy_delay
 
     @property

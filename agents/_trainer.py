@@ -76,6 +76,10 @@ def _seed_key(seed: int) -> jax.Array:
     return jax.random.key_data(jax.random.key(seed))
 
 
+def _zeros_like_shapes(shapes: Any) -> Any:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -88,12 +92,14 @@ class Trainer:
         config.validate()
         self.config, self.callbacks = config, list(callbacks)
         c, seeds = config, list(config.seeds)
-        self.envs = [make_env(c, c.num_envs, s) for s in seeds]
-        self.eval_envs = [make_env(c, c.eval_episodes, s + 10_000) for s in seeds]
-        env = self.envs[0]
+        env = make_env(c, c.num_envs, seeds[0])
+        eval_env = make_env(c, c.eval_episodes, seeds[0] + 10_000)
         self.jittable = bool(env.jittable)
+        # JAX environments are vmapped over seeds; host environments need one object per seed
+        self.envs, self.eval_envs = [env], [eval_env]
         if not self.jittable:
-            self.envs[1:] = [make_env(c, c.num_envs, s) for s in seeds[1:]]
+            self.envs += [make_env(c, c.num_envs, s) for s in seeds[1:]]
+            self.eval_envs += [make_env(c, c.eval_episodes, s + 10_000) for s in seeds[1:]]
         self.agent = make_agent(c, env.observation_size, env.action_size)
         self.loop = Loop(self.agent, env, c, surgery=c.reset != "none")
         self.keys = jnp.stack([_seed_key(s) for s in seeds])
@@ -154,9 +160,24 @@ class Trainer:
                 jax.vmap(lambda a, k: loop.evaluate(a, ev, k, self.eval_length))
             )
         else:
-            self._act = jax.jit(jax.vmap(loop.act, in_axes=(0, None)), static_argnums=1)
-            self._insert = jax.jit(jax.vmap(lambda ts, a, s: loop.insert(ts, a, s, None)))
-            self._updates = jax.jit(jax.vmap(loop.updates, in_axes=(0, None)))
+
+            def act(ts, random):
+                """Uniform or policy actions; `random` is an unbatched bool (a real branch)."""
+                return jax.lax.cond(random, loop.act_random, loop.act_policy, ts)
+
+            def advance(ts, actions, step, u0, update, random_next):
+                """Insert one env step, run the body's updates if due, choose the next actions."""
+                ts, stats = loop.insert(ts, actions, step, None)
+                skip = lambda ts, u: (
+                    ts,
+                    _zeros_like_shapes(jax.eval_shape(loop.updates, ts, u)[1]),
+                )
+                ts, metrics = jax.lax.cond(update, loop.updates, skip, ts, u0)
+                ts, actions = act(ts, random_next)
+                return ts, stats, metrics, actions
+
+            self._act = jax.jit(jax.vmap(act, in_axes=(0, None)))
+            self._advance = jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, None, None, None)))
             self._act_det = jax.jit(
                 jax.vmap(lambda a, o: self.agent.act(a, o.astype(jnp.float32), _seed_key(0), True))
             )
@@ -209,29 +230,31 @@ class Trainer:
         return self._host_segment(ts, updates, learning)
 
     def _host_segment(self, ts: TrainState, updates: int, learning: bool):
+        """The segment as a Python loop: one compiled call per vectorised env step."""
         loop = self.loop
         bodies, per_body = (self.bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
         stats_all, metrics_all = [], []
-        for _ in range(bodies):
-            stats = jnp.zeros((len(self.envs), 3), jnp.float32)
-            for _ in range(per_body):
-                ts, actions = self._act(ts, not learning)
+        ts, actions = self._act(ts, jnp.asarray(not learning))
+        for b in range(bodies):
+            for j in range(per_body):
                 a = np.asarray(actions)
                 outs = [
                     e.step(s, a[i])
                     for i, (e, s) in enumerate(zip(self.envs, self.env_states, strict=True))
                 ]
                 self.env_states = [o[0] for o in outs]
-                step = jax.tree.map(
-                    lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *[o[1] for o in outs]
-                )
-                ts, st = self._insert(ts, actions, step)
-                stats = stats + st
-            stats_all.append(stats)
-            if learning:
-                ts, m = self._updates(ts, jnp.int32(updates))
-                updates += loop.updates_per_body
-                metrics_all.append(m)
+                step = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs])  # fmt: skip
+                update = learning and j == per_body - 1
+                # the last call of a segment acts for the next segment, which may be learning
+                random_next = not learning and not (b == bodies - 1 and j == per_body - 1)
+                ts, st, m, actions = self._advance(
+                    ts, actions, step, jnp.int32(updates), jnp.asarray(update),
+                    jnp.asarray(random_next),
+                )  # fmt: skip
+                stats_all.append(st)
+                if update:
+                    updates += loop.updates_per_body
+                    metrics_all.append(m)
         stats = jnp.stack(stats_all, axis=1)
         metrics = {k: jnp.stack([m[k] for m in metrics_all], 1) for k in (metrics_all or [{}])[0]}
         return ts, stats, metrics

@@ -1,0 +1,79 @@
+"""Wall time of SAC training with 8 vmapped seeds vs 1 seed (target: ≤ 2.5× the 1-seed time).
+
+Times the compiled training segments after compilation (compile time reported apart), with the
+paper's SAC networks (256×2) and batch 256, one update per env step.
+
+    python benchmarks/bench_sac_seeds.py [--env test/point-mass] [--steps 4000] [--seeds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+
+from agents import SACConfig, TrainConfig, Trainer
+
+
+def measure(config: TrainConfig, segments: int) -> dict[str, float]:
+    trainer = Trainer(config)
+    ts = trainer.initial_state()
+    ts, _, _ = trainer.segment(ts, 0, False)  # warm-up fills the buffer
+    t0 = time.perf_counter()
+    ts, _, _ = trainer.segment(ts, 0, True)  # compiles, then runs once
+    jax.block_until_ready(ts)
+    first = time.perf_counter() - t0
+    updates = trainer.bodies * trainer.loop.updates_per_body
+    t0 = time.perf_counter()
+    for i in range(segments):
+        ts, _, _ = trainer.segment(ts, (i + 1) * updates, True)
+    jax.block_until_ready(ts)
+    wall = time.perf_counter() - t0
+    steps = segments * trainer.segment_env_steps
+    return {
+        "seeds": len(config.seeds),
+        "compile_s": trainer.compile_s,
+        "first_segment_s": first,
+        "wall_s": wall,
+        "env_steps_per_seed": steps,
+        "env_steps_per_s_all_seeds": steps * len(config.seeds) / wall,
+        "updates_per_s_all_seeds": segments * updates * len(config.seeds) / wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="test/point-mass")
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2000, help="timed env steps per seed")
+    parser.add_argument("--segment", type=int, default=500, help="env steps per compiled call")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--width", type=int, default=256)
+    args = parser.parse_args()
+    net = dataclasses.replace(SACConfig().critic, width=args.width)
+    base = TrainConfig(
+        env=args.env,
+        num_envs=args.num_envs,
+        steps=10**9,
+        learning_starts=args.segment,
+        log_every=args.segment,
+        buffer_size=100_000,
+        episode_length=1000 if not args.env.startswith("test/") else 50,
+        progress=False,
+        sinks=(),
+        sac=SACConfig(actor=net, critic=net),
+    )
+    segments = max(1, args.steps // args.segment)
+    one = measure(dataclasses.replace(base, seeds=(0,)), segments)
+    many = measure(dataclasses.replace(base, seeds=tuple(range(args.seeds))), segments)
+    ratio = many["wall_s"] / one["wall_s"]
+    print(json.dumps({"device": str(jax.devices()[0]), "env": args.env, "one": one,
+                      "many": many, "wall_ratio": ratio}, indent=2))  # fmt: skip
+    print(f"{args.seeds} seeds / 1 seed wall time: {ratio:.2f}× (target ≤ 2.5×)")
+
+
+if __name__ == "__main__":
+    main()
