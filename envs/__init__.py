@@ -11,14 +11,47 @@ with envs.make("dmc/cartpole-swingup", num_envs=8, seed=0) as env:
 Names are `brax/<name>`, `playground/<Name>` and `dmc/<domain>-<task>`; `envs.names()` lists
 them all. Brax and Playground environments are pure JAX (`env.jittable`), dm_control
 environments run in worker processes.
+
+The public names are imported on first use: a dm_control worker process imports
+`envs._dmc_worker` and so this package, and should not pay for importing JAX.
 """
 
-from ._core import Env as Env
-from ._core import Step as Step
-from ._dmc import DmcEnv as DmcEnv
-from ._dmc import DmcState as DmcState
-from ._dmc import WorkerError as WorkerError
-from ._jax import JaxEnv as JaxEnv
-from ._jax import JaxState as JaxState
-from ._registry import make as make
-from ._registry import names as names
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._core import Env as Env
+    from ._core import Step as Step
+    from ._dmc import DmcEnv as DmcEnv
+    from ._dmc import DmcState as DmcState
+    from ._dmc import WorkerError as WorkerError
+    from ._jax import JaxEnv as JaxEnv
+    from ._jax import JaxState as JaxState
+    from ._registry import make as make
+    from ._registry import names as names
+
+_PUBLIC = {
+    "Env": "._core",
+    "Step": "._core",
+    "DmcEnv": "._dmc",
+    "DmcState": "._dmc",
+    "WorkerError": "._dmc",
+    "JaxEnv": "._jax",
+    "JaxState": "._jax",
+    "make": "._registry",
+    "names": "._registry",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'envs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
