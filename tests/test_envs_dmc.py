@@ -113,6 +113,8 @@ def test_bad_actions_leave_env_usable(env):
         env.step(state, bad)
     state, step = env.step(state, np.zeros((4, 1), np.float32))
     np.testing.assert_array_equal(step.episode_length, 2)
+    state, step = env.step(state, jax.numpy.zeros((4, 1), jax.numpy.float32))  # JAX arrays too
+    np.testing.assert_array_equal(step.episode_length, 4)
 
 
 def test_unknown_domain_and_closed_env():
