@@ -137,8 +137,11 @@ def test_runs_inside_scan_jit_and_vmap(line, getkey):
     assert steps.obs.shape == (13, 3, 2)
     assert int(steps.truncated.sum()) == 2 * 3  # at steps 6 and 12
     keys = jax.random.split(getkey(), 2)
-    batched = jax.vmap(lambda k: line.reset(k)[1].obs)(keys)
-    assert batched.shape == (2, 3, 2)
+    states, first = jax.vmap(line.reset)(keys)  # e.g. one batch of environments per seed
+    assert first.obs.shape == (2, 3, 2)
+    actions = jnp.stack([_act(line, -1.0), _act(line, 1.0)])
+    _, steps = jax.jit(jax.vmap(line.step))(states, actions)
+    np.testing.assert_allclose(steps.reward, [[0.0] * 3, [4.0] * 3])
 
 
 def test_same_key_same_trajectory(line, getkey):
