@@ -161,19 +161,24 @@ class Trainer:
             )
         else:
 
-            def act(ts, random):
-                """Uniform or policy actions; `random` is an unbatched bool (a real branch)."""
-                return jax.lax.cond(random, loop.act_random, loop.act_policy, ts)
+            def act(ts, mode):
+                """mode (unbatched, a real branch): 0 uniform, 1 policy, 2 none (keeps the key)."""
+                none = lambda ts: (ts, jnp.zeros((ts.obs.shape[0], env.action_size), jnp.float32))
+                return jax.lax.switch(mode, (loop.act_random, loop.act_policy, none), ts)
 
-            def advance(ts, actions, step, u0, update, random_next):
-                """Insert one env step, run the body's updates if due, choose the next actions."""
+            def advance(ts, actions, step, u0, update, next_mode):
+                """Insert one env step, run the body's updates if due, choose the next actions.
+
+                The key is split exactly as in the compiled segment, so a host run of a JAX task
+                follows the same trajectory as the scan.
+                """
                 ts, stats = loop.insert(ts, actions, step, None)
                 skip = lambda ts, u: (
                     ts,
                     _zeros_like_shapes(jax.eval_shape(loop.updates, ts, u)[1]),
                 )
                 ts, metrics = jax.lax.cond(update, loop.updates, skip, ts, u0)
-                ts, actions = act(ts, random_next)
+                ts, actions = act(ts, next_mode)
                 return ts, stats, metrics, actions
 
             self._act = jax.jit(jax.vmap(act, in_axes=(0, None)))
@@ -195,16 +200,16 @@ class Trainer:
 
     def initial_state(self) -> TrainState:
         ts = self._init(self.keys)
-        if not self.jittable:
-            self.env_states, obs = self._reset_host(self.envs, 0)
+        if not self.jittable:  # the same reset keys as the compiled path
+            keys = jax.vmap(lambda k: jax.random.split(k)[0])(self.keys)
+            self.env_states, obs = self._reset_host(self.envs, keys=keys)
             ts = eqx.tree_at(lambda t: t.obs, ts, obs)
         return ts
 
-    def _reset_host(self, envs, offset: int):
-        outs = [
-            e.reset(jax.random.wrap_key_data(jax.random.fold_in(k, offset)))
-            for e, k in zip(envs, self.keys, strict=True)
-        ]
+    def _reset_host(self, envs, offset: int = 0, keys: jax.Array | None = None):
+        if keys is None:
+            keys = jax.vmap(lambda k: jax.random.fold_in(k, offset))(self.keys)
+        outs = [e.reset(jax.random.wrap_key_data(k)) for e, k in zip(envs, keys, strict=True)]
         obs = jnp.stack([jnp.asarray(o[1].obs, jnp.float32) for o in outs])
         return [o[0] for o in outs], obs
 
@@ -234,7 +239,7 @@ class Trainer:
         loop = self.loop
         bodies, per_body = (self.bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
         stats_all, metrics_all = [], []
-        ts, actions = self._act(ts, jnp.asarray(not learning))
+        ts, actions = self._act(ts, jnp.int32(1 if learning else 0))
         for b in range(bodies):
             for j in range(per_body):
                 a = np.asarray(actions)
@@ -245,11 +250,11 @@ class Trainer:
                 self.env_states = [o[0] for o in outs]
                 step = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs])  # fmt: skip
                 update = learning and j == per_body - 1
-                # the last call of a segment acts for the next segment, which may be learning
-                random_next = not learning and not (b == bodies - 1 and j == per_body - 1)
+                last = b == bodies - 1 and j == per_body - 1
+                next_mode = 2 if last else (1 if learning else 0)
                 ts, st, m, actions = self._advance(
                     ts, actions, step, jnp.int32(updates), jnp.asarray(update),
-                    jnp.asarray(random_next),
+                    jnp.int32(next_mode),
                 )  # fmt: skip
                 stats_all.append(st)
                 if update:
