@@ -219,6 +219,12 @@ class Tracer:
             return self.dot_general(op, ins)
         if name == "conv_general_dilated" and dep_input and dep_param:
             return self.conv(op, ins)
+        if name in ("dot_general", "conv_general_dilated") and sum(v.dep_input for v in ins) == 1:
+            # A weight that is a constant, not a parameter of this model (e.g. another network
+            # closed over): the units are consumed here, with no outgoing entries to record.
+            for out in op.outputs:
+                self.values[out] = Value(None, None, True, False)
+            return None
         if name in ("jit", "pjit") and str(op.params.get("name", "")).startswith(DECLARED_PREFIX):
             return self.declared_call(op, ins)
         if name in UNARY or name in PASS or name in BINARY:

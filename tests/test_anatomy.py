@@ -407,3 +407,17 @@ def test_declaration_naming_a_missing_leaf(getkey):
         ns.AnatomyError, match=r"declares group 'input' with leaf '\.w'.*\['\.inp', '\.stack'\]"
     ):
         ns.anatomy(model, jnp.zeros(3))
+
+
+def test_constant_weights_consume_units_without_outgoing_entries(getkey):
+    """A network closed over as a constant (not a parameter of the mapped model) just reads."""
+    frozen = eqx.nn.Linear(4, 1, key=getkey())
+
+    class Head(eqx.Module):
+        l1: eqx.nn.Linear
+
+        def __call__(self, x):
+            return frozen(jax.nn.relu(self.l1(x)))
+
+    (g,) = ns.anatomy(Head(eqx.nn.Linear(3, 4, key=getkey())), jnp.zeros(3))
+    assert g.hidden and g.outgoing == ()
