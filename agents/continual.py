@@ -62,6 +62,14 @@ class Config:
     grama_tau: float = 0.01
     seeds: tuple[int, ...] = (0,)
 
+    def __post_init__(self) -> None:
+        if self.updates_per_task % self.measure_every or self.reset_every % self.measure_every:
+            raise ValueError(
+                f"measure_every={self.measure_every} must divide updates_per_task="
+                f"{self.updates_per_task} and reset_every={self.reset_every}: units are scored "
+                "and reset at measurement points"
+            )
+
 
 QUICK = Config(tasks=3, updates_per_task=200, measure_every=100, reset_every=100, mlp_width=32,
                mlp_depth=2, bro_width=32, bro_blocks=1)  # fmt: skip
@@ -178,9 +186,11 @@ def train(name: str, network: tuple[Callable, ns.Initializer], cfg: Config
     anat, init, run_task = build(*network, cfg)
     n_seeds, n_strat = len(cfg.seeds), len(STRATEGIES)
     seed_keys = [jax.random.key(s) for s in cfg.seeds]
-    # every strategy of a seed starts from the same weights
-    params, opt_state = jax.jit(jax.vmap(jax.vmap(init)))(
-        jnp.stack([jnp.stack([jax.random.fold_in(k, 0)] * n_strat) for k in seed_keys])
+    # every strategy of a seed starts from the same weights (built once, outside any jit: a
+    # compiled initialisation would cost more than it saves)
+    per_seed = [init(jax.random.fold_in(k, 0)) for k in seed_keys]
+    params, opt_state = jax.tree.map(
+        lambda *a: jnp.stack([jnp.stack([x] * n_strat) for x in a]), *per_seed
     )
     steps = jnp.zeros((n_seeds, n_strat), jnp.int32)
     strategy = jnp.arange(n_strat)
