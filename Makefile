@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/pyright
 
 test: lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
