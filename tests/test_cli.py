@@ -12,7 +12,7 @@ TINY = [
     "--env", "test/point-mass", "--seeds", "0", "1", "--steps", "1000", "--num-envs", "2",
     "--episode-length", "20", "--learning-starts", "200", "--buffer-size", "2000",
     "--log-every", "200", "--eval-every", "400", "--eval-episodes", "2",
-    "--checkpoint-every", "200", "--sinks", "csv", "jsonl", "tensorboard", "--no-progress",
+    "--checkpoint-every", "200", "--sinks", "csv", "jsonl", "tensorboard", "console",
     "--sac.batch-size", "16", "--sac.actor.width", "16", "--sac.actor.depth", "1",
     "--sac.critic.width", "16", "--sac.critic.depth", "1",
 ]  # fmt: skip
@@ -47,7 +47,7 @@ def test_help_lists_every_option_with_default(capsys):
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
-    code = main(["train", *TINY, "--run-dir", str(run_dir), *args])
+    code = main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
@@ -56,7 +56,10 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
 def test_train_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0
-    assert "done: 1000 env steps" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "done: 1000 env steps" in out.out
+    assert "step      1000 | train_return" in out.out  # console sink
+    assert "1000/1000" in out.err  # progress bar
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 1000
     # a finished run resumes to the same summary without more work

@@ -238,3 +238,21 @@ def test_surgery_hook_runs_every_reset_period(monkeypatch):
     _, metrics = jax.jit(loop.updates)(ts, jnp.int32(0))
     # cycles of 2 updates end at 2 and 4: the surgery step is due at 4 only
     assert float(metrics["surgery/ran"]) == 0.5 and calls and set(calls) == {4}
+
+
+@pytest.mark.parametrize(
+    "ratio,cycle,shape",
+    [(1.0, 2, (2, 2)), (0.5, 2, (4, 2)), (2.0, 2, (1, 2)), (1.5, 2, (4, 6)), (8.0, 2, (1, 8)),
+     (0.25, 1, (4, 1)), (1 / 3, 1, (3, 1))],
+)  # fmt: skip
+def test_replay_ratio_body_shapes(ratio, cycle, shape):
+    env_steps, updates = agents._loop.body_shape(ratio, cycle)
+    assert (env_steps, updates) == shape
+    assert updates % cycle == 0 and abs(updates / env_steps - ratio) < 1e-9
+
+
+def test_fractional_replay_ratio_counts(full_run):
+    config, _, _, _ = full_run
+    trainer = agents.Trainer(dataclasses.replace(config, replay_ratio=0.5))
+    assert (trainer.loop.env_per_body, trainer.loop.updates_per_body) == (4, 2)
+    assert trainer.segment_env_steps == 200  # 25 bodies × 4 vector steps × 2 envs
