@@ -8,8 +8,8 @@ function, timed interleaved in random order and reported as medians:
 
 * `plain`: the update with `eqx.filter_value_and_grad`.
 * `weight`: the update through `ns.observe` (no probes), plus GraMa(weight) from its gradients.
-* `|grad| read`: the plain update plus the sum of |∂L/∂θ| over every parameter: one more read of
-  the gradients, the floor of any rule built on the weight gradient.
+* `|grad| read`: the plain update plus the sum of |∂L/∂θ| over every parameter: one more pass over
+  the gradients (what any rule built on the weight gradient has to read), for scale.
 * `probes`: the update through `ns.observe` with pre-activation and activation probes, no scores.
 * `preact+act`: the same plus GraMa(preactivation) and GraMa(activation).
 * `+forward`: the plain update and one extra forward pass of the batch.
@@ -183,9 +183,9 @@ def main() -> None:
         f"{100 * (med['dormant in update'] / base - 1):+.1f} % over plain"
     )
     print(
-        "reading |gradient| once more (the floor of any weight-gradient rule): "
-        f"{100 * (med['|grad| read'] / base - 1):+.1f} %; GraMa(weight) is that read plus a few "
-        "per-unit sums"
+        "one more pass over the gradients (sum of |gradient|, for scale): "
+        f"{100 * (med['|grad| read'] / base - 1):+.1f} %; GraMa(weight) is one such pass "
+        "(per-unit means of |gradient|)"
     )
     print(
         f"probes alone (pre + post, no scores): {100 * (med['probes'] / base - 1):+.1f} %; "
