@@ -41,7 +41,10 @@ BINARY = {
     "shift_left", "shift_right_logical", "shift_right_arithmetic",
 }  # fmt: skip
 STRUCTURAL = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "rev",
-              "slice", "concatenate", "pad", "dynamic_slice", "gather"}  # fmt: skip
+              "slice", "concatenate", "pad", "dynamic_slice", "gather", "split",
+              "dynamic_update_slice", "scatter"}  # fmt: skip
+#: operands whose elements move into the result (default: the first); the others must be constant
+LABEL_OPERANDS = {"dynamic_update_slice": (0, 1), "scatter": (0, 2)}
 CHAIN_STRUCTURAL = {"reshape", "transpose", "squeeze", "expand_dims"}
 REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
               "reduce_or", "argmax", "argmin"}  # fmt: skip
@@ -57,6 +60,7 @@ class Value:
     params: np.ndarray | None  # int32 parameter-element ids, value's shape
     dep_input: bool
     dep_param: bool
+    const: np.ndarray | None = None  # the value itself, for values computed from constants only
 
 
 @dataclasses.dataclass
@@ -136,7 +140,7 @@ class Tracer:
 
     def value(self, atom: int | Const) -> Value:
         if isinstance(atom, Const):
-            return Value(None, None, False, False)
+            return Value(None, None, False, False, atom.value)
         v = self.values[atom]
         assert v is not None
         return v
@@ -164,24 +168,31 @@ class Tracer:
             "elementwise functions."
         )
 
-    def struct_apply(self, op: Op, arrays: list[np.ndarray]) -> np.ndarray:
-        """Apply a structural primitive to integer label arrays."""
+    def label_operands(self, op: Op) -> list[int]:
+        """Positions of the operands whose elements move into the result."""
+        if op.name == "concatenate":
+            return list(range(len(op.inputs)))
+        return list(LABEL_OPERANDS.get(op.name, (0,)))
+
+    def struct_apply(self, op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Apply a structural primitive to integer label arrays (one per result)."""
+        positions = self.label_operands(op)
         ins: list[Any] = []
-        array_iter = iter(arrays)
-        for atom in op.inputs:
-            if op.name in ("dynamic_slice", "gather") and atom is not op.inputs[0]:
-                if not isinstance(atom, Const):
-                    raise LookupError
-                ins.append(jnp.asarray(atom.value))
-            elif op.name == "pad" and atom is op.inputs[1]:
-                ins.append(jnp.asarray(NONE, dtype=jnp.int32))
+        for i, atom in enumerate(op.inputs):
+            if i in positions:
+                ins.append(jnp.asarray(arrays[positions.index(i)], dtype=jnp.int32))
+            elif op.name == "pad":
+                ins.append(jnp.asarray(NONE, dtype=jnp.int32))  # padding carries no unit
+            elif (const := self.value(atom).const) is not None:
+                ins.append(jnp.asarray(const))
             else:
-                ins.append(jnp.asarray(next(array_iter), dtype=jnp.int32))
+                raise LookupError  # indices computed from the input
         subfuns, params = op.primitive.get_bind_params(op.params)
         if "sharding" in params:
             params["sharding"] = None
         out = op.primitive.bind(*subfuns, *ins, **params)
-        return np.asarray(out[0] if op.primitive.multiple_results else out, dtype=np.int32)
+        outs = out if op.primitive.multiple_results else [out]
+        return [np.asarray(o, dtype=np.int32) for o in outs]
 
     # ---- main loop -----------------------------------------------------------------------
     def run(self) -> Trace:
@@ -209,8 +220,26 @@ class Tracer:
         return Trace(self.groups, self.incoming, self.bias, self.per_unit, self.scale, self.outgoing,
                      self.mixes, outputs, values, sinks)  # fmt: skip
 
+    def fold(self, op: Op, ins: list[Value]) -> bool:
+        """Evaluate an operation on constants (index arithmetic, masks) at trace time."""
+        if any(v.const is None for v in ins) or op.name in ("jit", "pjit"):
+            return False
+        if sum(int(np.prod(self.graph.shapes[o], dtype=int)) for o in op.outputs) > 1_000_000:
+            return False
+        subfuns, params = op.primitive.get_bind_params(op.params)
+        try:
+            out = op.primitive.bind(*subfuns, *[jnp.asarray(v.const) for v in ins], **params)
+        except Exception:  # pragma: no cover - leave such values unknown
+            return False
+        outs = out if op.primitive.multiple_results else [out]
+        for vid, value in zip(op.outputs, outs, strict=True):
+            self.values[vid] = Value(None, None, False, False, np.asarray(value))
+        return True
+
     def step(self, op: Op) -> None:
         ins = [self.value(a) for a in op.inputs]
+        if self.fold(op, ins):
+            return None
         labelled = [v.units is not None and bool((v.units >= 0).any()) for v in ins]
         dep_input = any(v.dep_input for v in ins)
         dep_param = any(v.dep_param for v in ins)
@@ -428,37 +457,39 @@ class Tracer:
 
     def structural(self, op: Op, ins: list[Value]) -> None:
         first = op.inputs[0]
-        arrays = op.inputs if op.name in ("concatenate",) else [first]
-        out_shape = self.graph.shapes[op.outputs[0]]
-        results = {}
+        arrays = [op.inputs[i] for i in self.label_operands(op)]
+        results: dict[str, list[np.ndarray | None]] = {}
         for field in ("units", "params"):
             labs = [getattr(self.value(a), field) for a in arrays]
             if all(x is None for x in labs):
-                results[field] = None
+                results[field] = [None] * len(op.outputs)
                 continue
             filled = [x if x is not None else np.full(self.shape(a), NONE, np.int32)
                       for a, x in zip(arrays, labs, strict=True)]  # fmt: skip
             try:
-                results[field] = self.struct_apply(op, filled)
+                results[field] = list(self.struct_apply(op, filled))
             except LookupError:
                 if field == "units" and any((x >= 0).any() for x in filled):
                     raise self.cannot_follow(
-                        op, filled[0], "its indices depend on the input"
+                        op,
+                        next(x for x in filled if (x >= 0).any()),
+                        "its indices depend on the input",
                     ) from None
-                results[field] = None
-            assert results[field] is None or results[field].shape == out_shape
+                results[field] = [None] * len(op.outputs)
         dep_input = any(v.dep_input for v in ins)
         dep_param = any(v.dep_param for v in ins)
-        self.values[op.outputs[0]] = Value(results["units"], results["params"] if not dep_input
-                                           else None, dep_input, dep_param and not dep_input)  # fmt: skip
+        for k, out in enumerate(op.outputs):
+            units, params = results["units"][k], results["params"][k]
+            self.values[out] = Value(units, params if not dep_input else None, dep_input,
+                                     dep_param and not dep_input)  # fmt: skip
         # Shape-only moves of a unit chain stay in the chain (e.g. squeeze after a conv).
+        out = op.outputs[0]
         if (op.name in CHAIN_STRUCTURAL and isinstance(first, int) and first in self.chain_of
-                and results["units"] is not None):  # fmt: skip
+                and results["units"][0] is not None):  # fmt: skip
             g = self.chain_of[first]
-            self.chain_of[op.outputs[0]] = g
+            self.chain_of[out] = g
             kind = self.groups[g].chain[first][0]
-            self.groups[g].chain[op.outputs[0]] = ("producer" if kind == "producer" else "pass",
-                                                   [first])  # fmt: skip
+            self.groups[g].chain[out] = ("producer" if kind == "producer" else "pass", [first])
 
     def reduction(self, op: Op, ins: list[Value]) -> None:
         """Labels survive a reduction only where they are constant along the reduced axes."""

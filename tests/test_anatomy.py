@@ -421,3 +421,28 @@ def test_constant_weights_consume_units_without_outgoing_entries(getkey):
 
     (g,) = ns.anatomy(Head(eqx.nn.Linear(3, 4, key=getkey())), jnp.zeros(3))
     assert g.hidden and g.outgoing == ()
+
+
+class Indexing(eqx.Module):
+    """Units moved by split, constant gathers and in-place updates."""
+
+    l1: eqx.nn.Linear
+    l2: eqx.nn.Linear
+    l3: eqx.nn.Linear
+
+    def __call__(self, x):
+        a, b = jnp.split(jax.nn.relu(self.l1(x)), 2)  # units 0-2 and 3-5
+        picked = b[jnp.array([2, 0])]  # units 5 and 3
+        placed = jnp.zeros(4).at[1:3].set(picked)  # at positions 1, 2
+        return self.l2(a) + self.l3(placed)
+
+
+def test_split_gather_and_update_slices(getkey):
+    k = jax.random.split(getkey(), 3)
+    model = Indexing(
+        eqx.nn.Linear(3, 6, key=k[0]), eqx.nn.Linear(3, 1, key=k[1]), eqx.nn.Linear(4, 1, key=k[2])
+    )
+    g1, _, _ = ns.anatomy(model, jnp.zeros(3))
+    l3 = np.full((1, 4), -1)
+    l3[0, 1], l3[0, 2] = 5, 3
+    assert_owners(owners(g1, "outgoing"), {".l2.weight": cols(3, (1, 3)), ".l3.weight": l3})
