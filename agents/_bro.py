@@ -1,0 +1,504 @@
+"""BRO (Nauman et al. 2024): BroNet critics with quantile heads, optimistic exploration, full resets.
+
+Same protocol as SAC: a frozen config plus pure `init`/`act`/`update` over an explicit state pytree,
+per-sample losses exposed as `Probe`s, parameters by name from `networks`. `scheduled` runs BRO's
+full-reset schedule; the trainer calls it between update cycles with the (unbatched) update count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._sac import Batch, Probe, _mean_loss_and_grad, _opt_update, _params, squashed_gaussian
+from .networks import BroCritic, BroNet
+
+LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
+#: BRO's full resets (env steps) at replay ratio 10; at lower ratios only the first one.
+FULL_RESETS_RR10 = (15_000, 50_000, 250_000, 500_000, 750_000)
+
+
+@dataclass(frozen=True)
+class BROConfig:
+    """BRO hyperparameters; defaults are the BRO paper's (replay ratio comes from the trainer)."""
+
+    batch_size: int = 128
+    """Transitions per gradient update."""
+    actor_lr: float = 3e-4
+    """AdamW learning rate of both actors."""
+    critic_lr: float = 3e-4
+    """AdamW learning rate of the twin critics."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay of actors and critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log α (b1 = `adjust_b1`)."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature α."""
+    target_entropy_scale: float = 0.5
+    """Target entropy = −scale·|A|."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft target update rate, every update."""
+    critic_width: int = 512
+    """BroNet width of each critic."""
+    critic_blocks: int = 2
+    """BroNet residual blocks of each critic (1–4)."""
+    n_quantiles: int = 100
+    """Quantiles of each critic's return distribution."""
+    kappa: float = 1.0
+    """Huber threshold κ of the quantile loss."""
+    actor_width: int = 256
+    """BroNet width of both actors."""
+    actor_blocks: int = 1
+    """BroNet residual blocks of both actors (1–4)."""
+    optimism: bool = True
+    """Explore with the optimistic actor π_o; otherwise with the conservative actor π_c."""
+    init_optimism: float = 1.0
+    """Initial optimism β (weight of the critics' disagreement |Q1−Q2|/2)."""
+    init_kl_weight: float = 0.25
+    """Initial KL weight λ of KL(π_o ‖ π_c)."""
+    adjust_lr: float = 3e-5
+    """Adam learning rate of log β and log λ."""
+    adjust_b1: float = 0.5
+    """Adam b1 of the temperature, β and λ."""
+    kl_target: float = 0.05
+    """Target of KL(π_o ‖ π_c) per action dimension."""
+    std_multiplier: float = 0.75
+    """σ_o = std_multiplier · σ_c."""
+    full_resets: tuple[int, ...] | None = None
+    """Env steps of full resets; None: BRO's schedule (RR ≥ 10: 15k…750k, else 15k); (): none."""
+
+    @classmethod
+    def grama(cls) -> BROConfig:
+        """The GraMa paper's BRO-net setting: width 256 everywhere, actor lr 1e-4, critic lr 1e-3."""
+        return cls(critic_width=256, actor_width=256, actor_lr=1e-4, critic_lr=1e-3)
+
+    def validate(self) -> None:
+        if not 0 <= self.tau <= 1:
+            raise ValueError(f"bro.tau must be in [0, 1], got {self.tau}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"bro.gamma must be in [0, 1], got {self.gamma}")
+        for name in ("critic_blocks", "actor_blocks"):
+            if not 1 <= getattr(self, name) <= 4:
+                raise ValueError(f"bro.{name} must be in 1..4, got {getattr(self, name)}")
+        for name in ("batch_size", "critic_width", "actor_width", "n_quantiles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"bro.{name} must be >= 1, got {getattr(self, name)}")
+        positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "kappa", "init_optimism")
+        positive += ("init_kl_weight", "adjust_lr", "std_multiplier")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"bro.{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.kl_target < 0:
+            raise ValueError("bro.weight_decay and bro.kl_target must be >= 0")
+        if self.full_resets is not None and any(s <= 0 for s in self.full_resets):
+            raise ValueError(f"bro.full_resets must be positive env steps, got {self.full_resets}")
+
+
+def grama_preset(reset: str = "regrama") -> dict[str, Any]:
+    """TrainConfig options of the GraMa paper's BRO-net runs (RR 2, batch 128, every 1000 updates).
+
+    `reset` is `regrama` (τ 0.01) or `redo` (τ 0.02); `TrainConfig(**grama_preset(), env=...)`.
+    """
+    taus = {"regrama": 0.01, "redo": 0.02}
+    if reset not in taus:
+        raise ValueError(f"grama_preset: reset must be one of {sorted(taus)}, got {reset!r}")
+    return {
+        "agent": "bro",
+        "replay_ratio": 2.0,
+        "reset": reset,
+        "reset_tau": taus[reset],
+        "reset_period": 1000,
+        "bro": BROConfig.grama(),
+    }
+
+
+def quantile_huber(
+    pred: Float[Array, " n"], target: Float[Array, " m"], kappa: float = 1.0
+) -> Float[Array, ""]:
+    """Quantile-Huber loss of predicted quantiles at τ_i = (i + ½)/n against target samples.
+
+    Σ_i mean_j |τ_i − 1{u_ij < 0}| · Huber_κ(u_ij) / κ with u_ij = target_j − pred_i.
+    """
+    u = target[None, :] - pred[:, None]
+    abs_u = jnp.abs(u)
+    huber = jnp.where(abs_u <= kappa, 0.5 * u**2, kappa * (abs_u - 0.5 * kappa))
+    taus = (jnp.arange(pred.shape[0], dtype=pred.dtype) + 0.5) / pred.shape[0]
+    weight = jnp.abs(taus[:, None] - (u < 0).astype(pred.dtype))
+    return jnp.sum(jnp.mean(weight * huber / kappa, axis=1))
+
+
+def gaussian_kl(
+    mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array
+) -> Float[Array, ""]:
+    """KL(N_p ‖ N_q) of diagonal Gaussians, summed over dimensions (equal to the KL of the
+    tanh-squashed distributions, tanh being a bijection)."""
+    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
+    mahalanobis = (mean_p - mean_q) ** 2 * jnp.exp(-2.0 * log_std_q)
+    return jnp.sum(log_std_q - log_std_p + 0.5 * (var_ratio + mahalanobis) - 0.5)
+
+
+class BroActor(eqx.Module):
+    """Conservative actor π_c: tanh-Gaussian, log σ squashed into [−10, 2]."""
+
+    net: BroNet
+
+    def __init__(self, obs_size: int, action_size: int, width: int, blocks: int, *,
+                 key: PRNGKeyArray):  # fmt: skip
+        self.net = BroNet(obs_size, 2 * action_size, width, blocks, key=key)
+
+    def distribution(self, obs: Float[Array, " o"]) -> tuple[Array, Array]:
+        out = self.net(obs)
+        half = out.shape[0] // 2
+        mean, raw = out[:half], out[half:]  # slices, which the anatomy's tracer follows
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
+        return mean, log_std
+
+    def sample(self, obs: Float[Array, " o"], noise: Float[Array, " a"]) -> tuple[Array, Array]:
+        return squashed_gaussian(*self.distribution(obs), noise)
+
+    def mode(self, obs: Float[Array, " o"]) -> Float[Array, " a"]:
+        return jnp.tanh(self.distribution(obs)[0])
+
+
+class OptimisticActor(eqx.Module):
+    """π_o: a BroNet on [obs, μ_c] whose output shifts π_c's mean; σ_o = multiplier · σ_c.
+
+    The output layer starts at zero, so π_o starts as π_c with a narrower σ: with σ_c ≈ e⁻⁴ at
+    initialisation, a random shift would put KL(π_o ‖ π_c) in the thousands.
+    """
+
+    net: BroNet
+
+    def __init__(self, obs_size: int, action_size: int, width: int, blocks: int, *,
+                 key: PRNGKeyArray):  # fmt: skip
+        net = BroNet(obs_size + action_size, action_size, width, blocks, key=key)
+        self.net = eqx.tree_at(lambda n: n.head.weight, net, jnp.zeros_like(net.head.weight))
+
+    def distribution(
+        self, obs: Float[Array, " o"], mean_c: Float[Array, " a"], log_std_c: Float[Array, " a"],
+        std_multiplier: float,
+    ) -> tuple[Array, Array]:  # fmt: skip
+        shift = self.net(jnp.concatenate([obs, mean_c]))
+        return mean_c + shift, log_std_c + math.log(std_multiplier)
+
+
+class BROState(eqx.Module):
+    """Everything BRO learns or counts; a pytree (vmappable over seeds, serialisable)."""
+
+    actor: BroActor
+    optimistic_actor: OptimisticActor
+    critic: BroCritic  # two members stacked on a leading axis
+    target_critic: BroCritic
+    log_alpha: Float[Array, ""]
+    log_adjust: Float[Array, " 2"]  # log β (optimism), log λ (KL weight)
+    actor_opt: optax.OptState
+    optimistic_opt: optax.OptState
+    critic_opt: optax.OptState
+    alpha_opt: optax.OptState
+    adjust_opt: optax.OptState
+    updates: Array
+
+
+def twin_quantiles(critic: BroCritic, obs: Array, action: Array) -> Float[Array, "2 n"]:
+    """Both critics' quantiles for one sample."""
+    return eqx.filter_vmap(lambda c: c(obs, action))(critic)
+
+
+@dataclass(frozen=True)
+class BRO:
+    """BRO agent: `init`, `act`, `update`, `scheduled` over `BROState`; `probes` per network.
+
+    `replay_ratio` and `learning_starts` (from the trainer) turn the full-reset env steps into
+    update counts.
+    """
+
+    config: BROConfig
+    obs_size: int
+    action_size: int
+    replay_ratio: float = 2.0
+    learning_starts: int = 2500
+    name: str = "bro"
+    #: (metric, network) pairs: which network a non-finite loss metric points to
+    loss_networks: tuple[tuple[str, str], ...] = (
+        ("critic_loss", "critic"),
+        ("actor_loss", "actor"),
+        ("alpha_loss", "temperature"),
+        ("optimistic_loss", "optimistic_actor"),
+    )
+    update_cycle: int = 1
+
+    @property
+    def target_entropy(self) -> float:
+        return -self.config.target_entropy_scale * self.action_size
+
+    @property
+    def reset_env_steps(self) -> tuple[int, ...]:
+        if self.config.full_resets is not None:
+            return tuple(self.config.full_resets)
+        return FULL_RESETS_RR10 if self.replay_ratio >= 10 else FULL_RESETS_RR10[:1]
+
+    @property
+    def reset_updates(self) -> tuple[int, ...]:
+        """Update counts of the full resets: updates begin after `learning_starts` env steps."""
+        steps = [s - self.learning_starts for s in self.reset_env_steps]
+        return tuple(sorted({round(s * self.replay_ratio) for s in steps if s > 0}))
+
+    def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
+        c = self.config
+        actor = optax.adamw(c.actor_lr, weight_decay=c.weight_decay)
+        critic = optax.adamw(c.critic_lr, weight_decay=c.weight_decay)
+        alpha = optax.adam(c.alpha_lr, b1=c.adjust_b1)
+        adjust = optax.adam(c.adjust_lr, b1=c.adjust_b1)
+        return actor, critic, alpha, adjust
+
+    def init(self, key: PRNGKeyArray) -> BROState:
+        c, o, a = self.config, self.obs_size, self.action_size
+        k_actor, k_opt, k_critic = jax.random.split(key, 3)
+        actor = BroActor(o, a, c.actor_width, c.actor_blocks, key=k_actor)
+        optimistic = OptimisticActor(o, a, c.actor_width, c.actor_blocks, key=k_opt)
+        make_critic = lambda k: BroCritic(
+            o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k
+        )
+        critic = eqx.filter_vmap(make_critic)(jax.random.split(k_critic, 2))
+        log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
+        log_adjust = jnp.log(jnp.asarray([c.init_optimism, c.init_kl_weight], jnp.float32))
+        opt_a, opt_c, opt_t, opt_j = self._optimizers()
+        return BROState(
+            actor=actor,
+            optimistic_actor=optimistic,
+            critic=critic,
+            target_critic=critic,
+            log_alpha=log_alpha,
+            log_adjust=log_adjust,
+            actor_opt=opt_a.init(_params(actor)),
+            optimistic_opt=opt_a.init(_params(optimistic)),
+            critic_opt=opt_c.init(_params(critic)),
+            alpha_opt=opt_t.init(log_alpha),
+            adjust_opt=opt_j.init(log_adjust),
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    # --- acting ------------------------------------------------------------------------------
+    def optimistic_sample(
+        self, actor: BroActor, optimistic: OptimisticActor, obs: Array, noise: Array
+    ) -> tuple[Array, Array, Array]:
+        """An action of π_o, its log-probability and KL(π_o ‖ π_c); π_c is held fixed."""
+        mean_c, log_std_c = jax.lax.stop_gradient(actor.distribution(obs))
+        mean_o, log_std_o = optimistic.distribution(
+            obs, mean_c, log_std_c, self.config.std_multiplier
+        )
+        action, logp = squashed_gaussian(mean_o, log_std_o, noise)
+        return action, logp, gaussian_kl(mean_o, log_std_o, mean_c, log_std_c)
+
+    def act(
+        self, state: BROState, obs: Float[Array, "n o"], key: PRNGKeyArray, deterministic: bool
+    ) -> Float[Array, "n a"]:
+        """Exploration samples π_o (π_c without optimism); evaluation takes π_c's mode."""
+        if deterministic:
+            return jax.vmap(state.actor.mode)(obs)
+        noise = jax.random.normal(key, (obs.shape[0], self.action_size), obs.dtype)
+        if self.config.optimism:
+            sample = lambda o, n: self.optimistic_sample(state.actor, state.optimistic_actor, o, n)
+            return jax.vmap(sample)(obs, noise)[0]
+        return jax.vmap(state.actor.sample)(obs, noise)[0]
+
+    # --- per-sample losses -------------------------------------------------------------------
+    def critic_target(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Array:
+        """Target quantiles [b, n]: r + γ(1−d)(mean of both target critics − α log π_c)."""
+        noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
+        next_action, next_logp = jax.vmap(state.actor.sample)(batch.next_obs, noise)
+        next_q = jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(
+            state.target_critic, batch.next_obs, next_action
+        )
+        soft = jnp.mean(next_q, axis=1) - jnp.exp(state.log_alpha) * next_logp[:, None]
+        target = (
+            batch.reward[:, None] + self.config.gamma * (1.0 - batch.terminated[:, None]) * soft
+        )
+        return jax.lax.stop_gradient(target)
+
+    def critic_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """Quantile-Huber loss of both critics per sample, against the shared target quantiles."""
+        kappa = self.config.kappa
+
+        def loss(critic: BroCritic, obs: Array, action: Array, target: Array) -> Array:
+            q = twin_quantiles(critic, obs, action)
+            return jnp.sum(jax.vmap(lambda p: quantile_huber(p, target, kappa))(q))
+
+        target = self.critic_target(state, batch, key)
+        return Probe(state.critic, (batch.obs, batch.action, target), loss)
+
+    def actor_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """α·log π_c(a|s) − Q̄(s, a), Q̄ the mean over both critics and all quantiles."""
+        noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
+        alpha, critic = jnp.exp(state.log_alpha), state.critic
+
+        def loss(actor: BroActor, obs: Array, eps: Array) -> Array:
+            action, logp = actor.sample(obs, eps)
+            return alpha * logp - jnp.mean(twin_quantiles(critic, obs, action))
+
+        return Probe(state.actor, (batch.obs, noise), loss)
+
+    def optimistic_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """−(Q̄ + β·|Q1 − Q2|/2) + λ·KL(π_o ‖ π_c) per sample, a drawn from π_o."""
+        noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
+        beta, kl_weight = jnp.exp(state.log_adjust)
+        actor, critic = state.actor, state.critic
+
+        def loss(optimistic: OptimisticActor, obs: Array, eps: Array) -> Array:
+            action, _, kl = self.optimistic_sample(actor, optimistic, obs, eps)
+            q = jnp.mean(twin_quantiles(critic, obs, action), axis=-1)
+            return -(jnp.mean(q) + beta * jnp.abs(q[0] - q[1]) / 2) + kl_weight * kl
+
+        return Probe(state.optimistic_actor, (batch.obs, noise), loss)
+
+    def probes(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> dict[str, Probe]:
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {
+            "critic": self.critic_probe(state, batch, k1),
+            "actor": self.actor_probe(state, batch, k2),
+            "optimistic_actor": self.optimistic_probe(state, batch, k3),
+        }
+
+    def networks(self, state: BROState) -> dict[str, Any]:
+        """The parameters a finiteness check or a surgery step looks at, by network name."""
+        return {
+            "critic": state.critic,
+            "actor": state.actor,
+            "optimistic_actor": state.optimistic_actor,
+            "temperature": state.log_alpha,
+            "optimism": state.log_adjust,
+        }
+
+    # --- update ------------------------------------------------------------------------------
+    def update(
+        self, state: BROState, batch: Batch, key: PRNGKeyArray, phase: int
+    ) -> tuple[BROState, dict[str, Array]]:
+        """One gradient update of the critics, π_c and α, π_o and (β, λ), then the targets."""
+        del phase  # every network is updated every step
+        c = self.config
+        opt_a, opt_c, opt_t, opt_j = self._optimizers()
+        k_critic, k_actor, k_opt = jax.random.split(key, 3)
+
+        probe = self.critic_probe(state, batch, k_critic)
+        critic_loss, grads = _mean_loss_and_grad(probe)
+        upd, critic_opt = _opt_update(opt_c, grads, state.critic_opt, _params(state.critic))
+        critic = eqx.apply_updates(state.critic, upd)
+        state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
+        metrics = {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
+
+        state, m = self._actor_and_alpha(state, batch, k_actor, opt_a, opt_t)
+        metrics.update(m)
+        if c.optimism:
+            state, m = self._optimistic_and_adjust(state, batch, k_opt, opt_a, opt_j)
+            metrics.update(m)
+
+        target = jax.tree.map(
+            lambda t, o: (1.0 - c.tau) * t + c.tau * o,
+            _params(state.target_critic),
+            _params(state.critic),
+        )
+        state = eqx.tree_at(
+            lambda s: (s.target_critic, s.updates),
+            state,
+            (eqx.combine(target, state.target_critic), state.updates + 1),
+        )
+        return state, metrics
+
+    def _actor_and_alpha(self, state, batch, key, opt_a, opt_t):
+        probe = self.actor_probe(state, batch, key)
+
+        def batch_loss(actor: BroActor) -> tuple[Array, Array]:
+            per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(actor, *probe.inputs)
+            _, logp = jax.vmap(actor.sample)(*probe.inputs)
+            return jnp.mean(per_sample), jnp.mean(logp)
+
+        (actor_loss, logp), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(state.actor)
+        upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
+        actor = eqx.apply_updates(state.actor, upd)
+        logp = jax.lax.stop_gradient(logp)
+        alpha_loss_fn = lambda la: -jnp.exp(la) * (logp + self.target_entropy)
+        alpha_loss, g = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
+        upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
+        log_alpha = optax.apply_updates(state.log_alpha, upd_t)
+        state = eqx.tree_at(
+            lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt),
+            state,
+            (actor, actor_opt, log_alpha, alpha_opt),
+        )
+        metrics = {
+            "actor_loss": actor_loss,
+            "alpha_loss": alpha_loss,
+            "alpha": jnp.exp(log_alpha),
+            "entropy": -logp,
+        }
+        return state, metrics
+
+    def _optimistic_and_adjust(self, state, batch, key, opt_a, opt_j):
+        probe = self.optimistic_probe(state, batch, key)
+        actor = state.actor
+
+        def batch_loss(optimistic: OptimisticActor) -> tuple[Array, Array]:
+            per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(optimistic, *probe.inputs)
+            sample = lambda o, n: self.optimistic_sample(actor, optimistic, o, n)
+            kl = jax.vmap(sample)(*probe.inputs)[2]
+            return jnp.mean(per_sample), jnp.mean(kl)
+
+        (loss, kl), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
+            state.optimistic_actor
+        )
+        params = _params(state.optimistic_actor)
+        upd, optimistic_opt = _opt_update(opt_a, grads, state.optimistic_opt, params)
+        optimistic = eqx.apply_updates(state.optimistic_actor, upd)
+        # β shrinks and λ grows while KL(π_o ‖ π_c) is above its target, and the other way round
+        excess = jax.lax.stop_gradient(kl) - self.config.kl_target * self.action_size
+        sign = jnp.asarray([1.0, -1.0], jnp.float32)
+        adjust_loss_fn = lambda la: jnp.sum(sign * jnp.exp(la)) * excess
+        adjust_loss, g = jax.value_and_grad(adjust_loss_fn)(state.log_adjust)
+        upd_j, adjust_opt = _opt_update(opt_j, g, state.adjust_opt, state.log_adjust)
+        log_adjust = optax.apply_updates(state.log_adjust, upd_j)
+        state = eqx.tree_at(
+            lambda s: (s.optimistic_actor, s.optimistic_opt, s.log_adjust, s.adjust_opt),
+            state,
+            (optimistic, optimistic_opt, log_adjust, adjust_opt),
+        )
+        beta, kl_weight = jnp.exp(log_adjust)
+        metrics = {
+            "optimistic_loss": loss,
+            "optimism_kl": kl,
+            "optimism_beta": beta,
+            "optimism_kl_weight": kl_weight,
+            "adjust_loss": adjust_loss,
+        }
+        return state, metrics
+
+    # --- scheduled events --------------------------------------------------------------------
+    def scheduled(
+        self, state: BROState, batch: Batch, key: PRNGKeyArray, updates: Array
+    ) -> tuple[BROState, dict[str, Array]]:
+        """BRO's full reset when `updates` (done so far) passed a reset point in the last cycle.
+
+        Networks, targets, optimizer states, α, β and λ are drawn afresh; the update count (and,
+        outside the agent, the replay buffer) is kept. Pass `updates` unbatched under vmap so
+        that the branch stays a branch.
+        """
+        del batch
+        points = self.reset_updates
+        if not points:
+            return state, {"full_reset": jnp.zeros((), jnp.float32)}
+        p = jnp.asarray(points, jnp.int32)
+        due = jnp.any((p > updates - self.update_cycle) & (p <= updates))
+
+        def reset(s: BROState) -> BROState:
+            return eqx.tree_at(lambda t: t.updates, self.init(key), s.updates)
+
+        state = jax.lax.cond(due, reset, lambda s: s, state)
+        return state, {"full_reset": due.astype(jnp.float32)}
