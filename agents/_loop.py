@@ -115,16 +115,22 @@ class Loop:
             if self.surgery:
                 key, k_batch, k_surgery = jax.random.split(key, 3)
                 batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
-                agent_state, surgery_metrics = _maybe_surgery(
+                agent_state, surgery_metrics, due = _maybe_surgery(
                     agent, c, agent_state, batch, k_surgery, u, self.cycle
                 )
-                metrics.update({k: [v] for k, v in surgery_metrics.items()})
+                # surgery metrics exist only where a surgery step ran (NaN elsewhere)
+                nan = jnp.asarray(jnp.nan, jnp.float32)
+                for k, v in surgery_metrics.items():
+                    metrics[k] = [jnp.where(due, v.astype(jnp.float32), nan)]
             ts = eqx.tree_at(lambda t: (t.agent, t.key), ts, (agent_state, key))
             return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
 
         n_cycles = self.updates_per_body // self.cycle
         (ts, _), metrics = jax.lax.scan(one_cycle, (ts, u0), None, length=n_cycles)
-        return ts, {k: jnp.mean(v) for k, v in metrics.items()}
+        return ts, {
+            k: last_finite(v) if k.startswith("surgery/") else jnp.mean(v)
+            for k, v in metrics.items()
+        }
 
     # --- segments (JAX environments) ---------------------------------------------------------
     def segment(self, ts: TrainState, u0: Array, bodies: int, learning: bool):
@@ -178,9 +184,12 @@ def _maybe_surgery(agent, config, agent_state, batch, key, u, cycle: int):
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, agent_state)[1]
     )
-    return jax.lax.cond(
-        due,
-        step,
-        lambda s: (s, zeros),
-        agent_state,
-    )
+    state, metrics = jax.lax.cond(due, step, lambda s: (s, zeros), agent_state)
+    return state, metrics, due
+
+
+def last_finite(x: Array) -> Array:
+    """The last finite entry along the leading axis (NaN if there is none)."""
+    finite = jnp.isfinite(x)
+    idx = jnp.max(jnp.where(finite, jnp.arange(x.shape[0]), -1))
+    return jnp.where(idx >= 0, x[jnp.maximum(idx, 0)], jnp.nan)

@@ -160,8 +160,12 @@ def _record(stats: jax.Array, metrics: dict[str, jax.Array]) -> dict[str, np.nda
             "train/episode_length": stats[:, 1] / count,
         }
     for name, value in metrics.items():
-        prefix = "" if "/" in name else "train/"
-        out[prefix + name] = np.asarray(value, np.float64).mean(axis=1)
+        value = np.asarray(value, np.float64)  # [S, B]
+        if name.startswith("surgery/"):  # the latest surgery step's value
+            idx = np.where(np.isfinite(value), np.arange(value.shape[1]), -1).max(axis=1)
+            out[name] = np.where(idx >= 0, value[np.arange(len(idx)), idx], np.nan)
+        else:
+            out[("" if "/" in name else "train/") + name] = value.mean(axis=1)
     return out
 
 

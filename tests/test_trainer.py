@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import agents
+import agents.testing
 from agents import NetworkConfig, SACConfig, TrainConfig
 
 NET = NetworkConfig(width=16, depth=1)
@@ -235,9 +236,15 @@ def test_surgery_hook_runs_every_reset_period(monkeypatch):
 
     ts = init(jax.random.key_data(jax.random.key(0)))
     assert (loop.env_per_body, loop.updates_per_body) == (1, 4)
-    _, metrics = jax.jit(loop.updates)(ts, jnp.int32(0))
-    # cycles of 2 updates end at 2 and 4: the surgery step is due at 4 only
-    assert float(metrics["surgery/ran"]) == 0.5 and calls and set(calls) == {4}
+    updates = jax.jit(loop.updates)
+    # cycles of 2 updates end at 2 and 4: due at 4 (period 4); at 6 and 8: due at 8
+    for u0, expected in ((0, 1.0), (4, 1.0), (2, 1.0), (6, 1.0)):
+        assert float(updates(ts, jnp.int32(u0))[1]["surgery/ran"]) == expected
+    assert calls and set(calls) == {4}
+    loop2 = agents._loop.Loop(agent, env, dataclasses.replace(config, reset_period=100), True)
+    _, metrics = jax.jit(loop2.updates)(ts, jnp.int32(0))  # not due: no value
+    assert np.isnan(float(metrics["surgery/ran"]))
+    assert float(agents._loop.last_finite(jnp.asarray([1.0, 2.0, jnp.nan]))) == 2.0
 
 
 @pytest.mark.parametrize(
