@@ -259,7 +259,8 @@ def plot(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
                     ax.set_yscale("log")
                 ax.legend(fontsize=7)
             row[0].set_xlabel("update")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.45 / fig.get_figheight(),
+                            top=1 - 0.3 / fig.get_figheight(), hspace=0.45, wspace=0.22)  # fmt: skip
         path = out / f"{fname}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
