@@ -1,0 +1,384 @@
+"""DACER (Wang et al. 2024): a diffusion policy trained through its reverse chain, entropy by GMM.
+
+Same protocol as SAC. The actor is DACER's denoiser; an action is the reverse chain's output (20
+DDPM ancestral steps, or a probability-flow ODE solved with diffrax) plus N(0, 1)·α·0.15, clipped.
+The policy maximises min(Q1, Q2) by backpropagating through the whole chain. α follows an entropy
+estimate that `scheduled` refreshes every `entropy_every` updates by fitting a Gaussian mixture to
+sampled actions, on device.
+
+Critic: DSAC-T's distributional critic — each of two critics outputs a Gaussian (mean, σ) of the
+return; the mean follows the expected target, σ a sampled target clipped to ±3 mean σ, both scaled
+by the batch-mean variance (DSAC-T's variance-based gradient adjustment). DACER's target has no
+log π term: the policy has no tractable density.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._diffusion import VPSchedule, ddpm_sample, ode_sample, vp_schedule
+from ._gmm import fit_gmm, gmm_entropy
+from ._mlp import MLP, NetworkConfig
+from ._sac import Batch, Probe, _mean_loss_and_grad, _opt_update, _params
+from .networks import Denoiser
+
+SAMPLERS = ("ddpm", "ode")
+MIN_STD = 0.01
+
+
+@dataclass(frozen=True)
+class DACERConfig:
+    """DACER hyperparameters; defaults are the DACER paper's (GraMa paper, Tables 4–5)."""
+
+    batch_size: int = 256
+    """Transitions per gradient update."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the denoiser."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics."""
+    alpha_lr: float = 3e-2
+    """Adam learning rate of log α."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft target update rate (on policy steps)."""
+    policy_delay: int = 2
+    """Denoiser, α and targets are updated on every `policy_delay`-th update."""
+    reward_scale: float = 0.2
+    """Rewards are multiplied by this in the critic target."""
+    denoiser_width: int = 256
+    """Hidden width of the denoiser MLP."""
+    denoiser_depth: int = 3
+    """Hidden layers of the denoiser MLP."""
+    critic: NetworkConfig = field(default_factory=lambda: NetworkConfig(activation="gelu"))
+    """Each critic's MLP trunk (outputs mean and σ of the return)."""
+    sampler: str = "ddpm"
+    """Reverse process: ddpm (discrete ancestral chain) or ode (probability-flow ODE, diffrax)."""
+    diffusion_steps: int = 20
+    """Steps of the discrete VP schedule (and of the DDPM chain)."""
+    ode_steps: int = 10
+    """Heun steps of the ODE sampler (two denoiser calls each)."""
+    beta_min: float = 0.1
+    """VP schedule β_min."""
+    beta_max: float = 10.0
+    """VP schedule β_max."""
+    init_alpha: float = 3.0
+    """Initial α; exploration noise is N(0, 1)·α·noise_scale."""
+    noise_scale: float = 0.15
+    """Scale of the exploration noise relative to α."""
+    target_entropy_scale: float = 0.9
+    """Target entropy = −scale·|A|."""
+    entropy_every: int = 10_000
+    """Updates between entropy estimates (the first comes after the first update cycle)."""
+    entropy_states: int = 16
+    """Batch states at which actions are sampled for the estimate."""
+    entropy_samples: int = 200
+    """Actions sampled per state."""
+    gmm_components: int = 3
+    """Mixture components fitted per state."""
+    gmm_iters: int = 50
+    """EM iterations per fit."""
+    target_clip: float = 3.0
+    """The sampled target for σ is clipped to the critic mean ± target_clip·(batch-mean σ)."""
+
+    def validate(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"dacer.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not 0 <= self.tau <= 1 or not 0 <= self.gamma <= 1:
+            raise ValueError("dacer.tau and dacer.gamma must be in [0, 1]")
+        ints = ("batch_size", "policy_delay", "denoiser_width", "denoiser_depth")
+        ints += ("diffusion_steps", "ode_steps", "entropy_every", "entropy_states")
+        ints += ("entropy_samples", "gmm_components", "gmm_iters")
+        for name in ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"dacer.{name} must be >= 1, got {getattr(self, name)}")
+        floats = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "reward_scale")
+        floats += ("beta_min", "beta_max", "target_clip")
+        for name in floats:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"dacer.{name} must be > 0, got {getattr(self, name)}")
+        if self.noise_scale < 0:
+            raise ValueError(f"dacer.noise_scale must be >= 0, got {self.noise_scale}")
+        if self.entropy_states > self.batch_size:
+            raise ValueError("dacer.entropy_states must be <= dacer.batch_size")
+        self.critic.validate("dacer.critic")
+
+
+class GaussianCritic(eqx.Module):
+    """Return distribution N(μ, σ²) of Q(s, a); σ = softplus + MIN_STD."""
+
+    net: MLP
+
+    def __init__(self, obs_size: int, action_size: int, config: NetworkConfig, key: PRNGKeyArray):
+        self.net = MLP(obs_size + action_size, 2, config, key=key)
+
+    def __call__(self, obs: Float[Array, " o"], action: Float[Array, " a"]) -> tuple[Array, Array]:
+        mean, raw = self.net(jnp.concatenate([obs, action]))
+        return mean, jax.nn.softplus(raw) + MIN_STD
+
+
+class StaticFn(eqx.Module):
+    """A function held as static structure, not as a pytree leaf: a state holding a bare
+    function (as `eqx.nn.MLP` holds its activation) cannot pass through `jax.jit`."""
+
+    fn: Any = eqx.field(static=True)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x)
+
+
+def jittable_denoiser(denoiser: Denoiser) -> Denoiser:
+    """The denoiser with its MLP's activation functions wrapped in `StaticFn`."""
+    mlp = denoiser.mlp
+    return eqx.tree_at(
+        lambda d: (d.mlp.activation, d.mlp.final_activation),
+        denoiser,
+        (StaticFn(mlp.activation), StaticFn(mlp.final_activation)),
+    )
+
+
+def twin_gaussian(critic: GaussianCritic, obs: Array, action: Array) -> tuple[Array, Array]:
+    """Both critics' (mean [2], σ [2]) for one sample."""
+    return eqx.filter_vmap(lambda c: c(obs, action))(critic)
+
+
+class DACERState(eqx.Module):
+    """Everything DACER learns or counts; a pytree (vmappable over seeds, serialisable)."""
+
+    actor: Denoiser
+    critic: GaussianCritic  # two members stacked on a leading axis
+    target_critic: GaussianCritic
+    log_alpha: Float[Array, ""]
+    entropy: Float[Array, ""]  # the latest GMM estimate of the behaviour policy's entropy
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    alpha_opt: optax.OptState
+    updates: Array
+
+
+@dataclass(frozen=True)
+class DACER:
+    """DACER agent: `init`, `act`, `update`, `scheduled` over `DACERState`; `probes` per network."""
+
+    config: DACERConfig
+    obs_size: int
+    action_size: int
+    name: str = "dacer"
+    #: (metric, network) pairs: which network a non-finite loss metric points to
+    loss_networks: tuple[tuple[str, str], ...] = (
+        ("critic_loss", "critic"),
+        ("actor_loss", "actor"),
+        ("alpha_loss", "temperature"),
+    )
+
+    @property
+    def update_cycle(self) -> int:
+        return self.config.policy_delay
+
+    @property
+    def target_entropy(self) -> float:
+        return -self.config.target_entropy_scale * self.action_size
+
+    @property
+    def schedule(self) -> VPSchedule:
+        c = self.config
+        return vp_schedule(c.diffusion_steps, c.beta_min, c.beta_max)
+
+    def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
+        c = self.config
+        return optax.adam(c.actor_lr), optax.adam(c.critic_lr), optax.adam(c.alpha_lr)
+
+    def init(self, key: PRNGKeyArray) -> DACERState:
+        c, o, a = self.config, self.obs_size, self.action_size
+        k_actor, k_critic = jax.random.split(key)
+        actor = jittable_denoiser(Denoiser(o, a, c.denoiser_width, c.denoiser_depth, key=k_actor))
+        critic = eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
+            jax.random.split(k_critic, 2)
+        )
+        log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
+        opt_a, opt_c, opt_t = self._optimizers()
+        return DACERState(
+            actor=actor,
+            critic=critic,
+            target_critic=critic,
+            log_alpha=log_alpha,
+            entropy=jnp.asarray(self.target_entropy, jnp.float32),
+            actor_opt=opt_a.init(_params(actor)),
+            critic_opt=opt_c.init(_params(critic)),
+            alpha_opt=opt_t.init(log_alpha),
+            updates=jnp.zeros((), jnp.int32),
+        )
+
+    # --- sampling ----------------------------------------------------------------------------
+    def chain_noise_shape(self) -> tuple[int, int]:
+        """Shape of the per-sample noise of the reverse chain: x_T and one draw per step."""
+        return self.config.diffusion_steps + 1, self.action_size
+
+    def sample(self, actor: Denoiser, obs: Float[Array, " o"],
+               noise: Float[Array, "T1 a"]) -> Float[Array, " a"]:  # fmt: skip
+        """The reverse process for one state: x_T = noise[0], step draws noise[1:]."""
+        eps_fn = lambda x, t: actor(obs, x, t)
+        if self.config.sampler == "ode":
+            return ode_sample(self.schedule, eps_fn, noise[0], self.config.ode_steps)
+        return ddpm_sample(self.schedule, eps_fn, noise[0], noise[1:])
+
+    def behaviour(self, state: DACERState, obs: Array, key: PRNGKeyArray) -> Array:
+        """Exploration actions [n, a]: diffusion action + N(0, 1)·α·noise_scale, clipped."""
+        k_chain, k_noise = jax.random.split(key)
+        n = obs.shape[0]
+        noise = jax.random.normal(k_chain, (n, *self.chain_noise_shape()), obs.dtype)
+        action = jax.vmap(self.sample, in_axes=(None, 0, 0))(state.actor, obs, noise)
+        extra = jax.random.normal(k_noise, action.shape, action.dtype)
+        scale = jnp.exp(state.log_alpha) * self.config.noise_scale
+        return jnp.clip(action + scale * extra, -1.0, 1.0)
+
+    def act(
+        self, state: DACERState, obs: Float[Array, "n o"], key: PRNGKeyArray, deterministic: bool
+    ) -> Float[Array, "n a"]:
+        """Exploration adds α-scaled noise; evaluation runs the chain without the extra noise."""
+        if deterministic:
+            noise = jax.random.normal(key, (obs.shape[0], *self.chain_noise_shape()), obs.dtype)
+            return jax.vmap(self.sample, in_axes=(None, 0, 0))(state.actor, obs, noise)
+        return self.behaviour(state, obs, key)
+
+    # --- per-sample losses -------------------------------------------------------------------
+    def critic_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """DSAC-T loss of both critics per sample (its gradient, not its value, is the point)."""
+        c = self.config
+        k_act, k_z = jax.random.split(key)
+        next_action = self.behaviour(state, batch.next_obs, k_act)
+        mean_t, std_t = jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(
+            state.target_critic, batch.next_obs, next_action
+        )  # [b, 2]
+        pick = jnp.argmin(mean_t, axis=1)
+        mean_n = jnp.take_along_axis(mean_t, pick[:, None], 1)[:, 0]
+        std_n = jnp.take_along_axis(std_t, pick[:, None], 1)[:, 0]
+        z = jnp.clip(jax.random.normal(k_z, mean_n.shape, mean_n.dtype), -3.0, 3.0)
+        not_done = c.gamma * (1.0 - batch.terminated)
+        reward = c.reward_scale * batch.reward
+        y_mean = jax.lax.stop_gradient(reward + not_done * mean_n)
+        y_sample = jax.lax.stop_gradient(reward + not_done * (mean_n + std_n * z))
+        _, std_now = jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(
+            state.critic, batch.obs, batch.action
+        )
+        std_now = jax.lax.stop_gradient(std_now)  # [b, 2]
+        omega = jnp.mean(std_now**2, axis=0)  # per critic
+        bound = c.target_clip * jnp.mean(std_now, axis=0)
+
+        def loss(critic: GaussianCritic, obs: Array, action: Array, yq: Array, yz: Array):
+            mean, std = twin_gaussian(critic, obs, action)
+            m, s = jax.lax.stop_gradient((mean, std))
+            yb = m + jnp.clip(yz - m, -bound, bound)
+            g_mean = (yq - m) / (s**2 + 1e-6)
+            g_std = (s**2 - (yb - m) ** 2) / (s**3 + 1e-6)
+            return jnp.sum(omega * (-g_mean * mean - g_std * std))
+
+        return Probe(state.critic, (batch.obs, batch.action, y_mean, y_sample), loss)
+
+    def actor_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """−min(μ1, μ2)(s, a), a from the reverse chain driven by the per-sample noise input."""
+        shape = (batch.obs.shape[0], *self.chain_noise_shape())
+        noise = jax.random.normal(key, shape, batch.obs.dtype)
+        critic = state.critic
+
+        def loss(actor: Denoiser, obs: Array, eps: Array) -> Array:
+            mean, _ = twin_gaussian(critic, obs, self.sample(actor, obs, eps))
+            return -jnp.min(mean)
+
+        return Probe(state.actor, (batch.obs, noise), loss)
+
+    def probes(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> dict[str, Probe]:
+        k1, k2 = jax.random.split(key)
+        return {
+            "critic": self.critic_probe(state, batch, k1),
+            "actor": self.actor_probe(state, batch, k2),
+        }
+
+    def networks(self, state: DACERState) -> dict[str, Any]:
+        """The parameters a finiteness check or a surgery step looks at, by network name."""
+        return {"critic": state.critic, "actor": state.actor, "temperature": state.log_alpha}
+
+    # --- update ------------------------------------------------------------------------------
+    def update(
+        self, state: DACERState, batch: Batch, key: PRNGKeyArray, phase: int
+    ) -> tuple[DACERState, dict[str, Array]]:
+        """Critic every update; denoiser, α and targets on the last phase of each cycle."""
+        c = self.config
+        opt_a, opt_c, opt_t = self._optimizers()
+        k_critic, k_actor = jax.random.split(key)
+
+        probe = self.critic_probe(state, batch, k_critic)
+        critic_loss, grads = _mean_loss_and_grad(probe)
+        upd, critic_opt = _opt_update(opt_c, grads, state.critic_opt, _params(state.critic))
+        critic = eqx.apply_updates(state.critic, upd)
+        state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
+        metrics = {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
+
+        if phase == self.update_cycle - 1:
+            probe = self.actor_probe(state, batch, k_actor)
+            actor_loss, grads = _mean_loss_and_grad(probe)
+            upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
+            actor = eqx.apply_updates(state.actor, upd)
+            gap = self.target_entropy - state.entropy
+            alpha_loss, g = jax.value_and_grad(lambda la: -la * gap)(state.log_alpha)
+            upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
+            log_alpha = optax.apply_updates(state.log_alpha, upd_t)
+            target = jax.tree.map(
+                lambda t, o: (1.0 - c.tau) * t + c.tau * o,
+                _params(state.target_critic),
+                _params(state.critic),
+            )
+            state = eqx.tree_at(
+                lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt, s.target_critic),
+                state,
+                (actor, actor_opt, log_alpha, alpha_opt, eqx.combine(target, state.target_critic)),
+            )
+            metrics.update(
+                {
+                    "actor_loss": actor_loss,
+                    "alpha_loss": alpha_loss,
+                    "alpha": jnp.exp(log_alpha),
+                    "entropy": state.entropy,
+                }
+            )
+        state = eqx.tree_at(lambda s: s.updates, state, state.updates + 1)
+        return state, metrics
+
+    # --- entropy -----------------------------------------------------------------------------
+    def estimate_entropy(
+        self, state: DACERState, obs: Float[Array, "n o"], key: PRNGKeyArray
+    ) -> Float[Array, ""]:
+        """Mean over states of the GMM entropy of `entropy_samples` behaviour actions each."""
+        c = self.config
+
+        def at_state(o: Array, k: Array) -> Array:
+            k1, k2 = jax.random.split(k)
+            actions = self.behaviour(state, jnp.broadcast_to(o, (c.entropy_samples, *o.shape)), k1)
+            return gmm_entropy(fit_gmm(actions, k2, c.gmm_components, c.gmm_iters))
+
+        return jnp.mean(jax.vmap(at_state)(obs, jax.random.split(key, obs.shape[0])))
+
+    def scheduled(
+        self, state: DACERState, batch: Batch, key: PRNGKeyArray, updates: Array
+    ) -> tuple[DACERState, dict[str, Array]]:
+        """Refresh the entropy estimate after the first cycle and every `entropy_every` updates.
+
+        `updates` (done so far) should be unbatched under vmap so that the branch stays a branch.
+        """
+        every, cycle = self.config.entropy_every, self.update_cycle
+        due = ((updates // every) != ((updates - cycle) // every)) | (updates <= cycle)
+        obs = batch.obs[: self.config.entropy_states]
+
+        def refresh(s: DACERState) -> DACERState:
+            return eqx.tree_at(lambda t: t.entropy, s, self.estimate_entropy(s, obs, key))
+
+        state = jax.lax.cond(due, refresh, lambda s: s, state)
+        return state, {"entropy_estimate": state.entropy}
