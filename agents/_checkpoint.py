@@ -25,25 +25,39 @@ class CheckpointError(ValueError):
 
 
 def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    """A typed PRNG key array, or the shape of one."""
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def _unwrap_keys(tree: Any) -> Any:
-    """Typed PRNG keys → their uint32 data (serialisable)."""
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    """Typed PRNG keys → their uint32 data (serialisable); shapes stay shapes."""
+
+    def unwrap(x: Any) -> Any:
+        if not _is_key(x):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.eval_shape(jax.random.key_data, x)
+        return jax.random.key_data(x)
+
+    return jax.tree.map(unwrap, tree)
 
 
 def _rewrap_keys(tree: Any, template: Any) -> Any:
-    return jax.tree.map(
-        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
-        tree,
-        template,
-    )
+    def rewrap(x: Any, t: Any) -> Any:
+        if not _is_key(t):
+            return x
+        if isinstance(t, jax.ShapeDtypeStruct):  # keys here come from jax.random.key
+            return jax.random.wrap_key_data(x)
+        return jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
+
+    return jax.tree.map(rewrap, tree, template)
 
 
 def leaf_signature(tree: Any) -> list[str]:
     """`dtype[shape]` of every array leaf, in tree order."""
-    leaves = jax.tree.leaves(eqx.filter(_unwrap_keys(tree), eqx.is_array))
+    is_array = lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+    leaves = jax.tree.leaves(eqx.filter(_unwrap_keys(tree), is_array))
     return [f"{np.dtype(x.dtype).name}{list(x.shape)}" for x in leaves]
 
 
@@ -80,7 +94,8 @@ def _header(f: Any, path: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
-    """Read a checkpoint into the structure of `template`; refuse a mismatch before reading."""
+    """Read a checkpoint into the structure of `template` (arrays or `jax.ShapeDtypeStruct`s);
+    refuse a mismatch of shapes or dtypes before reading any array."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")

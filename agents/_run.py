@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 
@@ -68,34 +69,29 @@ def train(
     elif ckpt_path.exists():
         raise CheckpointError(f"{run_dir} already holds a run; pass --resume or another run dir")
     trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"config": config_to_dict(config), "versions": versions()}
-    if not resume or not (run_dir / "config.json").exists():
-        (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-    ts = trainer.initial_state()
-    env_steps = updates = 0
-    if header is not None:
-        ts, header = load_checkpoint(ckpt_path, ts)
-        env_steps, updates = header["env_steps"], header["updates"]
-        if not trainer.jittable:  # host environments restart their episodes
-            trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)
-            ts = replace_obs(ts, obs)
-    sinks = _sinks(config, run_dir, env_steps if resume else None)
-    emit = [*callbacks, *(s.write for s in sinks)]
+    sinks: list[Sink] = []
     try:
+        env_steps = updates = 0
+        if header is not None:  # checked against the state's shapes before anything runs
+            ts, header = load_checkpoint(ckpt_path, trainer.state_shapes())
+            env_steps, updates = header["env_steps"], header["updates"]
+            if not trainer.jittable:  # host environments restart their episodes
+                trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)
+                ts = eqx.tree_at(lambda t: t.obs, ts, obs)
+        else:
+            ts = trainer.initial_state()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume or not (run_dir / "config.json").exists():
+            meta = {"config": config_to_dict(config), "versions": versions()}
+            (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        sinks = _sinks(config, run_dir, env_steps if resume else None)
+        emit = [*callbacks, *(s.write for s in sinks)]
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
     finally:
         for s in sinks:
             s.close()
         trainer.close()
     return _finish(config, run_dir, env_steps, updates, trainer)
-
-
-def replace_obs(ts: Any, obs: jax.Array) -> Any:
-    import equinox as eqx
-
-    return eqx.tree_at(lambda t: t.obs, ts, obs)
 
 
 def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: Path):
