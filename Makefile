@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m agents.demo
+	$(BIN)/python -m agents.continual --out runs/continual
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

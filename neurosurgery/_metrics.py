@@ -55,9 +55,13 @@ def unit_reduce(group: NeuronGroup, slices: tuple[LeafSlice, ...], leaves: list[
         other = tuple(a for a in range(len(s.shape)) if a not in s.axes)
         per_pos = jnp.sum(values.astype(jnp.float32), axis=other) if other else values
         units = s.units.reshape(-1)
-        pos = np.flatnonzero(units >= 0)
-        idx = units[pos]
-        total = total.at[idx].add(jnp.reshape(per_pos, -1)[pos])
+        if units.size == n and (units == np.arange(n)).all():
+            total = total + jnp.reshape(per_pos, -1)  # the usual layout: no scatter needed
+            idx = units
+        else:
+            pos = np.flatnonzero(units >= 0)
+            idx = units[pos]
+            total = total.at[idx].add(jnp.reshape(per_pos, -1)[pos])
         count += np.bincount(idx, minlength=n) * int(
             np.prod([s.shape[a] for a in other], dtype=int)
         )

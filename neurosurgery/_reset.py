@@ -83,8 +83,10 @@ def reset(
     For each flagged unit: incoming weights and bias re-drawn (from `fresh`, a freshly initialised
     model of the same architecture — each layer's own initializer — or from the named `init`, with
     biases zeroed); per-unit parameters back to their initial values (from `fresh`, else scales to
-    1 and shifts to 0); outgoing weights zeroed (`"zero"`: the model's function is unchanged at the
-    moment of reset) or set to small random values (`"small"`: `outgoing_scale` × the consumer
+    1 and shifts to 0); outgoing weights zeroed (`"zero"`: the re-drawn incoming weights cannot
+    reach the outputs, so a unit that was dormant — zero activation — leaves the model's function
+    unchanged at the moment of reset; a live unit's contribution is removed) or set to small random
+    values (`"small"`: `outgoing_scale` × the consumer
     leaf's standard deviation × N(0, 1)). Output groups are never reset; residual-stream (shared)
     groups only with `include_shared=True`.
 
