@@ -55,7 +55,12 @@ def killed_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("killed")
     config = dataclasses.replace(BASE, run_dir=str(run_dir))
     (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
-    script = "import sys, agents\nagents.train(agents.load_run_config(sys.argv[1]))\n"
+    # a callback that sleeps keeps the run alive long enough to be killed mid-way on fast machines
+    script = (
+        "import sys, time, agents\n"
+        "pause = lambda step, metrics: time.sleep(0.5)\n"
+        "agents.train(agents.load_run_config(sys.argv[1]), callbacks=[pause])\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], cwd=ROOT)
     seen: list[int] = []
 
