@@ -25,7 +25,8 @@ class TrainCommand(TrainConfig):
     """Train an agent; metrics, checkpoints and plots go to the run folder."""
 
     resume: str | None = None
-    """Continue the run in this folder from its checkpoint (its saved config is used)."""
+    """Continue the run in this folder from its checkpoint with its saved config; of the other
+    options only --steps (to extend the run), --sinks and --progress apply."""
 
 
 def _config(cmd: TrainCommand) -> TrainConfig:
@@ -35,13 +36,16 @@ def _config(cmd: TrainCommand) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
     cmd = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand}, args=argv, prog="neurosurgery"
+        {"train": TrainCommand}, args=args, prog="neurosurgery"
     )
     try:
         if cmd.resume is not None:
+            config = load_run_config(cmd.resume)
+            steps = cmd.steps if any(a.startswith("--steps") for a in args) else config.steps
             config = dataclasses.replace(
-                load_run_config(cmd.resume), progress=cmd.progress, sinks=cmd.sinks
+                config, progress=cmd.progress, sinks=cmd.sinks, steps=steps
             )
             summary = train(config, resume=True)
         else:

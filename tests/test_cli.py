@@ -65,5 +65,8 @@ def test_train_and_resume(tmp_path, capsys):
     # a finished run resumes to the same summary without more work
     assert main(["train", "--resume", str(run_dir), "--no-progress", "--sinks", "csv"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1000
+    # --steps extends a finished run
+    assert main(["train", "--resume", str(run_dir), "--steps", "1200", "--no-progress"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1200
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
