@@ -81,9 +81,9 @@ def train(
         else:
             ts = trainer.initial_state()
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume or not (run_dir / "config.json").exists():
-            meta = {"config": config_to_dict(config), "versions": versions()}
-            (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        # rewritten on resume too: --steps may have extended the run
+        meta = {"config": config_to_dict(config), "versions": versions()}
+        (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         sinks = _sinks(config, run_dir, env_steps if resume else None)
         emit = [*callbacks, *(s.write for s in sinks)]
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)

@@ -68,5 +68,6 @@ def test_train_and_resume(tmp_path, capsys):
     # --steps extends a finished run
     assert main(["train", "--resume", str(run_dir), "--steps", "1200", "--no-progress"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1200
+    assert json.loads((run_dir / "config.json").read_text())["config"]["steps"] == 1200
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
