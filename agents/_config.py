@@ -11,8 +11,7 @@ from ._mlp import NetworkConfig
 from ._sac import SACConfig
 
 AGENTS = ("sac",)
-RESETS_AVAILABLE = ("none",)
-RESETS_PLANNED = ("redo", "regrama")
+RESETS = ("none", "redo", "regrama", "regrama_act", "regrama_weight")
 
 
 @dataclass(frozen=True)
@@ -54,13 +53,17 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     reset: str = "none"
-    """Neuron reset method: none (redo, regrama: not available yet)."""
+    """Neuron reset method: none, redo (τ-dormant), regrama (GraMa at the pre-activation),
+    regrama_act (GraMa at the activation), regrama_weight (the released code's weight rule).
+    Inactive ratios of every metric are logged at each surgery step whatever the method."""
     reset_tau: float = 0.0
-    """Score threshold τ below which a neuron counts as inactive."""
+    """Score threshold τ: a unit with score ≤ τ counts as inactive (0 is allowed)."""
     reset_period: int = 1000
-    """Gradient updates between surgery steps."""
-    reset_window: int = 1
-    """Batches of scores averaged per surgery decision."""
+    """Gradient updates between surgery steps (scores logged, resets applied)."""
+    reset_start: int = 0
+    """Updates before which no reset happens (scores are still logged)."""
+    reset_end: int = 0
+    """Updates from which no reset happens; 0: no end."""
     reset_max_fraction: float = 1.0
     """Largest fraction of a layer's neurons reset at once."""
     reset_networks: tuple[str, ...] = ("critic",)
@@ -72,22 +75,19 @@ class TrainConfig:
         """Raise ValueError naming the first bad option."""
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; available: {', '.join(AGENTS)}")
-        if self.reset in RESETS_PLANNED:
-            raise ValueError(
-                f"reset {self.reset!r} is not available yet; "
-                f"available: {', '.join(RESETS_AVAILABLE)}"
-            )
-        if self.reset not in RESETS_AVAILABLE:
-            raise ValueError(
-                f"unknown reset {self.reset!r}; available: {', '.join(RESETS_AVAILABLE)}"
-            )
+        if self.reset not in RESETS:
+            raise ValueError(f"unknown reset {self.reset!r}; available: {', '.join(RESETS)}")
         positive = ("steps", "num_envs", "action_repeat", "episode_length", "buffer_size")
         positive += ("log_every", "eval_episodes", "checkpoint_every", "reset_period")
-        positive += ("reset_window",)
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("learning_starts", "eval_every", "reset_tau"):
+        if self.reset_end and self.reset_end <= self.reset_start:
+            raise ValueError(
+                f"reset_end ({self.reset_end}) must be after reset_start ({self.reset_start}), "
+                "or 0 for no end"
+            )
+        for name in ("learning_starts", "eval_every", "reset_tau", "reset_start", "reset_end"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.replay_ratio > 0:

@@ -50,9 +50,10 @@ def selection(config: Any) -> ns.Selection:
     return ns.Selection("threshold", config.reset_tau)
 
 
-def neuron_step(agent: Any, config: Any, state: Any, batch: Any, key: PRNGKeyArray
-                ) -> tuple[Any, dict[str, Array]]:  # fmt: skip
-    """Score each network in `config.reset_networks`, log, and reset by `config.reset`."""
+def neuron_step(agent: Any, config: Any, state: Any, batch: Any, key: PRNGKeyArray,
+                in_window: Array | bool = True) -> tuple[Any, dict[str, Array]]:  # fmt: skip
+    """Score each network in `config.reset_networks`, log, and reset by `config.reset`
+    (only where `in_window`)."""
     k_targets, k_reset = jax.random.split(key)
     targets = agent.surgery_targets(state, batch, k_targets)
     select = selection(config)
@@ -73,6 +74,7 @@ def neuron_step(agent: Any, config: Any, state: Any, batch: Any, key: PRNGKeyArr
         if config.reset == "none":
             continue
         masks = select({g: scores[DRIVERS[config.reset]][g] for g in hidden})
+        masks = {g: m & in_window for g, m in masks.items()}
         optimizer, opt_state = agent.network_optimizer(state, name)
         k_fresh, k_draw = jax.random.split(jax.random.fold_in(k_reset, i))
         model, opt_state = ns.reset(anatomy, t.model, masks, k_draw,

@@ -220,7 +220,8 @@ def _finish(config: TrainConfig, run_dir: Path, env_steps: int, updates: int, tr
             ("eval/episode_return", "train/episode_return"),
             f"{config.agent} on {config.env}",
         )
-        plot_curves(csv_path, run_dir / "inactive.png", ("surgery/",), "inactive neurons")
+        plot_curves(csv_path, run_dir / "inactive.png", ("surgery/",), "inactive neurons (fraction)",
+                    depth=3)  # fmt: skip
     summary["compile_s"] = trainer.compile_s
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

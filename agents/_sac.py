@@ -239,6 +239,44 @@ class SAC:
             "actor": self.actor_probe(state, batch, k2),
         }
 
+    # --- neuron surgery ------------------------------------------------------------------------
+    def surgery_targets(self, state: SACState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
+        """Critic and actor as a surgery step sees them: call, batched inputs, the update's loss
+        as a function of the batched outputs."""
+        from ._neurons import SurgeryTarget
+
+        target = self.critic_probe(state, batch, key).inputs[2]
+        critic = SurgeryTarget(
+            state.critic, twin_q, (batch.obs, batch.action),
+            lambda q: jnp.mean(jnp.sum((q - target[:, None]) ** 2, axis=-1)),
+        )  # fmt: skip
+        noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
+        alpha, frozen_critic = jnp.exp(state.log_alpha), state.critic
+
+        def actor_loss(out: tuple[Array, Array]) -> Array:
+            action, logp = jax.vmap(squashed_gaussian)(out[0], out[1], noise)
+            q = jax.vmap(twin_q, in_axes=(None, 0, 0))(frozen_critic, batch.obs, action)
+            return jnp.mean(alpha * logp - jnp.min(q, axis=-1))
+
+        actor = SurgeryTarget(state.actor, Actor.distribution, (batch.obs,), actor_loss)
+        return {"critic": critic, "actor": actor}
+
+    def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
+        """A freshly initialised network: the source of re-drawn weights."""
+        c, o, a = self.config, self.obs_size, self.action_size
+        if name == "actor":
+            return Actor(o, a, c.actor, key)
+        return eqx.filter_vmap(lambda k: Critic(o, a, c.critic, k))(jax.random.split(key, 2))
+
+    def network_optimizer(self, state: SACState, name: str) -> tuple[Any, Any]:
+        opt_a, opt_c, _ = self._optimizers()
+        return (opt_a, state.actor_opt) if name == "actor" else (opt_c, state.critic_opt)
+
+    def replace_network(self, state: SACState, name: str, model: Any, opt_state: Any) -> SACState:
+        if name == "actor":
+            return eqx.tree_at(lambda s: (s.actor, s.actor_opt), state, (model, opt_state))
+        return eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (model, opt_state))
+
     def networks(self, state: SACState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""
         return {"critic": state.critic, "actor": state.actor, "temperature": state.log_alpha}

@@ -137,17 +137,23 @@ def read_metrics(path: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
     return out
 
 
-def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title: str) -> bool:
-    """One PNG with every metric whose name starts with one of `prefixes`, per seed and mean."""
+def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title: str,
+                depth: int | None = None) -> bool:  # fmt: skip
+    """One PNG with every metric whose name starts with one of `prefixes`, per seed and mean.
+
+    `depth`: keep only names with that many slash-separated parts (e.g. 3 for the network-level
+    `surgery/critic/grama`, leaving out the per-layer `surgery/critic/grama/<layer>`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {k: v for k, v in read_metrics(csv_path).items() if k.startswith(prefixes)}
+    data = {k: v for k, v in read_metrics(csv_path).items()
+            if k.startswith(prefixes) and (depth is None or k.count("/") + 1 == depth)}  # fmt: skip
     if not data:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for i, (name, by_seed) in enumerate(sorted(data.items())):
         color = f"C{i}"
         for pts in by_seed.values():
@@ -159,9 +165,8 @@ def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title
             ax.plot(steps, means, color=color, linewidth=2, label=name)
     ax.set_xlabel("environment steps")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -35,7 +35,10 @@ def test_help_lists_every_option_with_default(capsys):
     "args,message",
     [
         (["--agent", "ppo"], "unknown agent 'ppo'"),
-        (["--reset", "regrama"], "not available yet"),
+        (
+            ["--reset-start", "10", "--reset-end", "5"],
+            "reset_end (5) must be after reset_start (10)",
+        ),
         (["--reset", "magic"], "unknown reset 'magic'"),
         (["--sac.tau", "-0.1"], "sac.tau must be in [0, 1]"),
         (["--reset-tau", "-1"], "reset_tau must be >= 0"),
