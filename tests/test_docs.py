@@ -9,7 +9,7 @@ import sys
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = [DOCS.parent / "README.md"] + sorted(
+PAGES = [DOCS.parent / "README.md", *sorted(
     p for p in DOCS.rglob("*.md") if "```python" in p.read_text()
 )
 
