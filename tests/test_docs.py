@@ -9,9 +9,10 @@ import sys
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = [DOCS.parent / "README.md", *sorted(
-    p for p in DOCS.rglob("*.md") if "```python" in p.read_text()
-)
+PAGES = [
+    DOCS.parent / "README.md",
+    *sorted(p for p in DOCS.rglob("*.md") if "```python" in p.read_text()),
+]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
