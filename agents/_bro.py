@@ -368,6 +368,75 @@ class BRO:
             "optimistic_actor": self.optimistic_probe(state, batch, k3),
         }
 
+    # --- neuron surgery ----------------------------------------------------------------------
+    def surgery_targets(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
+        """Critics, π_c and π_o as a surgery step sees them: call, batched inputs, and the
+        update's loss as a function of the batched outputs."""
+        from ._neurons import SurgeryTarget
+
+        k_critic, k_actor, k_opt = jax.random.split(key, 3)
+        kappa, frozen = self.config.kappa, state.critic
+        target = self.critic_target(state, batch, k_critic)
+
+        def critic_loss(q: Array) -> Array:  # q: [b, 2, n]
+            per = jax.vmap(lambda qi, y: jax.vmap(lambda p: quantile_huber(p, y, kappa))(qi))
+            return jnp.mean(jnp.sum(per(q, target), axis=-1))
+
+        critic = SurgeryTarget(state.critic, twin_quantiles, (batch.obs, batch.action), critic_loss)
+        noise = jax.random.normal(k_actor, batch.action.shape, batch.action.dtype)
+        alpha = jnp.exp(state.log_alpha)
+
+        def actor_loss(out: tuple[Array, Array]) -> Array:
+            action, logp = jax.vmap(squashed_gaussian)(out[0], out[1], noise)
+            q = jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(frozen, batch.obs, action)
+            return jnp.mean(alpha * logp - jnp.mean(q, axis=(1, 2)))
+
+        actor = SurgeryTarget(state.actor, BroActor.distribution, (batch.obs,), actor_loss)
+        mean_c, log_std_c = jax.lax.stop_gradient(jax.vmap(state.actor.distribution)(batch.obs))
+        noise_o = jax.random.normal(k_opt, batch.action.shape, batch.action.dtype)
+        beta, kl_weight = jnp.exp(state.log_adjust)
+        mult = self.config.std_multiplier
+
+        def optimistic_loss(out: tuple[Array, Array]) -> Array:
+            action, _ = jax.vmap(squashed_gaussian)(out[0], out[1], noise_o)
+            q = jnp.mean(
+                jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(frozen, batch.obs, action), -1
+            )
+            kl = jax.vmap(gaussian_kl)(out[0], out[1], mean_c, log_std_c)
+            return jnp.mean(
+                -(jnp.mean(q, -1) + beta * jnp.abs(q[:, 0] - q[:, 1]) / 2) + kl_weight * kl
+            )
+
+        optimistic = SurgeryTarget(
+            state.optimistic_actor, lambda m, o, mc, ls: m.distribution(o, mc, ls, mult),
+            (batch.obs, mean_c, log_std_c), optimistic_loss,
+        )  # fmt: skip
+        return {"critic": critic, "actor": actor, "optimistic_actor": optimistic}
+
+    def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
+        """A freshly initialised network: the source of re-drawn weights."""
+        c, o, a = self.config, self.obs_size, self.action_size
+        if name == "actor":
+            return BroActor(o, a, c.actor_width, c.actor_blocks, key=key)
+        if name == "optimistic_actor":
+            return OptimisticActor(o, a, c.actor_width, c.actor_blocks, key=key)
+        make = lambda k: BroCritic(o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k)
+        return eqx.filter_vmap(make)(jax.random.split(key, 2))
+
+    def network_optimizer(self, state: BROState, name: str) -> tuple[Any, Any]:
+        opt_a, opt_c, _, _ = self._optimizers()
+        states = {"actor": (opt_a, state.actor_opt), "critic": (opt_c, state.critic_opt),
+                  "optimistic_actor": (opt_a, state.optimistic_opt)}  # fmt: skip
+        return states[name]
+
+    def replace_network(self, state: BROState, name: str, model: Any, opt_state: Any) -> BROState:
+        fields = {
+            "actor": lambda s: (s.actor, s.actor_opt),
+            "critic": lambda s: (s.critic, s.critic_opt),
+            "optimistic_actor": lambda s: (s.optimistic_actor, s.optimistic_opt),
+        }
+        return eqx.tree_at(fields[name], state, (model, opt_state))
+
     def networks(self, state: BROState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""
         return {

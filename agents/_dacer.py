@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._diffusion import VPSchedule, ddpm_sample, ode_sample, vp_schedule
+from ._diffusion import VPSchedule, ddpm_sample, ode_sample, reverse_step, vp_schedule
 from ._gmm import fit_gmm, gmm_entropy
 from ._mlp import MLP, NetworkConfig
 from ._sac import Batch, Probe, _mean_loss_and_grad, _opt_update, _params
@@ -143,6 +143,16 @@ def jittable_denoiser(denoiser: Denoiser) -> Denoiser:
         denoiser,
         (StaticFn(mlp.activation), StaticFn(mlp.final_activation)),
     )
+
+
+def dsac_loss(mean: Array, std: Array, yq: Array, yz: Array, omega: Array, bound: Array) -> Array:
+    """DSAC-T surrogate of one sample over both critics: its gradient is −ω(y_q − μ)/σ² in μ and
+    −ω(σ² − (y_b − μ)²)/σ³ in σ, y_b = y_z clipped to μ ± bound."""
+    m, s = jax.lax.stop_gradient((mean, std))
+    yb = m + jnp.clip(yz - m, -bound, bound)
+    g_mean = (yq - m) / (s**2 + 1e-6)
+    g_std = (s**2 - (yb - m) ** 2) / (s**3 + 1e-6)
+    return jnp.sum(omega * (-g_mean * mean - g_std * std))
 
 
 def twin_gaussian(critic: GaussianCritic, obs: Array, action: Array) -> tuple[Array, Array]:
@@ -275,11 +285,7 @@ class DACER:
 
         def loss(critic: GaussianCritic, obs: Array, action: Array, yq: Array, yz: Array):
             mean, std = twin_gaussian(critic, obs, action)
-            m, s = jax.lax.stop_gradient((mean, std))
-            yb = m + jnp.clip(yz - m, -bound, bound)
-            g_mean = (yq - m) / (s**2 + 1e-6)
-            g_std = (s**2 - (yb - m) ** 2) / (s**3 + 1e-6)
-            return jnp.sum(omega * (-g_mean * mean - g_std * std))
+            return dsac_loss(mean, std, yq, yz, omega, bound)
 
         return Probe(state.critic, (batch.obs, batch.action, y_mean, y_sample), loss)
 
@@ -301,6 +307,88 @@ class DACER:
             "critic": self.critic_probe(state, batch, k1),
             "actor": self.actor_probe(state, batch, k2),
         }
+
+    # --- neuron surgery ----------------------------------------------------------------------
+    def surgery_targets(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
+        """Critics and denoiser as a surgery step sees them.
+
+        The denoiser is called `diffusion_steps` times per action, so its target is one call per
+        (state, step) of a chain run without gradient, with the loss linearised in the calls'
+        outputs: Σ ⟨ε̂, ∂L/∂ε̂⟩ / batch. Its gradient at every unit of every call equals that
+        call's share of the true gradient through the chain. Only the ddpm sampler has it.
+        """
+        from ._neurons import SurgeryTarget
+
+        k_critic, k_actor = jax.random.split(key)
+        probe = self.critic_probe(state, batch, k_critic)
+        _, _, y_mean, y_sample = probe.inputs
+        std_now = jax.lax.stop_gradient(
+            jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(state.critic, batch.obs, batch.action)[1]
+        )
+        omega = jnp.mean(std_now**2, axis=0)
+        bound = self.config.target_clip * jnp.mean(std_now, axis=0)
+
+        def critic_loss(out: tuple[Array, Array]) -> Array:
+            per = jax.vmap(dsac_loss, in_axes=(0, 0, 0, 0, None, None))
+            return jnp.mean(per(out[0], out[1], y_mean, y_sample, omega, bound))
+
+        critic = (batch.obs, batch.action)
+        targets = {"critic": SurgeryTarget(state.critic, twin_gaussian, critic, critic_loss)}
+        if self.config.sampler == "ddpm":
+            targets["actor"] = self._denoiser_target(state, batch, k_actor)
+        return targets
+
+    def _denoiser_target(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Any:
+        from ._neurons import SurgeryTarget
+
+        sched, T = self.schedule, self.config.diffusion_steps
+        b = batch.obs.shape[0]
+        noise = jax.random.normal(key, (b, *self.chain_noise_shape()), batch.obs.dtype)
+        actor, critic = state.actor, state.critic
+        steps = jnp.arange(T - 1, -1, -1)
+
+        def inputs_and_grads(obs: Array, eps: Array) -> tuple[Array, Array]:
+            def chain(shift: Array) -> tuple[Array, Array]:
+                eps_fn = lambda x, t: actor(obs, x, t) + shift[t.astype(jnp.int32)]
+
+                def step(x, i):
+                    return reverse_step(sched, eps_fn, x, i, eps[1 + i]), x
+
+                x, xs = jax.lax.scan(step, eps[0], steps)
+                mean, _ = twin_gaussian(critic, obs, jnp.clip(x, -1.0, 1.0))
+                return -jnp.min(mean), xs
+
+            shift = jnp.zeros((T, self.action_size), eps.dtype)
+            grads, xs = jax.grad(chain, has_aux=True)(shift)
+            return xs, grads[steps]  # both in chain order: step T−1 first
+
+        xs, grads = jax.lax.stop_gradient(jax.vmap(inputs_and_grads)(batch.obs, noise))
+        obs = jnp.repeat(batch.obs, T, axis=0)
+        ts = jnp.tile(steps.astype(jnp.float32), b)
+        flat_x, flat_g = xs.reshape(b * T, -1), grads.reshape(b * T, -1)
+
+        def loss(out: Array) -> Array:
+            return jnp.sum(out * flat_g) / b
+
+        return SurgeryTarget(state.actor, lambda m, o, x, t: m(o, x, t), (obs, flat_x, ts), loss)
+
+    def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
+        """A freshly initialised network: the source of re-drawn weights."""
+        c, o, a = self.config, self.obs_size, self.action_size
+        if name == "actor":
+            return jittable_denoiser(Denoiser(o, a, c.denoiser_width, c.denoiser_depth, key=key))
+        return eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
+            jax.random.split(key, 2)
+        )
+
+    def network_optimizer(self, state: DACERState, name: str) -> tuple[Any, Any]:
+        opt_a, opt_c, _ = self._optimizers()
+        return (opt_a, state.actor_opt) if name == "actor" else (opt_c, state.critic_opt)
+
+    def replace_network(self, state: DACERState, name: str, model: Any, opt_state: Any) -> Any:
+        if name == "actor":
+            return eqx.tree_at(lambda s: (s.actor, s.actor_opt), state, (model, opt_state))
+        return eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (model, opt_state))
 
     def networks(self, state: DACERState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""

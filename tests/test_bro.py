@@ -228,3 +228,19 @@ def test_anatomy_of_the_actors(bro, state):
     np.testing.assert_array_equal(own[".net.stem.weight"][:, -1], np.arange(w))
     per_unit = {s.path for s in stem.per_unit}
     assert per_unit == {".net.stem_norm.weight", ".net.stem_norm.bias"}
+
+
+def test_surgery_step_scores_and_resets_every_network(bro, state, batch):
+    from types import SimpleNamespace
+
+    from agents._neurons import neuron_step
+
+    config = SimpleNamespace(reset="regrama", reset_tau=0.5, reset_max_fraction=1.0,
+                             reset_networks=("critic", "actor", "optimistic_actor"))  # fmt: skip
+    new, metrics = jax.jit(lambda s, k: neuron_step(bro, config, s, batch, k))(
+        state, jax.random.key(0)
+    )
+    for name in config.reset_networks:
+        assert f"surgery/{name}/grama" in metrics and f"surgery/{name}/reset" in metrics
+    assert any(float(metrics[f"surgery/{n}/reset"]) > 0 for n in ("critic", "actor"))
+    assert jax.tree.structure(new) == jax.tree.structure(state)

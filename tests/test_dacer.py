@@ -238,3 +238,46 @@ def test_anatomy_of_the_agents_denoiser(seeds):
     np.testing.assert_array_equal(out[".mlp.layers[0].weight"], want)
     assert {s.path for s in t1.outgoing} == {".time2.weight"}
     assert anatomy["mlp.layers[3]"].output and not any(g.shared for g in anatomy)
+
+
+def test_denoiser_surgery_target_carries_the_chain_gradient(dacer, seeds, batch):
+    """The per-call linearised loss has the same parameter gradient as the loss through the
+    whole chain (same noise), so per-unit gradient scores see every call's share."""
+    state, key = member(seeds, 0), jax.random.key(7)
+
+    @jax.jit
+    def both(state):
+        target = dacer._denoiser_target(state, batch, key)
+        probe = dacer.actor_probe(state, batch, key)
+
+        def linearised(model):
+            return target.loss(
+                jax.vmap(target.call, in_axes=(None, 0, 0, 0))(model, *target.inputs)
+            )
+
+        def through_chain(model):
+            per = jax.vmap(probe.loss, in_axes=(None, 0, 0))(model, *probe.inputs)
+            return jnp.mean(per)
+
+        return eqx.filter_grad(linearised)(state.actor), eqx.filter_grad(through_chain)(state.actor)
+
+    got, want = both(state)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-3, atol=1e-6)
+
+
+def test_surgery_step_scores_and_resets_critic_and_denoiser(dacer, seeds, batch):
+    from types import SimpleNamespace
+
+    from agents._neurons import neuron_step
+
+    config = SimpleNamespace(reset="regrama", reset_tau=0.5, reset_max_fraction=1.0,
+                             reset_networks=("critic", "actor"))  # fmt: skip
+    state = member(seeds, 0)
+    new, metrics = jax.jit(lambda s, k: neuron_step(dacer, config, s, batch, k))(
+        state, jax.random.key(0)
+    )
+    for name in config.reset_networks:
+        assert f"surgery/{name}/grama" in metrics and f"surgery/{name}/reset" in metrics
+    assert "surgery/actor/grama/time1" in metrics
+    assert jax.tree.structure(new) == jax.tree.structure(state)
