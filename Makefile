@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m agents.demo
-	$(BIN)/python -m agents.continual --out runs/continual
+	$(BIN)/python -m agents.main_job --out runs/main
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
