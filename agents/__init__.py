@@ -1,9 +1,21 @@
-"""Agents (SAC; BRO and DACER to come), their networks, and the shared trainer and run pipeline."""
+"""Agents (SAC, BRO, DACER), their networks, and the shared trainer and run pipeline."""
 
+from ._bro import BRO as BRO
+from ._bro import BROConfig as BROConfig
+from ._bro import BROState as BROState
+from ._bro import grama_preset as grama_preset
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._config import TrainConfig as TrainConfig
+from ._dacer import DACER as DACER
+from ._dacer import DACERConfig as DACERConfig
+from ._dacer import DACERState as DACERState
+from ._diffusion import ddpm_sample as ddpm_sample
+from ._diffusion import ode_sample as ode_sample
+from ._diffusion import vp_schedule as vp_schedule
+from ._gmm import fit_gmm as fit_gmm
+from ._gmm import gmm_entropy as gmm_entropy
 from ._loop import TrainState as TrainState
 from ._mlp import ACTIVATIONS as ACTIVATIONS
 from ._mlp import MLP as MLP

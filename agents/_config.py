@@ -7,10 +7,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._bro import BROConfig
+from ._dacer import DACERConfig
 from ._mlp import NetworkConfig
 from ._sac import SACConfig
 
-AGENTS = ("sac",)
+AGENTS = ("sac", "bro", "dacer")
 RESETS = ("none", "redo", "regrama", "regrama_act", "regrama_weight")
 
 
@@ -19,7 +21,7 @@ class TrainConfig:
     """One training run: agent, environment, budget, logging, checkpoints, resets."""
 
     agent: str = "sac"
-    """Agent to train (sac)."""
+    """Agent to train (sac, bro, dacer)."""
     env: str = "dmc/cartpole-swingup"
     """Environment name for `envs.make` (brax/…, playground/…, dmc/…) or test/point-mass."""
     seeds: tuple[int, ...] = (0,)
@@ -67,9 +69,13 @@ class TrainConfig:
     reset_max_fraction: float = 1.0
     """Largest fraction of a layer's neurons reset at once."""
     reset_networks: tuple[str, ...] = ("critic",)
-    """Networks operated on: critic, actor."""
+    """Networks operated on: critic, actor (bro also: optimistic_actor)."""
     sac: SACConfig = field(default_factory=SACConfig)
     """SAC hyperparameters."""
+    bro: BROConfig = field(default_factory=BROConfig)
+    """BRO hyperparameters (agent bro)."""
+    dacer: DACERConfig = field(default_factory=DACERConfig)
+    """DACER hyperparameters (agent dacer)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -96,15 +102,18 @@ class TrainConfig:
             raise ValueError(f"reset_max_fraction must be in (0, 1], got {self.reset_max_fraction}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        networks = (
+            ("critic", "actor", "optimistic_actor") if self.agent == "bro" else ("critic", "actor")
+        )
         for net in self.reset_networks:
-            if net not in ("critic", "actor"):
-                raise ValueError(f"reset_networks: unknown network {net!r} (critic, actor)")
+            if net not in networks:
+                raise ValueError(f"reset_networks: unknown network {net!r} ({', '.join(networks)})")
         for sink in self.sinks:
             if sink not in ("csv", "jsonl", "tensorboard", "console"):
                 raise ValueError(f"unknown sink {sink!r} (csv, jsonl, tensorboard, console)")
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")
-        self.sac.validate()
+        {"sac": self.sac, "bro": self.bro, "dacer": self.dacer}[self.agent].validate()
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -120,7 +129,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
             if f.name not in values:
                 continue
             v = values[f.name]
-            sub = {"sac": SACConfig, "actor": NetworkConfig, "critic": NetworkConfig}.get(f.name)
+            sub = {"sac": SACConfig, "bro": BROConfig, "dacer": DACERConfig, "actor": NetworkConfig,
+                   "critic": NetworkConfig}.get(f.name)  # fmt: skip
             if sub is not None and isinstance(v, dict):
                 v = build(sub, v)
             elif isinstance(v, list):

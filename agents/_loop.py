@@ -112,6 +112,12 @@ class Loop:
                 for name, value in m.items():
                     metrics.setdefault(name, []).append(value)
             u = u + self.cycle
+            scheduled = getattr(agent, "scheduled", None)
+            if scheduled is not None:  # e.g. BRO's full resets, DACER's entropy estimate
+                key, k_batch, k_event = jax.random.split(key, 3)
+                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
+                agent_state, event_metrics = scheduled(agent_state, batch, k_event, u)
+                metrics.update({k: [v] for k, v in event_metrics.items()})
             if self.surgery:
                 key, k_batch, k_surgery = jax.random.split(key, 3)
                 batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)

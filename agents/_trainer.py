@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._bro import BRO
 from ._config import TrainConfig, config_to_dict
+from ._dacer import DACER
 from ._loop import Loop, TrainState
 from ._sac import SAC
 
@@ -69,6 +71,10 @@ def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
 def make_agent(config: TrainConfig, obs_size: int, action_size: int) -> Any:
     if config.agent == "sac":
         return SAC(config.sac, obs_size, action_size)
+    if config.agent == "bro":
+        return BRO(config.bro, obs_size, action_size, config.replay_ratio, config.learning_starts)
+    if config.agent == "dacer":
+        return DACER(config.dacer, obs_size, action_size)
     raise ValueError(f"unknown agent {config.agent!r}")
 
 
