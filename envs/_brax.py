@@ -6,9 +6,7 @@ import functools
 import warnings
 from typing import Any
 
-import numpy as np
-
-from ._jax import JaxEnv, observation_size_of
+from ._jax import JaxEnv, from_mujoco
 
 # Brax's registry also holds "fast", a test double without physics; it is not a task.
 _SKIP = frozenset({"fast"})
@@ -47,16 +45,10 @@ def make_brax(
         # Brax prints a "not actively maintained" notice on every system load.
         warnings.filterwarnings("ignore", message=".*not actively being maintained.*")
         env = brax_envs.get_environment(name, backend=backend, **env_kwargs)
-    model = env.sys.mj_model
-    ctrl_range = np.where(
-        model.actuator_ctrllimited[:, None].astype(bool), model.actuator_ctrlrange, 0.0
-    )
-    return JaxEnv(
+    return from_mujoco(
         f"brax/{name}",
-        env.reset,
-        env.step,
-        ctrl_range,
-        observation_size_of(env.reset),
+        env,
+        env.sys.mj_model,
         num_envs=num_envs,
         seed=seed,
         action_repeat=action_repeat,

@@ -58,6 +58,18 @@ def observation_size_of(reset_fn: Callable[[jax.Array], Any]) -> int:
     return int(np.prod(obs.shape))
 
 
+def from_mujoco(name: str, env: Any, mj_model: Any, **options: Any) -> JaxEnv:
+    """A `JaxEnv` over an MJX-based environment (Brax or Playground) with `reset`/`step`.
+
+    Actions are rescaled to the actuators' control ranges (unlimited actuators get [0, 0], as
+    MuJoCo ignores their range); `options` are `JaxEnv`'s keyword arguments.
+    """
+    ctrl_range = np.where(
+        mj_model.actuator_ctrllimited[:, None].astype(bool), mj_model.actuator_ctrlrange, 0.0
+    )
+    return JaxEnv(name, env.reset, env.step, ctrl_range, observation_size_of(env.reset), **options)
+
+
 def _as_typed_key(key: Any) -> PRNGKeyArray:
     """Accept both new-style typed keys and legacy uint32 keys."""
     key = jnp.asarray(key)

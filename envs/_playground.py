@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
-
-from ._jax import JaxEnv, observation_size_of
+from ._jax import JaxEnv, from_mujoco
 
 
 @functools.cache
@@ -46,16 +44,10 @@ def make_playground(
 
     overrides = {"impl": impl, **(config_overrides or {})}
     env = registry.load(name, config_overrides=overrides)
-    model = env.mj_model
-    ctrl_range = np.where(
-        model.actuator_ctrllimited[:, None].astype(bool), model.actuator_ctrlrange, 0.0
-    )
-    return JaxEnv(
+    return from_mujoco(
         f"playground/{name}",
-        env.reset,
-        env.step,
-        ctrl_range,
-        observation_size_of(env.reset),
+        env,
+        env.mj_model,
         num_envs=num_envs,
         seed=seed,
         action_repeat=action_repeat,
