@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._diffusion import VPSchedule, ddpm_sample, ode_sample, reverse_step, vp_schedule
 from ._gmm import fit_gmm, gmm_entropy
 from ._mlp import MLP, NetworkConfig
-from ._sac import Batch, Probe, _mean_loss_and_grad, _opt_update, _params
+from ._sac import ActorCriticNetworks, Batch, Probe, _mean_loss_and_grad, _opt_update, _params
 from .networks import Denoiser
 
 SAMPLERS = ("ddpm", "ode")
@@ -175,7 +175,7 @@ class DACERState(eqx.Module):
 
 
 @dataclass(frozen=True)
-class DACER:
+class DACER(ActorCriticNetworks):
     """DACER agent: `init`, `act`, `update`, `scheduled` over `DACERState`; `probes` per network."""
 
     config: DACERConfig
@@ -380,15 +380,6 @@ class DACER:
         return eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
             jax.random.split(key, 2)
         )
-
-    def network_optimizer(self, state: DACERState, name: str) -> tuple[Any, Any]:
-        opt_a, opt_c, _ = self._optimizers()
-        return (opt_a, state.actor_opt) if name == "actor" else (opt_c, state.critic_opt)
-
-    def replace_network(self, state: DACERState, name: str, model: Any, opt_state: Any) -> Any:
-        if name == "actor":
-            return eqx.tree_at(lambda s: (s.actor, s.actor_opt), state, (model, opt_state))
-        return eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (model, opt_state))
 
     def networks(self, state: DACERState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""

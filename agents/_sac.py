@@ -148,8 +148,22 @@ def twin_q(critic: Critic, obs: Array, action: Array) -> Float[Array, " 2"]:
     return eqx.filter_vmap(lambda c: c(obs, action))(critic)
 
 
+class ActorCriticNetworks:
+    """Surgery access for agents whose state holds `actor`/`actor_opt` and `critic`/`critic_opt`
+    and whose `_optimizers()` returns (actor, critic, temperature) optimizers."""
+
+    def network_optimizer(self, state: Any, name: str) -> tuple[Any, Any]:
+        opt_a, opt_c, _ = self._optimizers()  # type: ignore[attr-defined]
+        return (opt_a, state.actor_opt) if name == "actor" else (opt_c, state.critic_opt)
+
+    def replace_network(self, state: Any, name: str, model: Any, opt_state: Any) -> Any:
+        if name == "actor":
+            return eqx.tree_at(lambda s: (s.actor, s.actor_opt), state, (model, opt_state))
+        return eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (model, opt_state))
+
+
 @dataclass(frozen=True)
-class SAC:
+class SAC(ActorCriticNetworks):
     """SAC agent: `init`, `act`, `update` over `SACState`; `probes` expose per-sample losses."""
 
     config: SACConfig
@@ -267,15 +281,6 @@ class SAC:
         if name == "actor":
             return Actor(o, a, c.actor, key)
         return eqx.filter_vmap(lambda k: Critic(o, a, c.critic, k))(jax.random.split(key, 2))
-
-    def network_optimizer(self, state: SACState, name: str) -> tuple[Any, Any]:
-        opt_a, opt_c, _ = self._optimizers()
-        return (opt_a, state.actor_opt) if name == "actor" else (opt_c, state.critic_opt)
-
-    def replace_network(self, state: SACState, name: str, model: Any, opt_state: Any) -> SACState:
-        if name == "actor":
-            return eqx.tree_at(lambda s: (s.actor, s.actor_opt), state, (model, opt_state))
-        return eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (model, opt_state))
 
     def networks(self, state: SACState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""
