@@ -15,6 +15,9 @@ import traceback
 from typing import Any
 
 import numpy as np
+from dm_env import StepType
+
+_LAST = StepType.LAST
 
 # Fields of the shared buffer: name → (dtype, per-environment shape as a function of sizes).
 _FIELDS: tuple[tuple[str, Any, str], ...] = (
@@ -149,8 +152,10 @@ class _Runner:
         )
         self.out_return, self.out_length = v["episode_return"][sl], v["episode_length"][sl]
         spec = self.envs[0].action_spec()
-        self.low = np.asarray(spec.minimum, np.float64)
-        self.high = np.asarray(spec.maximum, np.float64)
+        low = np.asarray(spec.minimum, np.float64)
+        high = np.asarray(spec.maximum, np.float64)
+        # a in [-1, 1] → low + (a + 1) / 2 · (high − low) = a · half_range + mid
+        self.half_range, self.mid = (high - low) / 2.0, (high + low) / 2.0
         # (key, start, stop, flat) in the flat observation, in the task's own key order.
         self.slots = []
         offset = 0
@@ -159,8 +164,8 @@ class _Runner:
             self.slots.append((key, offset, offset + size, len(s.shape) <= 1))
             offset += size
         n = stop - start
-        self.ep_return = np.zeros(n, np.float64)
-        self.ep_length = np.zeros(n, np.int64)
+        self.ep_return = [0.0] * n
+        self.ep_length = [0] * n
         from dm_control.rl.control import PhysicsError
 
         self.physics_error = PhysicsError
@@ -177,55 +182,57 @@ class _Runner:
         self.reward[:] = 0.0
         self.terminated[:] = False
         self.truncated[:] = False
-        self.ep_return[:] = 0.0
-        self.ep_length[:] = 0
+        self.ep_return = [0.0] * len(self.envs)
+        self.ep_length = [0] * len(self.envs)
         self.out_return[:] = 0.0
         self.out_length[:] = 0
 
     def step(self) -> None:
-        # Per-environment work stays in plain Python; the bookkeeping is vectorised after it.
-        unit = (np.clip(self.action, -1.0, 1.0).astype(np.float64) + 1.0) * 0.5
-        ctrl = list(self.low + unit * (self.high - self.low))
-        n = len(self.envs)
-        rewards, counts = [0.0] * n, [0] * n
-        terminal, limit = [False] * n, [False] * n
-        final_obs = self.final_obs
-        for j, env in enumerate(self.envs):
-            total, count, observation = 0.0, 0, None
-            for _ in range(self.action_repeat):
+        # The per-environment loop writes Python scalars; array work is a few whole-slice ops,
+        # so that a worker's overhead stays small next to a cheap task's physics step.
+        ctrl = np.clip(self.action, -1.0, 1.0) * self.half_range + self.mid
+        repeat, limit_steps = self.action_repeat, self.episode_length
+        obs, final_obs, envs, write = self.obs, self.final_obs, self.envs, self._write
+        ep_return, ep_length = self.ep_return, self.ep_length  # Python lists
+        rewards, terminals, limits, ended = [], [], [], []
+        for j, env in enumerate(envs):
+            total, count, observation, terminal, limit = 0.0, 0, None, False, False
+            for _ in range(repeat):
                 try:
                     ts = env.step(ctrl[j])
                 except self.physics_error:
                     # Diverged simulation: end the episode as terminal, keep the last good obs.
-                    terminal[j] = True
+                    terminal = True
                     count += 1
                     break
                 total += ts.reward or 0.0
                 count += 1
                 observation = ts.observation
-                if ts.last():
+                if ts.step_type is _LAST:
                     # dm_control marks a terminal state with discount 0; a last step with
                     # discount 1 is its own time limit (a `time_limit` in task_kwargs).
-                    terminal[j] = not ts.discount
-                    limit[j] = not terminal[j]
+                    terminal = not ts.discount
+                    limit = not terminal
                     break
             if observation is not None:
-                self._write(final_obs[j], observation)
+                write(final_obs[j], observation)
             else:
-                final_obs[j] = self.obs[j]
-            rewards[j], counts[j] = total, count
-        self.ep_return += rewards
-        self.ep_length += counts
-        terminated = np.array(terminal)
-        truncated = ~terminated & (np.array(limit) | (self.ep_length >= self.episode_length))
-        ended = terminated | truncated
+                final_obs[j] = obs[j]
+            ep_return[j] += total
+            ep_length[j] += count
+            limit = not terminal and (limit or ep_length[j] >= limit_steps)
+            rewards.append(total)
+            terminals.append(terminal)
+            limits.append(limit)
+            if terminal or limit:
+                ended.append(j)
         self.reward[:] = rewards
-        self.terminated[:] = terminated
-        self.truncated[:] = truncated
-        self.out_return[:] = self.ep_return
-        self.out_length[:] = self.ep_length
-        self.obs[:] = final_obs
-        for j in np.flatnonzero(ended):
-            self._write(self.obs[j], self.envs[j].reset().observation)
-        self.ep_return[ended] = 0.0
-        self.ep_length[ended] = 0
+        self.terminated[:] = terminals
+        self.truncated[:] = limits
+        self.out_return[:] = ep_return
+        self.out_length[:] = ep_length
+        obs[:] = final_obs
+        for j in ended:
+            write(obs[j], envs[j].reset().observation)
+            ep_return[j] = 0.0
+            ep_length[j] = 0

@@ -101,6 +101,39 @@ def test_same_seed_same_trajectories_whatever_the_workers(env):
         np.testing.assert_array_equal(first, run(single, jax.random.key(7)))
 
 
+def test_matches_a_plain_dm_control_loop(env):
+    """Observations, rewards and returns equal dm_control's own, stepped in this process with
+    the clipped actions twice each (action_repeat = 2), seeded as the pool seeds environment i."""
+    from envs._dmc import _seed_from_key
+    from envs._dmc_worker import env_seed, load_task
+
+    key = jax.random.key(3)
+    actions = 1.5 * _actions(2, 3, env)  # some beyond [-1, 1]: clipped to the bounds
+    state, step = env.reset(key)
+    pool_obs, pool_rewards = [step.obs], []
+    for a in actions:
+        state, step = env.step(state, a)
+        pool_obs.append(step.final_obs)
+        pool_rewards.append(step.reward)
+
+    seed = _seed_from_key(key)
+    for i in range(env.num_envs):
+        task = load_task("cartpole", "swingup", {})
+        task.task.random.seed(env_seed(seed, i))
+        ts = task.reset()
+        obs = [np.concatenate([ts.observation["position"], ts.observation["velocity"]])]
+        rewards = []
+        for a in actions:
+            total = 0.0
+            for _ in range(2):
+                ts = task.step(np.clip(a[i].astype(np.float64), -1.0, 1.0))
+                total += ts.reward
+            obs.append(np.concatenate([ts.observation["position"], ts.observation["velocity"]]))
+            rewards.append(total)
+        np.testing.assert_allclose(np.stack(pool_obs)[:, i], np.stack(obs), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.stack(pool_rewards)[:, i], rewards, rtol=1e-6)
+
+
 def test_bad_actions_leave_env_usable(env):
     state, _ = env.reset(jax.random.key(0))
     with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
