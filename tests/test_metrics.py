@@ -170,3 +170,17 @@ def test_compare_reports_ratios_jaccard_and_quadrants(setup):
 def test_bad_metric_options():
     with pytest.raises(ValueError, match="GraMa source 'gradient' is unknown"):
         ns.GraMa("gradient")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [((5, 7), (1,)), ((5, 7), (0,)), ((3, 4, 2, 2), (1, 2, 3)), ((2, 6, 5), (2,)),
+     ((4, 3, 5), (0, 2))],
+)  # fmt: skip
+def test_per_unit_sums_match_numpy(shape, axes):
+    """The matrix-vector form of the per-unit sum equals numpy's sum for any set of axes."""
+    from neurosurgery._metrics import _sum_axes
+
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    got = np.asarray(_sum_axes(jnp.asarray(x), axes))
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(axis=axes), rtol=1e-5, atol=1e-5)
