@@ -17,7 +17,16 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._sac import Batch, Probe, _mean_loss_and_grad, _opt_update, _params, squashed_gaussian
+from ._sac import (
+    Batch,
+    Probe,
+    _opt_update,
+    _params,
+    actor_and_alpha_step,
+    critic_step,
+    soft_update,
+    squashed_gaussian,
+)
 from .networks import BroCritic, BroNet
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
@@ -457,58 +466,18 @@ class BRO:
         opt_a, opt_c, opt_t, opt_j = self._optimizers()
         k_critic, k_actor, k_opt = jax.random.split(key, 3)
 
-        probe = self.critic_probe(state, batch, k_critic)
-        critic_loss, grads = _mean_loss_and_grad(probe)
-        upd, critic_opt = _opt_update(opt_c, grads, state.critic_opt, _params(state.critic))
-        critic = eqx.apply_updates(state.critic, upd)
-        state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
-        metrics = {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
-
-        state, m = self._actor_and_alpha(state, batch, k_actor, opt_a, opt_t)
+        state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
+        state, m = actor_and_alpha_step(self, state, batch, k_actor, opt_a, opt_t)
         metrics.update(m)
         if c.optimism:
             state, m = self._optimistic_and_adjust(state, batch, k_opt, opt_a, opt_j)
             metrics.update(m)
 
-        target = jax.tree.map(
-            lambda t, o: (1.0 - c.tau) * t + c.tau * o,
-            _params(state.target_critic),
-            _params(state.critic),
-        )
         state = eqx.tree_at(
             lambda s: (s.target_critic, s.updates),
             state,
-            (eqx.combine(target, state.target_critic), state.updates + 1),
+            (soft_update(state.target_critic, state.critic, c.tau), state.updates + 1),
         )
-        return state, metrics
-
-    def _actor_and_alpha(self, state, batch, key, opt_a, opt_t):
-        probe = self.actor_probe(state, batch, key)
-
-        def batch_loss(actor: BroActor) -> tuple[Array, Array]:
-            per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(actor, *probe.inputs)
-            _, logp = jax.vmap(actor.sample)(*probe.inputs)
-            return jnp.mean(per_sample), jnp.mean(logp)
-
-        (actor_loss, logp), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(state.actor)
-        upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
-        actor = eqx.apply_updates(state.actor, upd)
-        logp = jax.lax.stop_gradient(logp)
-        alpha_loss_fn = lambda la: -jnp.exp(la) * (logp + self.target_entropy)
-        alpha_loss, g = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
-        upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
-        log_alpha = optax.apply_updates(state.log_alpha, upd_t)
-        state = eqx.tree_at(
-            lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt),
-            state,
-            (actor, actor_opt, log_alpha, alpha_opt),
-        )
-        metrics = {
-            "actor_loss": actor_loss,
-            "alpha_loss": alpha_loss,
-            "alpha": jnp.exp(log_alpha),
-            "entropy": -logp,
-        }
         return state, metrics
 
     def _optimistic_and_adjust(self, state, batch, key, opt_a, opt_j):

@@ -27,7 +27,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._diffusion import VPSchedule, ddpm_sample, ode_sample, reverse_step, vp_schedule
 from ._gmm import fit_gmm, gmm_entropy
 from ._mlp import MLP, NetworkConfig
-from ._sac import ActorCriticNetworks, Batch, Probe, _mean_loss_and_grad, _opt_update, _params
+from ._sac import (
+    ActorCriticNetworks,
+    Batch,
+    Probe,
+    _mean_loss_and_grad,
+    _opt_update,
+    _params,
+    critic_step,
+    soft_update,
+)
 from .networks import Denoiser
 
 SAMPLERS = ("ddpm", "ode")
@@ -394,12 +403,7 @@ class DACER(ActorCriticNetworks):
         opt_a, opt_c, opt_t = self._optimizers()
         k_critic, k_actor = jax.random.split(key)
 
-        probe = self.critic_probe(state, batch, k_critic)
-        critic_loss, grads = _mean_loss_and_grad(probe)
-        upd, critic_opt = _opt_update(opt_c, grads, state.critic_opt, _params(state.critic))
-        critic = eqx.apply_updates(state.critic, upd)
-        state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
-        metrics = {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
+        state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
 
         if phase == self.update_cycle - 1:
             probe = self.actor_probe(state, batch, k_actor)
@@ -410,15 +414,11 @@ class DACER(ActorCriticNetworks):
             alpha_loss, g = jax.value_and_grad(lambda la: -la * gap)(state.log_alpha)
             upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
             log_alpha = optax.apply_updates(state.log_alpha, upd_t)
-            target = jax.tree.map(
-                lambda t, o: (1.0 - c.tau) * t + c.tau * o,
-                _params(state.target_critic),
-                _params(state.critic),
-            )
+            target = soft_update(state.target_critic, state.critic, c.tau)
             state = eqx.tree_at(
                 lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt, s.target_critic),
                 state,
-                (actor, actor_opt, log_alpha, alpha_opt, eqx.combine(target, state.target_critic)),
+                (actor, actor_opt, log_alpha, alpha_opt, target),
             )
             metrics.update(
                 {

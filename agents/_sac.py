@@ -295,65 +295,76 @@ class SAC(ActorCriticNetworks):
         opt_a, opt_c, opt_t = self._optimizers()
         k_critic, k_actor = jax.random.split(key)
 
-        probe = self.critic_probe(state, batch, k_critic)
-        critic_loss, grads = _mean_loss_and_grad(probe)
-        upd, critic_opt = _opt_update(opt_c, grads, state.critic_opt, _params(state.critic))
-        critic = eqx.apply_updates(state.critic, upd)
-        state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
-        metrics = {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
+        state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
 
         if phase == 0:  # CleanRL-style: the delayed actor takes policy_delay steps in a row
 
             def actor_step(state: SACState, k: Array) -> tuple[SACState, dict[str, Array]]:
-                return self._actor_and_alpha(state, batch, k, opt_a, opt_t)
+                return actor_and_alpha_step(self, state, batch, k, opt_a, opt_t)
 
             keys = jax.random.split(k_actor, c.policy_delay)
             state, actor_metrics = jax.lax.scan(actor_step, state, keys)
             metrics.update({k: v[-1] for k, v in actor_metrics.items()})
 
-        target = jax.tree.map(
-            lambda t, o: (1.0 - c.tau) * t + c.tau * o,
-            _params(state.target_critic),
-            _params(state.critic),
-        )
         state = eqx.tree_at(
             lambda s: (s.target_critic, s.updates),
             state,
-            (eqx.combine(target, state.target_critic), state.updates + 1),
+            (soft_update(state.target_critic, state.critic, c.tau), state.updates + 1),
         )
         return state, metrics
 
-    def _actor_and_alpha(self, state, batch, key, opt_a, opt_t):
-        probe = self.actor_probe(state, batch, key)
 
-        def batch_loss(actor: Actor) -> tuple[Array, Array]:
-            per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(actor, *probe.inputs)
-            _, logp = jax.vmap(actor.sample)(*probe.inputs)
-            return jnp.mean(per_sample), jnp.mean(logp)
+def critic_step(opt: optax.GradientTransformation, probe: Probe, state: Any) -> tuple[Any, dict]:
+    """One optimizer step of `state.critic` (and `state.critic_opt`) on the mean of a critic
+    probe's per-sample loss; metrics: the loss and the mean of the probe's target input."""
+    critic_loss, grads = _mean_loss_and_grad(probe)
+    upd, critic_opt = _opt_update(opt, grads, state.critic_opt, _params(state.critic))
+    critic = eqx.apply_updates(state.critic, upd)
+    state = eqx.tree_at(lambda s: (s.critic, s.critic_opt), state, (critic, critic_opt))
+    return state, {"critic_loss": critic_loss, "q_mean": jnp.mean(probe.inputs[2])}
 
-        (actor_loss, logp), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(state.actor)
-        upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
-        actor = eqx.apply_updates(state.actor, upd)
-        logp = jax.lax.stop_gradient(logp)
 
-        def alpha_loss_fn(log_alpha: Array) -> Array:
-            return -jnp.exp(log_alpha) * (logp + self.target_entropy)
+def soft_update(target: Any, online: Any, tau: float) -> Any:
+    """Polyak averaging of a target network: (1 − τ)·target + τ·online, leaf by leaf."""
+    mixed = jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, _params(target), _params(online))
+    return eqx.combine(mixed, target)
 
-        alpha_loss, g = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
-        upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
-        log_alpha = optax.apply_updates(state.log_alpha, upd_t)
-        state = eqx.tree_at(
-            lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt),
-            state,
-            (actor, actor_opt, log_alpha, alpha_opt),
-        )
-        metrics = {
-            "actor_loss": actor_loss,
-            "alpha_loss": alpha_loss,
-            "alpha": jnp.exp(log_alpha),
-            "entropy": -logp,
-        }
-        return state, metrics
+
+def actor_and_alpha_step(agent: Any, state: Any, batch: Batch, key: PRNGKeyArray,
+                         opt_a: optax.GradientTransformation,
+                         opt_t: optax.GradientTransformation) -> tuple[Any, dict]:  # fmt: skip
+    """A tanh-Gaussian actor's step on `agent.actor_probe`, then the temperature's step towards
+    `agent.target_entropy` (SAC and BRO's conservative actor)."""
+    probe = agent.actor_probe(state, batch, key)
+
+    def batch_loss(actor: Any) -> tuple[Array, Array]:
+        per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(actor, *probe.inputs)
+        _, logp = jax.vmap(actor.sample)(*probe.inputs)
+        return jnp.mean(per_sample), jnp.mean(logp)
+
+    (actor_loss, logp), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(state.actor)
+    upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
+    actor = eqx.apply_updates(state.actor, upd)
+    logp = jax.lax.stop_gradient(logp)
+
+    def alpha_loss_fn(log_alpha: Array) -> Array:
+        return -jnp.exp(log_alpha) * (logp + agent.target_entropy)
+
+    alpha_loss, g = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
+    upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
+    log_alpha = optax.apply_updates(state.log_alpha, upd_t)
+    state = eqx.tree_at(
+        lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt),
+        state,
+        (actor, actor_opt, log_alpha, alpha_opt),
+    )
+    metrics = {
+        "actor_loss": actor_loss,
+        "alpha_loss": alpha_loss,
+        "alpha": jnp.exp(log_alpha),
+        "entropy": -logp,
+    }
+    return state, metrics
 
 
 def _opt_update(opt: optax.GradientTransformation, grads: Any, state: Any, params: Any):
