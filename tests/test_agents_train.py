@@ -8,6 +8,7 @@ import pytest
 
 import agents
 from agents import BROConfig, DACERConfig, NetworkConfig, TrainConfig
+from agents._trainer import Trainer
 from agents.cli import main
 
 BASE = TrainConfig(
@@ -44,6 +45,12 @@ TINY = {
         )
     ),
 }
+
+
+@pytest.fixture(autouse=True)
+def quick_compiles(monkeypatch):
+    """The same programs with less LLVM optimisation: compiling dominates these short runs."""
+    monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
 
 
 @pytest.mark.parametrize("agent", ["bro", "dacer"])
