@@ -30,8 +30,11 @@ from ._sac import (
 from .networks import BroCritic, BroNet
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
-#: BRO's full resets (env steps) at replay ratio 10; at lower ratios only the first one.
-FULL_RESETS_RR10 = (15_000, 50_000, 250_000, 500_000, 750_000)
+#: log β and log λ are squashed into this range (BRO's released code)
+ADJUST_LOG_MIN, ADJUST_LOG_MAX = -10.0, 7.5
+#: BRO's full resets (env steps) at replay ratio 10 (the paper's runs end at 1M; the released
+#: code continues the schedule); at lower ratios only the first one.
+FULL_RESETS_RR10 = (15_000, 50_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000)
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,13 @@ class BROConfig:
     init_optimism: float = 1.0
     """Initial optimism β (weight of the critics' disagreement |Q1−Q2|/2)."""
     init_kl_weight: float = 0.25
-    """Initial KL weight λ of KL(π_o ‖ π_c)."""
+    """Initial KL weight λ of the mean-shift KL between π_o and π_c."""
     adjust_lr: float = 3e-5
-    """Adam learning rate of log β and log λ."""
+    """Adam learning rate of β and λ's raw parameters (log value = tanh-squashed raw value)."""
     adjust_b1: float = 0.5
     """Adam b1 of the temperature, β and λ."""
     kl_target: float = 0.05
-    """Target of KL(π_o ‖ π_c) per action dimension."""
+    """Target of the mean-shift KL per action dimension."""
     std_multiplier: float = 0.75
     """σ_o = std_multiplier · σ_c."""
     full_resets: tuple[int, ...] | None = None
@@ -108,6 +111,12 @@ class BROConfig:
                 raise ValueError(f"bro.{name} must be > 0, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.kl_target < 0:
             raise ValueError("bro.weight_decay and bro.kl_target must be >= 0")
+        for name in ("init_optimism", "init_kl_weight"):
+            if not ADJUST_LOG_MIN < math.log(getattr(self, name)) < ADJUST_LOG_MAX:
+                raise ValueError(
+                    f"bro.{name} must be in (e^{ADJUST_LOG_MIN:g}, e^{ADJUST_LOG_MAX:g}), "
+                    f"got {getattr(self, name)}"
+                )
         if self.full_resets is not None and any(s <= 0 for s in self.full_resets):
             raise ValueError(f"bro.full_resets must be positive env steps, got {self.full_resets}")
 
@@ -155,14 +164,43 @@ def gaussian_kl(
     return jnp.sum(log_std_q - log_std_p + 0.5 * (var_ratio + mahalanobis) - 0.5)
 
 
+def shift_kl(mean_o: Array, mean_c: Array, log_std_c: Array) -> Float[Array, ""]:
+    """BRO's optimism KL: KL(N(μ_o, σ_c) ‖ N(μ_c, σ_c)) = Σ (μ_o − μ_c)² / 2σ_c².
+
+    π_o's narrower σ (a fixed multiple of σ_c) is left out, as in BRO's released code: with it,
+    the KL would have a floor of 0.069 per dimension at σ_o = 0.75 σ_c, above the target 0.05.
+    """
+    return gaussian_kl(mean_o, log_std_c, mean_c, log_std_c)
+
+
+def squash_log(raw: Array) -> Array:
+    """log β or log λ from its raw parameter: tanh-squashed into [−10, 7.5]."""
+    span = ADJUST_LOG_MAX - ADJUST_LOG_MIN
+    return ADJUST_LOG_MIN + 0.5 * span * (jnp.tanh(raw) + 1.0)
+
+
+def unsquash_log(log_value: float) -> float:
+    """The raw parameter whose `squash_log` is `log_value`."""
+    span = ADJUST_LOG_MAX - ADJUST_LOG_MIN
+    return math.atanh(2.0 * (log_value - ADJUST_LOG_MIN) / span - 1.0)
+
+
 class BroActor(eqx.Module):
-    """Conservative actor π_c: tanh-Gaussian, log σ squashed into [−10, 2]."""
+    """Conservative actor π_c: tanh-Gaussian, log σ squashed into [−10, 2].
+
+    One output layer holds the mean rows (orthogonal, gain √2) and the log σ rows (their own
+    orthogonal draw, gain 1), the gains of BRO's two output layers.
+    """
 
     net: BroNet
 
     def __init__(self, obs_size: int, action_size: int, width: int, blocks: int, *,
                  key: PRNGKeyArray):  # fmt: skip
-        self.net = BroNet(obs_size, 2 * action_size, width, blocks, key=key)
+        k_net, k_std = jax.random.split(key)
+        net = BroNet(obs_size, 2 * action_size, width, blocks, head_scale=math.sqrt(2), key=k_net)
+        w_std = jax.nn.initializers.orthogonal(1.0)(k_std, (action_size, width), jnp.float32)
+        weight = net.head.weight.at[action_size:].set(w_std)
+        self.net = eqx.tree_at(lambda n: n.head.weight, net, weight)
 
     def distribution(self, obs: Float[Array, " o"]) -> tuple[Array, Array]:
         out = self.net(obs)
@@ -181,8 +219,9 @@ class BroActor(eqx.Module):
 class OptimisticActor(eqx.Module):
     """π_o: a BroNet on [obs, μ_c] whose output shifts π_c's mean; σ_o = multiplier · σ_c.
 
-    The output layer starts at zero, so π_o starts as π_c with a narrower σ: with σ_c ≈ e⁻⁴ at
-    initialisation, a random shift would put KL(π_o ‖ π_c) in the thousands.
+    The output layer starts at zero, so π_o starts as π_c with a narrower σ. (BRO's released
+    code draws it orthogonal with gain 0.01, without bias; with σ_c as small as e⁻⁸ at
+    initialisation, such a shift can put the KL in the hundreds per dimension.)
     """
 
     net: BroNet
@@ -208,7 +247,7 @@ class BROState(eqx.Module):
     critic: BroCritic  # two members stacked on a leading axis
     target_critic: BroCritic
     log_alpha: Float[Array, ""]
-    log_adjust: Float[Array, " 2"]  # log β (optimism), log λ (KL weight)
+    adjust: Float[Array, " 2"]  # raw parameters of β (optimism) and λ (KL weight): `squash_log`
     actor_opt: optax.OptState
     optimistic_opt: optax.OptState
     critic_opt: optax.OptState
@@ -279,7 +318,10 @@ class BRO:
         )
         critic = eqx.filter_vmap(make_critic)(jax.random.split(k_critic, 2))
         log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
-        log_adjust = jnp.log(jnp.asarray([c.init_optimism, c.init_kl_weight], jnp.float32))
+        adjust = jnp.asarray(
+            [unsquash_log(math.log(c.init_optimism)), unsquash_log(math.log(c.init_kl_weight))],
+            jnp.float32,
+        )
         opt_a, opt_c, opt_t, opt_j = self._optimizers()
         return BROState(
             actor=actor,
@@ -287,12 +329,12 @@ class BRO:
             critic=critic,
             target_critic=critic,
             log_alpha=log_alpha,
-            log_adjust=log_adjust,
+            adjust=adjust,
             actor_opt=opt_a.init(_params(actor)),
             optimistic_opt=opt_a.init(_params(optimistic)),
             critic_opt=opt_c.init(_params(critic)),
             alpha_opt=opt_t.init(log_alpha),
-            adjust_opt=opt_j.init(log_adjust),
+            adjust_opt=opt_j.init(adjust),
             updates=jnp.zeros((), jnp.int32),
         )
 
@@ -300,13 +342,19 @@ class BRO:
     def optimistic_sample(
         self, actor: BroActor, optimistic: OptimisticActor, obs: Array, noise: Array
     ) -> tuple[Array, Array, Array]:
-        """An action of π_o, its log-probability and KL(π_o ‖ π_c); π_c is held fixed."""
+        """An action of π_o, its log-probability and the mean-shift KL (`shift_kl`, summed over
+        dimensions); π_c is held fixed."""
         mean_c, log_std_c = jax.lax.stop_gradient(actor.distribution(obs))
         mean_o, log_std_o = optimistic.distribution(
             obs, mean_c, log_std_c, self.config.std_multiplier
         )
         action, logp = squashed_gaussian(mean_o, log_std_o, noise)
-        return action, logp, gaussian_kl(mean_o, log_std_o, mean_c, log_std_c)
+        return action, logp, shift_kl(mean_o, mean_c, log_std_c)
+
+    def optimism_weights(self, adjust: Array) -> tuple[Array, Array]:
+        """(β, λ) from their raw parameters."""
+        beta, kl_weight = jnp.exp(squash_log(adjust))
+        return beta, kl_weight
 
     def act(
         self, state: BROState, obs: Float[Array, "n o"], key: PRNGKeyArray, deterministic: bool
@@ -357,9 +405,9 @@ class BRO:
         return Probe(state.actor, (batch.obs, noise), loss)
 
     def optimistic_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
-        """−(Q̄ + β·|Q1 − Q2|/2) + λ·KL(π_o ‖ π_c) per sample, a drawn from π_o."""
+        """−(Q̄ + β·|Q1 − Q2|/2) + λ·KL per sample, a drawn from π_o, KL the mean-shift KL."""
         noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
-        beta, kl_weight = jnp.exp(state.log_adjust)
+        beta, kl_weight = self.optimism_weights(state.adjust)
         actor, critic = state.actor, state.critic
 
         def loss(optimistic: OptimisticActor, obs: Array, eps: Array) -> Array:
@@ -403,7 +451,7 @@ class BRO:
         actor = SurgeryTarget(state.actor, BroActor.distribution, (batch.obs,), actor_loss)
         mean_c, log_std_c = jax.lax.stop_gradient(jax.vmap(state.actor.distribution)(batch.obs))
         noise_o = jax.random.normal(k_opt, batch.action.shape, batch.action.dtype)
-        beta, kl_weight = jnp.exp(state.log_adjust)
+        beta, kl_weight = self.optimism_weights(state.adjust)
         mult = self.config.std_multiplier
 
         def optimistic_loss(out: tuple[Array, Array]) -> Array:
@@ -411,7 +459,7 @@ class BRO:
             q = jnp.mean(
                 jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(frozen, batch.obs, action), -1
             )
-            kl = jax.vmap(gaussian_kl)(out[0], out[1], mean_c, log_std_c)
+            kl = jax.vmap(shift_kl)(out[0], mean_c, log_std_c)
             return jnp.mean(
                 -(jnp.mean(q, -1) + beta * jnp.abs(q[:, 0] - q[:, 1]) / 2) + kl_weight * kl
             )
@@ -453,7 +501,7 @@ class BRO:
             "actor": state.actor,
             "optimistic_actor": state.optimistic_actor,
             "temperature": state.log_alpha,
-            "optimism": state.log_adjust,
+            "optimism": state.adjust,
         }
 
     # --- update ------------------------------------------------------------------------------
@@ -496,19 +544,16 @@ class BRO:
         params = _params(state.optimistic_actor)
         upd, optimistic_opt = _opt_update(opt_a, grads, state.optimistic_opt, params)
         optimistic = eqx.apply_updates(state.optimistic_actor, upd)
-        # β shrinks and λ grows while KL(π_o ‖ π_c) is above its target, and the other way round
-        excess = jax.lax.stop_gradient(kl) - self.config.kl_target * self.action_size
-        sign = jnp.asarray([1.0, -1.0], jnp.float32)
-        adjust_loss_fn = lambda la: jnp.sum(sign * jnp.exp(la)) * excess
-        adjust_loss, g = jax.value_and_grad(adjust_loss_fn)(state.log_adjust)
-        upd_j, adjust_opt = _opt_update(opt_j, g, state.adjust_opt, state.log_adjust)
-        log_adjust = optax.apply_updates(state.log_adjust, upd_j)
-        state = eqx.tree_at(
-            lambda s: (s.optimistic_actor, s.optimistic_opt, s.log_adjust, s.adjust_opt),
-            state,
-            (optimistic, optimistic_opt, log_adjust, adjust_opt),
+        kl = jax.lax.stop_gradient(kl) / self.action_size  # per action dimension
+        adjust, adjust_opt, adjust_loss = self.adjust_step(
+            opt_j, state.adjust, state.adjust_opt, kl
         )
-        beta, kl_weight = jnp.exp(log_adjust)
+        state = eqx.tree_at(
+            lambda s: (s.optimistic_actor, s.optimistic_opt, s.adjust, s.adjust_opt),
+            state,
+            (optimistic, optimistic_opt, adjust, adjust_opt),
+        )
+        beta, kl_weight = self.optimism_weights(adjust)
         metrics = {
             "optimistic_loss": loss,
             "optimism_kl": kl,
@@ -517,6 +562,18 @@ class BRO:
             "adjust_loss": adjust_loss,
         }
         return state, metrics
+
+    def adjust_step(
+        self, opt: optax.GradientTransformation, adjust: Array, opt_state: Any, kl: Array
+    ) -> tuple[Array, Any, Array]:
+        """One Adam step of β and λ's raw parameters on the losses β·(KL − target) and
+        −λ·(KL − target), KL per action dimension: above the target, β falls and λ rises."""
+        excess = kl - self.config.kl_target
+        sign = jnp.asarray([1.0, -1.0], jnp.float32)
+        loss_fn = lambda raw: jnp.sum(sign * jnp.exp(squash_log(raw))) * excess
+        loss, g = jax.value_and_grad(loss_fn)(adjust)
+        upd, opt_state = _opt_update(opt, g, opt_state, adjust)
+        return optax.apply_updates(adjust, upd), opt_state, loss
 
     # --- scheduled events --------------------------------------------------------------------
     def scheduled(

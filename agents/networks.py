@@ -44,7 +44,11 @@ class BroBlock(eqx.Module):
 
 
 class BroNet(eqx.Module):
-    """BroNet: stem `ReLU(LN(Dense(x)))`, residual blocks, separate output Dense."""
+    """BroNet: stem `ReLU(LN(Dense(x)))`, residual blocks, separate output Dense.
+
+    Hidden layers are orthogonal with gain √2; the output layer's gain is `head_scale` (BRO's
+    released code: √2 for critics and the actor's mean, 1 for its log σ).
+    """
 
     stem: eqx.nn.Linear
     stem_norm: eqx.nn.LayerNorm
@@ -52,12 +56,12 @@ class BroNet(eqx.Module):
     head: eqx.nn.Linear
 
     def __init__(self, in_size: int, out_size: int, width: int = 512, blocks: int = 2, *,
-                 key: PRNGKeyArray):  # fmt: skip
+                 head_scale: float = 1.0, key: PRNGKeyArray):  # fmt: skip
         keys = jax.random.split(key, blocks + 2)
         self.stem = orthogonal_linear(in_size, width, math.sqrt(2), key=keys[0])
         self.stem_norm = eqx.nn.LayerNorm(width)
         self.blocks = tuple(BroBlock(width, key=k) for k in keys[1:-1])
-        self.head = orthogonal_linear(width, out_size, 1.0, key=keys[-1])
+        self.head = orthogonal_linear(width, out_size, head_scale, key=keys[-1])
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
         x = jax.nn.relu(self.stem_norm(self.stem(x)))
@@ -67,13 +71,14 @@ class BroNet(eqx.Module):
 
 
 class BroCritic(eqx.Module):
-    """A BroNet on concat(obs, action) with a quantile head (BRO: 100 quantiles)."""
+    """A BroNet on concat(obs, action) with a quantile head (BRO: 100 quantiles, gain √2)."""
 
     net: BroNet
 
     def __init__(self, obs_size: int, action_size: int, width: int = 512, blocks: int = 2,
                  n_quantiles: int = 100, *, key: PRNGKeyArray):  # fmt: skip
-        self.net = BroNet(obs_size + action_size, n_quantiles, width, blocks, key=key)
+        self.net = BroNet(obs_size + action_size, n_quantiles, width, blocks,
+                          head_scale=math.sqrt(2), key=key)  # fmt: skip
 
     def __call__(
         self, obs: Float[Array, " obs"], action: Float[Array, " act"]

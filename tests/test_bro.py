@@ -1,5 +1,6 @@
 """BRO: losses and targets against NumPy, optimism tuning, full resets, anatomy of its networks."""
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -10,7 +11,15 @@ import pytest
 
 import neurosurgery as ns
 from agents import Batch
-from agents._bro import BRO, BROConfig, gaussian_kl, grama_preset, quantile_huber
+from agents._bro import (
+    ADJUST_LOG_MAX,
+    ADJUST_LOG_MIN,
+    BRO,
+    BROConfig,
+    gaussian_kl,
+    grama_preset,
+    quantile_huber,
+)
 
 CFG = BROConfig(batch_size=4, critic_width=8, actor_width=6, n_quantiles=5, gamma=0.9, tau=0.25)
 
@@ -120,14 +129,73 @@ def test_update_under_jit_and_vmap_over_seeds(updated):
     # the seeds differ, so do their critics
     w = new.critic.net.stem.weight
     assert not np.allclose(w[0], w[1])
-    # β falls and λ rises while KL(π_o ‖ π_c) is above its target, and vice versa
-    above = np.asarray(metrics["optimism_kl"]) > CFG.kl_target * 2
-    beta, kl_weight = (
-        np.asarray(metrics["optimism_beta"]),
-        np.asarray(metrics["optimism_kl_weight"]),
+
+
+def test_optimism_starts_below_its_kl_target(bro, seeds, batch):
+    """π_o starts as π_c's mean with a narrower σ: the KL that the duals follow is the mean
+    shift's, 0 at first (not the 0.069 per dimension that σ_o = 0.75 σ_c alone would add), so
+    the first update raises β and lowers λ."""
+    step = jax.jit(jax.vmap(lambda s, k: bro.update(s, batch, k, 0)))
+    _, metrics = step(seeds, jax.random.split(jax.random.key(2), 2))
+    np.testing.assert_array_equal(np.asarray(metrics["optimism_kl"]), 0.0)
+    assert np.all(np.asarray(metrics["optimism_beta"]) > 1.0)
+    assert np.all(np.asarray(metrics["optimism_kl_weight"]) < 0.25)
+
+
+def test_optimism_kl_is_the_mean_shift_per_dimension(bro, state, batch):
+    rng = np.random.default_rng(4)
+    head = state.optimistic_actor.net.head
+    shifted = eqx.tree_at(
+        lambda s: s.optimistic_actor.net.head.weight,
+        state,
+        jnp.asarray(rng.normal(size=head.weight.shape) * 0.05, jnp.float32),
     )
-    np.testing.assert_array_equal(beta < 1.0, above)
-    np.testing.assert_array_equal(kl_weight > 0.25, above)
+    noise = jnp.zeros((4, 2), jnp.float32)
+    sample = lambda o, n: bro.optimistic_sample(shifted.actor, shifted.optimistic_actor, o, n)
+    _, _, kl = jax.vmap(sample)(batch.obs, noise)
+    mean_c, log_std_c = (
+        np.asarray(x, np.float64) for x in jax.vmap(state.actor.distribution)(batch.obs)
+    )
+    mean_o, log_std_o = jax.vmap(
+        lambda o, m, ls: shifted.optimistic_actor.distribution(o, m, ls, 0.75)
+    )(batch.obs, jnp.asarray(mean_c, jnp.float32), jnp.asarray(log_std_c, jnp.float32))
+    np.testing.assert_allclose(np.exp(log_std_o), 0.75 * np.exp(log_std_c), rtol=1e-5)
+    want = np.sum((np.asarray(mean_o) - mean_c) ** 2 / (2 * np.exp(2 * log_std_c)), axis=1)
+    assert np.all(want > 0)
+    np.testing.assert_allclose(np.asarray(kl), want, rtol=1e-4)
+
+
+def test_dual_update_of_beta_and_kl_weight_by_hand():
+    """Adam (lr 3e-5, b1 0.5) on the raw parameters p, log β = −10 + 8.75·(1 + tanh p), of
+    β·(KL − target) and −λ·(KL − target), recomputed in NumPy over KLs (per dimension) above,
+    then below, the target."""
+    bro = BRO(dataclasses.replace(CFG, kl_target=0.5), 3, 4)
+    opt = bro._optimizers()[3]
+    raw = bro.init(jax.random.key(0)).adjust
+    opt_state = opt.init(raw)
+    span = ADJUST_LOG_MAX - ADJUST_LOG_MIN
+    p = np.array([np.arctanh(2 * (np.log(v) - ADJUST_LOG_MIN) / span - 1) for v in (1.0, 0.25)])
+    np.testing.assert_allclose(raw, p, rtol=1e-6)
+    m, v = np.zeros(2), np.zeros(2)
+    betas, weights = [], []
+    for t, kl in enumerate([0.75, 0.75, 0.25, 0.25], start=1):
+        raw, opt_state, _ = bro.adjust_step(opt, raw, opt_state, jnp.float32(kl))
+        log_value = ADJUST_LOG_MIN + 0.5 * span * (np.tanh(p) + 1)
+        grad = np.array([1.0, -1.0]) * np.exp(log_value) * (kl - 0.5)
+        grad *= 0.5 * span * (1 - np.tanh(p) ** 2)
+        m, v = 0.5 * m + 0.5 * grad, 0.999 * v + 0.001 * grad**2
+        p = p - 3e-5 * (m / (1 - 0.5**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        np.testing.assert_allclose(raw, p, rtol=1e-5)
+        beta, kl_weight = np.asarray(bro.optimism_weights(raw))
+        betas.append(beta)
+        weights.append(kl_weight)
+    # above the target β falls and λ rises; below it, the other way round
+    assert betas[0] < 1.0 and betas[1] < betas[0] and betas[2] > betas[1] and betas[3] > betas[2]
+    assert weights[0] > 0.25 and weights[1] > weights[0] and weights[3] < weights[2] < weights[1]
+    # the first step moves log β by lr × d log β / dp = 3e-5 × 8.75 × (1 − tanh² p0)
+    np.testing.assert_allclose(
+        np.log(betas[0]), -3e-5 * 0.5 * span * (1 - (10 / 8.75 - 1) ** 2), rtol=1e-2
+    )  # float32: log β is −10 + 10.0003, good to about 1e-6
 
 
 def test_without_optimism_explores_with_the_conservative_actor(state, batch):
@@ -140,8 +208,8 @@ def test_without_optimism_explores_with_the_conservative_actor(state, batch):
 
 def test_full_reset_schedule():
     rr10 = BRO(CFG, 3, 2, replay_ratio=10.0, learning_starts=2500)
-    assert rr10.reset_updates == tuple(10 * (s - 2500) for s in (15_000, 50_000, 250_000, 500_000,
-                                                                 750_000))  # fmt: skip
+    points = (15_000, 50_000, 250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000)
+    assert rr10.reset_updates == tuple(10 * (s - 2500) for s in points)
     assert BRO(CFG, 3, 2, replay_ratio=2.0, learning_starts=2500).reset_updates == (25_000,)
     custom = BROConfig(**{**CFG.__dict__, "full_resets": ()})
     assert BRO(custom, 3, 2).reset_updates == ()
@@ -176,8 +244,31 @@ def test_grama_preset_and_validation():
     cfg.validate()
     with pytest.raises(ValueError, match="critic_blocks"):
         BROConfig(critic_blocks=5).validate()
+    with pytest.raises(ValueError, match="init_kl_weight"):
+        BROConfig(init_kl_weight=1e-6).validate()
     with pytest.raises(ValueError, match="reset must be"):
         grama_preset("shrink")
+
+
+def test_orthogonal_init_gains(state):
+    """Hidden layers gain √2, critic heads √2, π_c's mean rows √2 and log σ rows 1, π_o's
+    output zero: W Wᵀ = gain² I for a layer with no more outputs than inputs."""
+
+    def gram(w):
+        w = np.asarray(w, np.float64)
+        return w @ w.T
+
+    critic = member(state.critic, 0).net
+    np.testing.assert_allclose(gram(critic.blocks[0].dense1.weight), 2 * np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(gram(critic.head.weight), 2 * np.eye(5), atol=1e-5)
+    stem = np.asarray(critic.stem.weight, np.float64)  # 8 units on 5 inputs: columns orthogonal
+    np.testing.assert_allclose(stem.T @ stem, 2 * np.eye(5), atol=1e-5)
+    head = np.asarray(state.actor.net.head.weight, np.float64)
+    np.testing.assert_allclose(gram(head[:2]), 2 * np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(gram(head[2:]), np.eye(2), atol=1e-5)
+    assert not np.any(np.asarray(state.optimistic_actor.net.head.weight))
+    for layer in (critic.stem, critic.head, state.actor.net.head):
+        assert not np.any(np.asarray(layer.bias))
 
 
 @pytest.mark.parametrize("blocks", [1, 4])
