@@ -2,14 +2,15 @@
 
 Same protocol as SAC. The actor is DACER's denoiser; an action is the reverse chain's output (20
 DDPM ancestral steps, or a probability-flow ODE solved with diffrax) plus N(0, 1)·α·0.15, clipped.
-The policy maximises min(Q1, Q2) by backpropagating through the whole chain. α follows an entropy
-estimate that `scheduled` refreshes every `entropy_every` updates by fitting a Gaussian mixture to
-sampled actions, on device.
+The policy maximises min(Q1, Q2) by backpropagating through the whole chain. Every
+`entropy_every` updates, `scheduled` estimates the behaviour policy's entropy by fitting Gaussian
+mixtures to sampled actions, on device, and takes one Adam step of log α towards the target.
 
-Critic: DSAC-T's distributional critic — each of two critics outputs a Gaussian (mean, σ) of the
-return; the mean follows the expected target, σ a sampled target clipped to ±3 mean σ, both scaled
-by the batch-mean variance (DSAC-T's variance-based gradient adjustment). DACER's target has no
-log π term: the policy has no tractable density.
+Critic: DSAC-T's distributional critic as in DACER's released code — each of two critics outputs a
+Gaussian (mean, σ) of the return; the mean follows the expected target, σ a sampled target clipped
+to ±3 σ̄, with gradients scaled by ω = σ̄² + ε (DSAC-T's variance-based gradient adjustment),
+σ̄ a moving average of the batch-mean σ. DACER's target has no log π term: the policy has no
+tractable density.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._diffusion import VPSchedule, ddpm_sample, ode_sample, reverse_step, vp_schedule
+from ._diffusion import (
+    VARIANCES,
+    VPSchedule,
+    ddpm_sample,
+    ode_sample,
+    ode_sample_calls,
+    reverse_step,
+    vp_schedule,
+)
 from ._gmm import fit_gmm, gmm_entropy
 from ._mlp import MLP, NetworkConfig
 from ._sac import (
@@ -41,6 +50,8 @@ from .networks import Denoiser
 
 SAMPLERS = ("ddpm", "ode")
 MIN_STD = 0.01
+#: ε of DSAC-T's loss as DACER's released code has it: ω = σ̄² + ε, denominators σ² + ε, σ³ + ε
+DSAC_EPS = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class DACERConfig:
     gamma: float = 0.99
     """Discount factor."""
     tau: float = 0.005
-    """Soft target update rate (on policy steps)."""
+    """Soft target update rate (on policy steps); also the rate of the critics' mean-σ average."""
     policy_delay: int = 2
     """Denoiser, α and targets are updated on every `policy_delay`-th update."""
     reward_scale: float = 0.2
@@ -71,6 +82,8 @@ class DACERConfig:
     """Each critic's MLP trunk (outputs mean and σ of the return)."""
     sampler: str = "ddpm"
     """Reverse process: ddpm (discrete ancestral chain) or ode (probability-flow ODE, diffrax)."""
+    ddpm_variance: str = "posterior"
+    """Noise variance of the DDPM steps: posterior (β̃_t, DACER's) or beta (β_t)."""
     diffusion_steps: int = 20
     """Steps of the discrete VP schedule (and of the DDPM chain)."""
     ode_steps: int = 10
@@ -86,7 +99,7 @@ class DACERConfig:
     target_entropy_scale: float = 0.9
     """Target entropy = −scale·|A|."""
     entropy_every: int = 10_000
-    """Updates between entropy estimates (the first comes after the first update cycle)."""
+    """Updates between entropy estimates and α steps (the first after the first update cycle)."""
     entropy_states: int = 16
     """Batch states at which actions are sampled for the estimate."""
     entropy_samples: int = 200
@@ -101,6 +114,10 @@ class DACERConfig:
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"dacer.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.ddpm_variance not in VARIANCES:
+            raise ValueError(
+                f"dacer.ddpm_variance must be one of {VARIANCES}, got {self.ddpm_variance!r}"
+            )
         if not 0 <= self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise ValueError("dacer.tau and dacer.gamma must be in [0, 1]")
         ints = ("batch_size", "policy_delay", "denoiser_width", "denoiser_depth")
@@ -155,13 +172,14 @@ def jittable_denoiser(denoiser: Denoiser) -> Denoiser:
 
 
 def dsac_loss(mean: Array, std: Array, yq: Array, yz: Array, omega: Array, bound: Array) -> Array:
-    """DSAC-T surrogate of one sample over both critics: its gradient is −ω(y_q − μ)/σ² in μ and
-    −ω(σ² − (y_b − μ)²)/σ³ in σ, y_b = y_z clipped to μ ± bound."""
+    """DSAC-T surrogate of one sample over both critics: its gradient is ω(μ − y_q)/(σ² + ε) in μ
+    and ω(σ² − (y_b − μ)²)/(σ³ + ε) in σ, y_b = y_z clipped to μ ± bound — the gradient of the
+    Gaussian negative log-likelihood, log σ + (y − μ)²/2σ², scaled by ω and with ε added."""
     m, s = jax.lax.stop_gradient((mean, std))
     yb = m + jnp.clip(yz - m, -bound, bound)
-    g_mean = (yq - m) / (s**2 + 1e-6)
-    g_std = (s**2 - (yb - m) ** 2) / (s**3 + 1e-6)
-    return jnp.sum(omega * (-g_mean * mean - g_std * std))
+    g_mean = (m - yq) / (s**2 + DSAC_EPS)
+    g_std = (s**2 - (yb - m) ** 2) / (s**3 + DSAC_EPS)
+    return jnp.sum(omega * (g_mean * mean + g_std * std))
 
 
 def twin_gaussian(critic: GaussianCritic, obs: Array, action: Array) -> tuple[Array, Array]:
@@ -177,6 +195,7 @@ class DACERState(eqx.Module):
     target_critic: GaussianCritic
     log_alpha: Float[Array, ""]
     entropy: Float[Array, ""]  # the latest GMM estimate of the behaviour policy's entropy
+    mean_std: Float[Array, " 2"]  # σ̄ of each critic: moving average of the batch-mean σ (−1: none)
     actor_opt: optax.OptState
     critic_opt: optax.OptState
     alpha_opt: optax.OptState
@@ -195,7 +214,6 @@ class DACER(ActorCriticNetworks):
     loss_networks: tuple[tuple[str, str], ...] = (
         ("critic_loss", "critic"),
         ("actor_loss", "actor"),
-        ("alpha_loss", "temperature"),
     )
 
     @property
@@ -230,6 +248,7 @@ class DACER(ActorCriticNetworks):
             target_critic=critic,
             log_alpha=log_alpha,
             entropy=jnp.asarray(self.target_entropy, jnp.float32),
+            mean_std=jnp.full((2,), -1.0, jnp.float32),
             actor_opt=opt_a.init(_params(actor)),
             critic_opt=opt_c.init(_params(critic)),
             alpha_opt=opt_t.init(log_alpha),
@@ -245,9 +264,10 @@ class DACER(ActorCriticNetworks):
                noise: Float[Array, "T1 a"]) -> Float[Array, " a"]:  # fmt: skip
         """The reverse process for one state: x_T = noise[0], step draws noise[1:]."""
         eps_fn = lambda x, t: actor(obs, x, t)
-        if self.config.sampler == "ode":
-            return ode_sample(self.schedule, eps_fn, noise[0], self.config.ode_steps)
-        return ddpm_sample(self.schedule, eps_fn, noise[0], noise[1:])
+        c = self.config
+        if c.sampler == "ode":
+            return ode_sample(self.schedule, eps_fn, noise[0], c.ode_steps)
+        return ddpm_sample(self.schedule, eps_fn, noise[0], noise[1:], variance=c.ddpm_variance)
 
     def behaviour(self, state: DACERState, obs: Array, key: PRNGKeyArray) -> Array:
         """Exploration actions [n, a]: diffusion action + N(0, 1)·α·noise_scale, clipped."""
@@ -269,8 +289,22 @@ class DACER(ActorCriticNetworks):
         return self.behaviour(state, obs, key)
 
     # --- per-sample losses -------------------------------------------------------------------
-    def critic_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
-        """DSAC-T loss of both critics per sample (its gradient, not its value, is the point)."""
+    def critic_scales(self, state: DACERState, batch: Batch) -> tuple[Array, Array, Array]:
+        """(ω, clip bound, σ̄) per critic for this batch: σ̄ ← (1 − τ)σ̄ + τ·(batch-mean σ), or the
+        batch mean at first; ω = σ̄² + ε and bound = target_clip·σ̄ (DACER's released code)."""
+        _, std = jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(
+            state.critic, batch.obs, batch.action
+        )
+        batch_std = jnp.mean(jax.lax.stop_gradient(std), axis=0)  # [2]
+        tau = self.config.tau
+        mean_std = jnp.where(
+            state.mean_std < 0, batch_std, (1.0 - tau) * state.mean_std + tau * batch_std
+        )
+        return mean_std**2 + DSAC_EPS, self.config.target_clip * mean_std, mean_std
+
+    def critic_targets(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> tuple:
+        """(y_q, y_z) per sample: the target critic with the smaller mean at (s', a'), a' a
+        behaviour action; y_q from its mean, y_z from a draw of its Gaussian (z clipped to ±3)."""
         c = self.config
         k_act, k_z = jax.random.split(key)
         next_action = self.behaviour(state, batch.next_obs, k_act)
@@ -285,12 +319,12 @@ class DACER(ActorCriticNetworks):
         reward = c.reward_scale * batch.reward
         y_mean = jax.lax.stop_gradient(reward + not_done * mean_n)
         y_sample = jax.lax.stop_gradient(reward + not_done * (mean_n + std_n * z))
-        _, std_now = jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(
-            state.critic, batch.obs, batch.action
-        )
-        std_now = jax.lax.stop_gradient(std_now)  # [b, 2]
-        omega = jnp.mean(std_now**2, axis=0)  # per critic
-        bound = c.target_clip * jnp.mean(std_now, axis=0)
+        return y_mean, y_sample
+
+    def critic_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
+        """DSAC-T loss of both critics per sample (its gradient, not its value, is the point)."""
+        y_mean, y_sample = self.critic_targets(state, batch, key)
+        omega, bound, _ = self.critic_scales(state, batch)
 
         def loss(critic: GaussianCritic, obs: Array, action: Array, yq: Array, yz: Array):
             mean, std = twin_gaussian(critic, obs, action)
@@ -329,57 +363,66 @@ class DACER(ActorCriticNetworks):
         from ._neurons import SurgeryTarget
 
         k_critic, k_actor = jax.random.split(key)
-        probe = self.critic_probe(state, batch, k_critic)
-        _, _, y_mean, y_sample = probe.inputs
-        std_now = jax.lax.stop_gradient(
-            jax.vmap(twin_gaussian, in_axes=(None, 0, 0))(state.critic, batch.obs, batch.action)[1]
-        )
-        omega = jnp.mean(std_now**2, axis=0)
-        bound = self.config.target_clip * jnp.mean(std_now, axis=0)
+        y_mean, y_sample = self.critic_targets(state, batch, k_critic)
+        omega, bound, _ = self.critic_scales(state, batch)
 
         def critic_loss(out: tuple[Array, Array]) -> Array:
             per = jax.vmap(dsac_loss, in_axes=(0, 0, 0, 0, None, None))
             return jnp.mean(per(out[0], out[1], y_mean, y_sample, omega, bound))
 
         critic = (batch.obs, batch.action)
-        targets = {"critic": SurgeryTarget(state.critic, twin_gaussian, critic, critic_loss)}
-        if self.config.sampler == "ddpm":
-            targets["actor"] = self._denoiser_target(state, batch, k_actor)
-        return targets
+        return {
+            "critic": SurgeryTarget(state.critic, twin_gaussian, critic, critic_loss),
+            "actor": self._denoiser_target(state, batch, k_actor),
+        }
 
     def _denoiser_target(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Any:
+        """One surgery sample per denoiser call: T per action for the DDPM chain, 2·ode_steps + 1
+        for the ODE sampler (two per Heun step and the final x̂0), each call's output shifted by
+        its own zero so that the gradient in the shifts is ∂L/∂ε̂ of that call."""
         from ._neurons import SurgeryTarget
 
-        sched, T = self.schedule, self.config.diffusion_steps
+        c, sched = self.config, self.schedule
         b = batch.obs.shape[0]
         noise = jax.random.normal(key, (b, *self.chain_noise_shape()), batch.obs.dtype)
         actor, critic = state.actor, state.critic
-        steps = jnp.arange(T - 1, -1, -1)
+        n_calls = 2 * c.ode_steps + 1 if c.sampler == "ode" else c.diffusion_steps
 
-        def inputs_and_grads(obs: Array, eps: Array) -> tuple[Array, Array]:
-            def chain(shift: Array) -> tuple[Array, Array]:
-                eps_fn = lambda x, t: actor(obs, x, t) + shift[t.astype(jnp.int32)]
+        def chain(shift: Array, obs: Array, eps: Array) -> tuple[Array, tuple[Array, Array]]:
+            """The policy loss of one state, and every call's input (x, t) in call order."""
+            if c.sampler == "ode":
+                eps_fn = lambda x, t, j: actor(obs, x, t) + shift[j]
+                x, xs, ts = ode_sample_calls(sched, eps_fn, eps[0], c.ode_steps)
+            else:
+                steps = jnp.arange(c.diffusion_steps - 1, -1, -1)
+                calls = lambda x, t: (
+                    actor(obs, x, t) + shift[c.diffusion_steps - 1 - t.astype(jnp.int32)]
+                )
 
                 def step(x, i):
-                    return reverse_step(sched, eps_fn, x, i, eps[1 + i]), x
+                    return reverse_step(sched, calls, x, i, eps[1 + i], True, c.ddpm_variance), x
 
                 x, xs = jax.lax.scan(step, eps[0], steps)
-                mean, _ = twin_gaussian(critic, obs, jnp.clip(x, -1.0, 1.0))
-                return -jnp.min(mean), xs
+                x, ts = jnp.clip(x, -1.0, 1.0), steps.astype(x.dtype)
+            mean, _ = twin_gaussian(critic, obs, x)
+            return -jnp.min(mean), (xs, ts)
 
-            shift = jnp.zeros((T, self.action_size), eps.dtype)
-            grads, xs = jax.grad(chain, has_aux=True)(shift)
-            return xs, grads[steps]  # both in chain order: step T−1 first
+        def inputs_and_grads(obs: Array, eps: Array) -> tuple[Array, Array, Array]:
+            shift = jnp.zeros((n_calls, self.action_size), eps.dtype)
+            grads, (xs, ts) = jax.grad(chain, has_aux=True)(shift, obs, eps)
+            return xs, ts, grads
 
-        xs, grads = jax.lax.stop_gradient(jax.vmap(inputs_and_grads)(batch.obs, noise))
-        obs = jnp.repeat(batch.obs, T, axis=0)
-        ts = jnp.tile(steps.astype(jnp.float32), b)
-        flat_x, flat_g = xs.reshape(b * T, -1), grads.reshape(b * T, -1)
+        xs, ts, grads = jax.lax.stop_gradient(jax.vmap(inputs_and_grads)(batch.obs, noise))
+        obs = jnp.repeat(batch.obs, n_calls, axis=0)
+        flat_x, flat_t = xs.reshape(b * n_calls, -1), ts.reshape(b * n_calls)
+        flat_g = grads.reshape(b * n_calls, -1)
 
         def loss(out: Array) -> Array:
             return jnp.sum(out * flat_g) / b
 
-        return SurgeryTarget(state.actor, lambda m, o, x, t: m(o, x, t), (obs, flat_x, ts), loss)
+        return SurgeryTarget(
+            state.actor, lambda m, o, x, t: m(o, x, t), (obs, flat_x, flat_t), loss
+        )
 
     def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
         """A freshly initialised network: the source of re-drawn weights."""
@@ -398,38 +441,42 @@ class DACER(ActorCriticNetworks):
     def update(
         self, state: DACERState, batch: Batch, key: PRNGKeyArray, phase: int
     ) -> tuple[DACERState, dict[str, Array]]:
-        """Critic every update; denoiser, α and targets on the last phase of each cycle."""
+        """Critic every update; denoiser and targets on the last phase of each cycle (α moves
+        with the entropy estimate, in `scheduled`)."""
         c = self.config
-        opt_a, opt_c, opt_t = self._optimizers()
+        opt_a, opt_c, _ = self._optimizers()
         k_critic, k_actor = jax.random.split(key)
 
+        _, _, mean_std = self.critic_scales(state, batch)
         state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
+        state = eqx.tree_at(lambda s: s.mean_std, state, mean_std)
+        metrics["critic_std"] = jnp.mean(mean_std)
 
         if phase == self.update_cycle - 1:
             probe = self.actor_probe(state, batch, k_actor)
             actor_loss, grads = _mean_loss_and_grad(probe)
             upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
             actor = eqx.apply_updates(state.actor, upd)
-            gap = self.target_entropy - state.entropy
-            alpha_loss, g = jax.value_and_grad(lambda la: -la * gap)(state.log_alpha)
-            upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
-            log_alpha = optax.apply_updates(state.log_alpha, upd_t)
             target = soft_update(state.target_critic, state.critic, c.tau)
             state = eqx.tree_at(
-                lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt, s.target_critic),
+                lambda s: (s.actor, s.actor_opt, s.target_critic),
                 state,
-                (actor, actor_opt, log_alpha, alpha_opt, target),
+                (actor, actor_opt, target),
             )
-            metrics.update(
-                {
-                    "actor_loss": actor_loss,
-                    "alpha_loss": alpha_loss,
-                    "alpha": jnp.exp(log_alpha),
-                    "entropy": state.entropy,
-                }
-            )
+            metrics["actor_loss"] = actor_loss
         state = eqx.tree_at(lambda s: s.updates, state, state.updates + 1)
         return state, metrics
+
+    def alpha_step(
+        self, log_alpha: Array, opt_state: Any, entropy: Array
+    ) -> tuple[Array, Any, Array]:
+        """One Adam step of log α on −log α·(H_target − H): α rises while the entropy estimate
+        is below the target, and falls while it is above."""
+        opt_t = self._optimizers()[2]
+        gap = self.target_entropy - entropy
+        loss, g = jax.value_and_grad(lambda la: -la * gap)(log_alpha)
+        upd, opt_state = _opt_update(opt_t, g, opt_state, log_alpha)
+        return optax.apply_updates(log_alpha, upd), opt_state, loss
 
     # --- entropy -----------------------------------------------------------------------------
     def estimate_entropy(
@@ -448,7 +495,9 @@ class DACER(ActorCriticNetworks):
     def scheduled(
         self, state: DACERState, batch: Batch, key: PRNGKeyArray, updates: Array
     ) -> tuple[DACERState, dict[str, Array]]:
-        """Refresh the entropy estimate after the first cycle and every `entropy_every` updates.
+        """After the first cycle and every `entropy_every` updates: a new entropy estimate, then
+        one step of α towards the target entropy (as DACER's released code, which updates α only
+        with a fresh estimate).
 
         `updates` (done so far) should be unbatched under vmap so that the branch stays a branch.
         """
@@ -457,7 +506,11 @@ class DACER(ActorCriticNetworks):
         obs = batch.obs[: self.config.entropy_states]
 
         def refresh(s: DACERState) -> DACERState:
-            return eqx.tree_at(lambda t: t.entropy, s, self.estimate_entropy(s, obs, key))
+            entropy = self.estimate_entropy(s, obs, key)
+            log_alpha, alpha_opt, _ = self.alpha_step(s.log_alpha, s.alpha_opt, entropy)
+            return eqx.tree_at(
+                lambda t: (t.entropy, t.log_alpha, t.alpha_opt), s, (entropy, log_alpha, alpha_opt)
+            )
 
         state = jax.lax.cond(due, refresh, lambda s: s, state)
-        return state, {"entropy_estimate": state.entropy}
+        return state, {"entropy_estimate": state.entropy, "alpha": jnp.exp(state.log_alpha)}

@@ -87,11 +87,12 @@ class BroCritic(eqx.Module):
 
 
 def sinusoidal_embedding(t: Float[Array, ""], dim: int = 16) -> Float[Array, " dim"]:
-    """Transformer-style sinusoidal embedding of a scalar time."""
+    """Sinusoidal embedding of a scalar time, scaled by 1/√dim as in DACER's released code:
+    [sin(t·f_k), cos(t·f_k)]/√dim with f_k = 10000^(−k/(dim/2)), k = 0 … dim/2 − 1."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = t * freqs
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)]) / math.sqrt(dim)
 
 
 class Denoiser(eqx.Module):
