@@ -47,6 +47,18 @@ class NetworkConfig:
             raise ValueError(f"{name}: width must be > 0 and depth >= 1 (>= 0 when residual)")
 
 
+def dense(linear: eqx.nn.Linear, x: Float[Array, " i"]) -> Float[Array, " o"]:
+    """`linear(x)` written as `x @ W.T + b`.
+
+    The same function of one sample, but under `vmap` over a batch it lowers to one matrix
+    product with the batch as rows, where `W @ x` (what `eqx.nn.Linear` computes) lowers to a
+    product with the batch as columns followed by a transpose of every activation and gradient:
+    5–10 % of a SAC update of 256×2 networks on CPU.
+    """
+    y = x @ linear.weight.T
+    return y if linear.bias is None else y + linear.bias
+
+
 class _Hidden(eqx.Module):
     """Linear, optional LayerNorm, activation: one hidden layer of units."""
 
@@ -55,7 +67,7 @@ class _Hidden(eqx.Module):
     activation: Callable[[Array], Array] = eqx.field(static=True)
 
     def __call__(self, x: Array) -> Array:
-        h = self.linear(x)
+        h = dense(self.linear, x)
         if self.norm is not None:
             h = self.norm(h)
         return self.activation(h)
@@ -68,7 +80,7 @@ class _Block(eqx.Module):
     out: eqx.nn.Linear
 
     def __call__(self, x: Array) -> Array:
-        return x + self.out(self.hidden(x))
+        return x + dense(self.out, self.hidden(x))
 
 
 class MLP(eqx.Module):
@@ -98,4 +110,4 @@ class MLP(eqx.Module):
     def __call__(self, x: Float[Array, " i"]) -> Float[Array, " o"]:
         for layer in self.layers:
             x = layer(x)
-        return self.head(x)
+        return dense(self.head, x)
