@@ -212,6 +212,33 @@ def test_gmm_em_recovers_the_mixture_and_its_entropy(mixture):
     assert abs(float(gmm_entropy(gmm)) - mc) < 0.05, (float(gmm_entropy(gmm)), mc)
 
 
+def test_gmm_em_step_and_entropy_match_numpy(mixture):
+    """One EM step from the initial mixture, and the entropy H(w) + Σ w_k ½ log det(2πe Σ_k),
+    recomputed in NumPy (float64)."""
+    x = mixture[0][:500]
+    xj, key = jnp.asarray(x, jnp.float32), jax.random.key(3)
+    g0, g1 = (fit_gmm(xj, key, 3, iters) for iters in (0, 1))
+    w, mu, cov = (np.asarray(a, np.float64) for a in g0)
+    log_p = np.stack(
+        [np.log(w[k]) + np_log_pdf(x, mu[k], cov[k]) for k in range(3)], axis=1
+    )  # [n, k]
+    resp = np.exp(log_p - log_p.max(1, keepdims=True))
+    resp /= resp.sum(1, keepdims=True)
+    nk = resp.sum(0)
+    means = resp.T @ x / nk[:, None]
+    covs = np.stack(
+        [(resp[:, k, None] * (x - means[k])).T @ (x - means[k]) / nk[k] for k in range(3)]
+    ) + 1e-4 * np.eye(2)
+    np.testing.assert_allclose(g1.weights, nk / nk.sum(), rtol=1e-4)
+    np.testing.assert_allclose(g1.means, means, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g1.covs, covs, rtol=1e-3, atol=1e-6)
+    wn = nk / nk.sum()
+    want = -np.sum(wn * np.log(wn)) + sum(
+        wn[k] * 0.5 * np.linalg.slogdet(2 * np.pi * np.e * covs[k])[1] for k in range(3)
+    )
+    np.testing.assert_allclose(float(gmm_entropy(g1)), want, rtol=1e-5)
+
+
 def test_gmm_entropy_of_one_gaussian_is_exact():
     cov = np.array([[0.5, 0.2], [0.2, 0.3]])
     one = GMM(jnp.asarray([1.0, 0.0], jnp.float32), jnp.zeros((2, 2), jnp.float32),
