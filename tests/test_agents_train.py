@@ -42,7 +42,12 @@ TINY = {
             entropy_states=2,
             entropy_samples=16,
             gmm_iters=5,
-        )
+        ),
+        # the denoiser is scored per call of the chain and reset inside the compiled loop
+        reset="regrama",
+        reset_tau=0.5,
+        reset_period=50,
+        reset_networks=("critic", "actor"),
     ),
 }
 
@@ -64,6 +69,10 @@ def test_train_seeds_and_resume(agent, tmp_path):
     assert "train/critic_loss" in metrics
     event = {"bro": "train/full_reset", "dacer": "train/entropy_estimate"}[agent]
     assert event in metrics
+    if agent == "dacer":
+        rows = [r.split(",") for r in metrics.splitlines()[1:]]
+        resets = [float(v) for _, _, name, v in rows if name == "surgery/actor/reset"]
+        assert resets and all(np.isfinite(resets)) and max(resets) > 0
     resumed = agents.train(dataclasses.replace(config, steps=500), resume=True)
     assert resumed["env_steps"] == 500
     saved = json.loads((tmp_path / "config.json").read_text())["config"]
