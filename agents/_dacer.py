@@ -355,10 +355,11 @@ class DACER(ActorCriticNetworks):
     def surgery_targets(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
         """Critics and denoiser as a surgery step sees them.
 
-        The denoiser is called `diffusion_steps` times per action, so its target is one call per
-        (state, step) of a chain run without gradient, with the loss linearised in the calls'
+        The denoiser is called several times per action (`diffusion_steps` times by the DDPM
+        chain, 2·`ode_steps` + 1 times by the ODE sampler), so its target is one sample per
+        (state, call) of a sampler run without gradient, with the loss linearised in the calls'
         outputs: Σ ⟨ε̂, ∂L/∂ε̂⟩ / batch. Its gradient at every unit of every call equals that
-        call's share of the true gradient through the chain. Only the ddpm sampler has it.
+        call's share of the true gradient through the sampler.
         """
         from ._neurons import SurgeryTarget
 
