@@ -44,9 +44,8 @@ def body_shape(replay_ratio: float, cycle: int) -> tuple[int, int]:
 class Loop:
     """Per-seed functions for one agent, env and config; vmapped and jitted by the trainer."""
 
-    def __init__(self, agent, env, config, surgery: bool):
+    def __init__(self, agent, env, config):
         self.agent, self.env, self.config = agent, env, config
-        self.surgery = surgery
         self.cycle = agent.update_cycle
         self.env_per_body, self.updates_per_body = body_shape(config.replay_ratio, self.cycle)
 
@@ -118,16 +117,15 @@ class Loop:
                 batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
                 agent_state, event_metrics = scheduled(agent_state, batch, k_event, u)
                 metrics.update({k: [v] for k, v in event_metrics.items()})
-            if self.surgery:
-                key, k_batch, k_surgery = jax.random.split(key, 3)
-                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
-                agent_state, surgery_metrics, due = _maybe_surgery(
-                    agent, c, agent_state, batch, k_surgery, u, self.cycle
-                )
-                # surgery metrics exist only where a surgery step ran (NaN elsewhere)
-                nan = jnp.asarray(jnp.nan, jnp.float32)
-                for k, v in surgery_metrics.items():
-                    metrics[k] = [jnp.where(due, v.astype(jnp.float32), nan)]
+            # metric logging and resets (every reset_period updates, whatever `reset` is)
+            key, k_batch, k_surgery = jax.random.split(key, 3)
+            agent_state, surgery_metrics, due = _maybe_surgery(
+                agent, c, agent_state, ts.replay, k_batch, k_surgery, u, self.cycle
+            )
+            # surgery metrics exist only where a surgery step ran (NaN elsewhere)
+            nan = jnp.asarray(jnp.nan, jnp.float32)
+            for k, v in surgery_metrics.items():
+                metrics[k] = [jnp.where(due, v.astype(jnp.float32), nan)]
             ts = eqx.tree_at(lambda t: (t.agent, t.key), ts, (agent_state, key))
             return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
 
@@ -182,11 +180,17 @@ class Loop:
         return jnp.sum(jnp.where(done, ret, 0.0)) / count
 
 
-def _maybe_surgery(agent, config, agent_state, batch, key, u, cycle: int):
-    """Run `surgery_step` when the update count crossed a multiple of reset_period in this cycle."""
+def _maybe_surgery(agent, config, agent_state, replay, k_batch, key, u, cycle: int):
+    """Run `surgery_step` when the update count crossed a multiple of reset_period in this cycle.
+
+    Its replay batch is drawn inside the branch that runs, not on every update cycle."""
     period = config.reset_period
+
+    def step(s):
+        batch = replay_sample(replay, k_batch, agent.config.batch_size)
+        return surgery_step(agent, config, s, batch, key)
+
     due = (u // period) != ((u - cycle) // period)
-    step = lambda s: surgery_step(agent, config, s, batch, key)
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, agent_state)[1]
     )

@@ -129,7 +129,7 @@ class Trainer:
             self.envs += [make_env(c, c.num_envs, s) for s in seeds[1:]]
             self.eval_envs += [make_env(c, c.eval_episodes, s + 10_000) for s in seeds[1:]]
         self.agent = make_agent(c, env.observation_size, env.action_size)
-        self.loop = Loop(self.agent, env, c, surgery=True)
+        self.loop = Loop(self.agent, env, c)
         self.keys = jnp.stack([_seed_key(s) for s in seeds])
         n, per_body = c.num_envs, self.loop.env_per_body
         self.bodies = max(1, math.ceil(c.log_every / (n * per_body)))

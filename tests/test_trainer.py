@@ -232,7 +232,7 @@ def test_surgery_hook_runs_every_reset_period(monkeypatch):
     config = dataclasses.replace(BASE, seeds=(0,), reset_period=4, replay_ratio=2.0)
     env = agents.testing.PointMass(2, 20)
     agent = agents.SAC(config.sac, env.observation_size, env.action_size)
-    loop = agents._loop.Loop(agent, env, config, surgery=True)
+    loop = agents._loop.Loop(agent, env, config)
 
     @jax.jit
     def init(key):
