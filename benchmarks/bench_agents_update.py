@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from agents import Batch
 from agents._bro import BRO, BROConfig
 from agents._dacer import DACER, DACERConfig
-from agents._sac import _mean_loss_and_grad, _opt_update, _params
+from agents._sac import _mean_loss_and_grad, _opt_update, _params, critic_step
 
 
 def batch(key, size: int, obs: int, act: int) -> Batch:
@@ -64,10 +64,7 @@ def main() -> None:
     opt_c = bro._optimizers()[1]
 
     def critic_only(s, key):
-        _loss, grads = _mean_loss_and_grad(bro.critic_probe(s, b, key))
-        upd, opt = _opt_update(opt_c, grads, s.critic_opt, _params(s.critic))
-        return eqx.tree_at(lambda t: (t.critic, t.critic_opt), s,
-                           (eqx.apply_updates(s.critic, upd), opt))  # fmt: skip
+        return critic_step(opt_c, bro.critic_probe(s, b, key), s)[0]
 
     width = f"width {args.bro_width}, 100 quantiles, batch 128"
     timed(f"BRO critic update ({width})", critic_only, state, args.iters)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from agents import Batch
 from agents._bro import (
     ADJUST_LOG_MAX,
     ADJUST_LOG_MIN,
@@ -20,6 +19,7 @@ from agents._bro import (
     grama_preset,
     quantile_huber,
 )
+from tests._batches import random_batch
 
 CFG = BROConfig(batch_size=4, critic_width=8, actor_width=6, n_quantiles=5, gamma=0.9, tau=0.25)
 
@@ -46,10 +46,7 @@ def state(seeds):
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-    terminated = jnp.asarray([0.0, 1.0, 0.0, 1.0], jnp.float32)
-    return Batch(f(4, 3), jnp.tanh(f(4, 2)), f(4), f(4, 3), terminated)
+    return random_batch([0.0, 1.0, 0.0, 1.0])
 
 
 @pytest.fixture(scope="module")

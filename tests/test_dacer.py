@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from agents import Batch, NetworkConfig
+from agents import NetworkConfig
 from agents._dacer import DACER, DACERConfig
 from agents._diffusion import (
     ddpm_sample,
@@ -22,6 +22,7 @@ from agents._diffusion import (
 )
 from agents._gmm import GMM, fit_gmm, gmm_entropy
 from agents.networks import sinusoidal_embedding
+from tests._batches import random_batch
 
 #: tests compile more than they run: less LLVM optimisation, same programs
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -254,10 +255,7 @@ def dacer():
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-    terminated = jnp.asarray([0.0, 1.0, 0.0, 0.0], jnp.float32)
-    return Batch(f(4, 3), jnp.tanh(f(4, 2)), f(4), f(4, 3), terminated)
+    return random_batch([0.0, 1.0, 0.0, 0.0])
 
 
 @pytest.fixture(scope="module")

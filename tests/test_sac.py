@@ -10,6 +10,7 @@ import pytest
 
 import agents
 from agents import SAC, Batch, NetworkConfig, SACConfig
+from tests._batches import random_batch
 
 NET = NetworkConfig(width=8, depth=1)
 
@@ -37,10 +38,7 @@ def state(sac):
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.default_rng(0)
-    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-    terminated = jnp.asarray([0.0, 1.0, 0.0, 1.0], jnp.float32)
-    return Batch(f(4, 3), jnp.tanh(f(4, 2)), f(4), f(4, 3), terminated)
+    return random_batch([0.0, 1.0, 0.0, 1.0])
 
 
 def test_squashed_gaussian_log_prob_matches_numpy():
