@@ -10,6 +10,8 @@ import pytest
 
 import agents
 from agents import SAC, Batch, NetworkConfig, SACConfig
+from agents._mlp import Dense
+from agents._sac import twin_q, twin_q_unrolled
 from tests._batches import random_batch
 
 NET = NetworkConfig(width=8, depth=1)
@@ -18,8 +20,8 @@ NET = NetworkConfig(width=8, depth=1)
 def np_mlp(mlp: agents.MLP, x: np.ndarray, act=lambda h: np.maximum(h, 0.0)) -> np.ndarray:
     """Forward pass of a plain MLP in NumPy (float64), from its weights."""
     for layer in mlp.layers:
-        x = act(x @ np.asarray(layer.linear.weight, np.float64).T + np.asarray(layer.linear.bias))
-    return x @ np.asarray(mlp.head.weight, np.float64).T + np.asarray(mlp.head.bias)
+        x = act(x @ np.asarray(layer.linear.weight, np.float64) + np.asarray(layer.linear.bias))
+    return x @ np.asarray(mlp.head.weight, np.float64) + np.asarray(mlp.head.bias)
 
 
 def member(tree, i):
@@ -139,7 +141,7 @@ def test_alpha_moves_towards_target_entropy(sac, state, updated):
 
 def test_twin_critics_are_stacked_and_differ(state):
     w = state.critic.net.layers[0].linear.weight
-    assert w.shape == (2, 8, 5)
+    assert w.shape == (2, 5, 8)  # members, inputs (obs 3 + actions 2), units
     assert not np.allclose(w[0], w[1])
 
 
@@ -150,7 +152,7 @@ def test_network_options(activation, layer_norm, residual):
     mlp = agents.MLP(3, 2, cfg, key=jax.random.key(0))
     out = mlp(jnp.ones(3))
     assert out.shape == (2,) and bool(jnp.all(jnp.isfinite(out)))
-    n_linear = sum(isinstance(x, eqx.nn.Linear) for x in jax.tree.leaves(mlp, is_leaf=lambda x: isinstance(x, eqx.nn.Linear)))  # fmt: skip
+    n_linear = sum(isinstance(x, Dense) for x in jax.tree.leaves(mlp, is_leaf=lambda x: isinstance(x, Dense)))  # fmt: skip
     assert n_linear == (1 + 2 * 2 + 1 if residual else 2 + 1)
 
 
@@ -188,3 +190,43 @@ def test_replay_buffer_wraps_and_samples():
     sample = agents.replay_sample(r, jax.random.key(0), 64)
     assert set(np.asarray(sample.reward).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     np.testing.assert_array_equal(np.asarray(sample.obs[:, 0]), np.asarray(sample.reward))
+
+
+def test_dense_is_linear_transposed():
+    """Same function as eqx.nn.Linear with the weight stored (in, out), same initial bounds."""
+    layer = Dense(300, 7, key=jax.random.key(0))
+    assert layer.weight.shape == (300, 7) and layer.bias.shape == (7,)
+    bound = 1 / np.sqrt(300)
+    for p in (layer.weight, layer.bias):
+        p = np.asarray(p)
+        assert np.all(np.abs(p) <= bound) and np.abs(p).max() > 0.9 * bound
+    # U(-b, b) has standard deviation b/√3
+    assert np.std(np.asarray(layer.weight)) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    x = np.random.default_rng(0).normal(size=(4, 300))
+    expected = x @ np.asarray(layer.weight, np.float64) + np.asarray(layer.bias, np.float64)
+    got = jax.vmap(layer)(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unrolled_twin_q_matches_stacked_values_and_gradients(state):
+    """The update's member-by-member form: the same Q values and parameter gradients as the
+    stacked form, and each member's gradient only from its own output."""
+    rng = np.random.default_rng(3)
+    obs, action = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), jnp.asarray(rng.uniform(-1, 1, (6, 2)), jnp.float32)  # fmt: skip
+    q_stacked = jax.vmap(twin_q, in_axes=(None, 0, 0))(state.critic, obs, action)
+    q_unrolled = jax.vmap(twin_q_unrolled, in_axes=(None, 0, 0))(state.critic, obs, action)
+    np.testing.assert_allclose(np.asarray(q_unrolled), np.asarray(q_stacked), rtol=1e-6, atol=1e-6)
+    for i in range(2):
+        x = np.concatenate([np.asarray(obs), np.asarray(action)], 1)
+        np.testing.assert_allclose(np.asarray(q_unrolled[:, i]), np_mlp(member(state.critic, i).net, x)[:, 0], rtol=1e-4, atol=1e-5)  # fmt: skip
+
+    def loss(fn, critic):  # weights 1 and 3 on the two members
+        q = jax.vmap(fn, in_axes=(None, 0, 0))(critic, obs, action)
+        return jnp.sum(q[:, 0] + 3.0 * q[:, 1] ** 2)
+
+    g_stacked = eqx.filter_grad(lambda c: loss(twin_q, c))(state.critic)
+    g_unrolled = eqx.filter_grad(lambda c: loss(twin_q_unrolled, c))(state.critic)
+    for a, b in zip(jax.tree.leaves(g_unrolled), jax.tree.leaves(g_stacked), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # the head bias gradient of member 0 is the number of samples (dq/db = 1, weight 1)
+    assert float(g_unrolled.net.head.bias[0, 0]) == pytest.approx(6.0)
