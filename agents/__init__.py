@@ -33,6 +33,7 @@ from ._sac import Critic as Critic
 from ._sac import Probe as Probe
 from ._sac import SACConfig as SACConfig
 from ._sac import SACState as SACState
+from ._sac import TwinCritic as TwinCritic
 from ._sac import squashed_gaussian as squashed_gaussian
 from ._sinks import ConsoleSink as ConsoleSink
 from ._sinks import CSVSink as CSVSink

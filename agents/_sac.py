@@ -95,6 +95,27 @@ class Critic(eqx.Module):
         return self.net(jnp.concatenate([obs, action]))[0]
 
 
+class TwinCritic(eqx.Module):
+    """The twin critics: two `Critic`s, each its own network (not stacked on a member axis).
+
+    Under `vmap` over a batch each member's layers lower to plain matrix products, the ones
+    Brax's SAC runs: a `vmap` over stacked members gives batched products, and a CPU runs those
+    and their gradients ~10 % slower; slicing stacked parameters apart inside the update costs
+    a copy of every weight and gradient instead. A surgery step reads each member's layers as
+    their own groups (`members[0].net.layers[0].linear`, …).
+    """
+
+    members: tuple[Critic, ...]
+
+    def __init__(self, obs_size: int, action_size: int, config: NetworkConfig,
+                 key: PRNGKeyArray, n: int = 2):  # fmt: skip
+        keys = jax.random.split(key, n)
+        self.members = tuple(Critic(obs_size, action_size, config, k) for k in keys)
+
+    def __call__(self, obs: Float[Array, " o"], action: Float[Array, " a"]) -> Float[Array, " n"]:
+        return jnp.stack([c(obs, action) for c in self.members])
+
+
 class Actor(eqx.Module):
     """Tanh-Gaussian policy: mean and log σ (squashed into [LOG_STD_MIN, LOG_STD_MAX])."""
 
@@ -130,8 +151,8 @@ class SACState(eqx.Module):
     """Everything SAC learns or counts; a pytree (vmappable over seeds, serialisable)."""
 
     actor: Actor
-    critic: Critic  # two members stacked on a leading axis
-    target_critic: Critic
+    critic: TwinCritic
+    target_critic: TwinCritic
     log_alpha: Float[Array, ""]
     actor_opt: optax.OptState
     critic_opt: optax.OptState
@@ -143,27 +164,9 @@ def _params(model: Any) -> Any:
     return eqx.filter(model, eqx.is_array)
 
 
-def twin_q(critic: Critic, obs: Array, action: Array) -> Float[Array, " 2"]:
-    """Both critics' Q(s, a) for one sample, as one function over the stacked members (the view
-    a surgery step traces: each unit of a layer carries the member axis)."""
-    return eqx.filter_vmap(lambda c: c(obs, action))(critic)
-
-
-def twin_q_unrolled(critic: Critic, obs: Array, action: Array) -> Float[Array, " 2"]:
-    """`twin_q`, computed member by member: the losses of an update use this form.
-
-    Under `vmap` over a batch each member becomes its own chain of plain matrix products; the
-    `vmap` over members of `twin_q` becomes batched products, and a CPU runs those and their
-    gradients ~10 % slower. The members are taken apart with `split`, whose gradient puts them
-    back together by one concatenation (indexing `x[i]` would pad each gradient to the stacked
-    shape and add them).
-    """
-    params, static = eqx.partition(critic, eqx.is_array)
-    leaves, treedef = jax.tree.flatten(params)
-    n = leaves[0].shape[0]
-    parts = [jnp.split(x, n) for x in leaves]  # parts[leaf][member], each with a leading 1
-    members = [jax.tree.unflatten(treedef, [p[i][0] for p in parts]) for i in range(n)]
-    return jnp.stack([eqx.combine(m, static)(obs, action) for m in members])
+def twin_q(critic: TwinCritic, obs: Array, action: Array) -> Float[Array, " 2"]:
+    """Both critics' Q(s, a) for one sample."""
+    return critic(obs, action)
 
 
 class ActorCriticNetworks:
@@ -212,7 +215,7 @@ class SAC(ActorCriticNetworks):
         c, o, a = self.config, self.obs_size, self.action_size
         k_actor, k_critic = jax.random.split(key)
         actor = Actor(o, a, c.actor, k_actor)
-        critic = eqx.filter_vmap(lambda k: Critic(o, a, c.critic, k))(jax.random.split(k_critic, 2))
+        critic = TwinCritic(o, a, c.critic, k_critic)
         log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
         opt_a, opt_c, opt_t = self._optimizers()
         return SACState(
@@ -239,7 +242,7 @@ class SAC(ActorCriticNetworks):
         """Twin-critic TD loss per sample; the soft target is computed here (no gradient)."""
         noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
         next_action, next_logp = jax.vmap(state.actor.sample)(batch.next_obs, noise)
-        next_q = jax.vmap(twin_q_unrolled, in_axes=(None, 0, 0))(
+        next_q = jax.vmap(twin_q, in_axes=(None, 0, 0))(
             state.target_critic, batch.next_obs, next_action
         )
         alpha = jnp.exp(state.log_alpha)
@@ -248,7 +251,7 @@ class SAC(ActorCriticNetworks):
         target = jax.lax.stop_gradient(target)
 
         def loss(critic: Critic, obs: Array, action: Array, y: Array) -> Array:
-            return jnp.sum((twin_q_unrolled(critic, obs, action) - y) ** 2)
+            return jnp.sum((twin_q(critic, obs, action) - y) ** 2)
 
         return Probe(state.critic, (batch.obs, batch.action, target), loss)
 
@@ -260,7 +263,7 @@ class SAC(ActorCriticNetworks):
 
         def loss(actor: Actor, obs: Array, eps: Array) -> Array:
             action, logp = actor.sample(obs, eps)
-            return alpha * logp - jnp.min(twin_q_unrolled(critic, obs, action))
+            return alpha * logp - jnp.min(twin_q(critic, obs, action))
 
         return Probe(state.actor, (batch.obs, noise), loss)
 
@@ -287,7 +290,7 @@ class SAC(ActorCriticNetworks):
 
         def actor_loss(out: tuple[Array, Array]) -> Array:
             action, logp = jax.vmap(squashed_gaussian)(out[0], out[1], noise)
-            q = jax.vmap(twin_q_unrolled, in_axes=(None, 0, 0))(frozen_critic, batch.obs, action)
+            q = jax.vmap(twin_q, in_axes=(None, 0, 0))(frozen_critic, batch.obs, action)
             return jnp.mean(alpha * logp - jnp.min(q, axis=-1))
 
         actor = SurgeryTarget(state.actor, Actor.distribution, (batch.obs,), actor_loss)
@@ -298,7 +301,7 @@ class SAC(ActorCriticNetworks):
         c, o, a = self.config, self.obs_size, self.action_size
         if name == "actor":
             return Actor(o, a, c.actor, key)
-        return eqx.filter_vmap(lambda k: Critic(o, a, c.critic, k))(jax.random.split(key, 2))
+        return TwinCritic(o, a, c.critic, key)
 
     def networks(self, state: SACState) -> dict[str, Any]:
         """The parameters a finiteness check or a surgery step looks at, by network name."""

@@ -11,7 +11,7 @@ import pytest
 import agents
 from agents import SAC, Batch, NetworkConfig, SACConfig
 from agents._mlp import Dense
-from agents._sac import twin_q, twin_q_unrolled
+from agents._sac import TwinCritic, twin_q
 from tests._batches import random_batch
 
 NET = NetworkConfig(width=8, depth=1)
@@ -24,8 +24,8 @@ def np_mlp(mlp: agents.MLP, x: np.ndarray, act=lambda h: np.maximum(h, 0.0)) -> 
     return x @ np.asarray(mlp.head.weight, np.float64) + np.asarray(mlp.head.bias)
 
 
-def member(tree, i):
-    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, tree)
+def member(critic: TwinCritic, i: int):
+    return critic.members[i]
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,10 @@ def test_alpha_moves_towards_target_entropy(sac, state, updated):
     assert np.sign(step) == np.sign(sac.target_entropy - float(m0["entropy"]))
 
 
-def test_twin_critics_are_stacked_and_differ(state):
-    w = state.critic.net.layers[0].linear.weight
-    assert w.shape == (2, 5, 8)  # members, inputs (obs 3 + actions 2), units
-    assert not np.allclose(w[0], w[1])
+def test_twin_critics_are_two_networks_that_differ(state):
+    w0, w1 = (c.net.layers[0].linear.weight for c in state.critic.members)
+    assert w0.shape == w1.shape == (5, 8)  # inputs (obs 3 + actions 2), units
+    assert not np.allclose(w0, w1)
 
 
 @pytest.mark.parametrize("activation", sorted(agents.ACTIVATIONS))
@@ -208,25 +208,22 @@ def test_dense_is_linear_transposed():
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_unrolled_twin_q_matches_stacked_values_and_gradients(state):
-    """The update's member-by-member form: the same Q values and parameter gradients as the
-    stacked form, and each member's gradient only from its own output."""
+def test_twin_q_values_and_gradients_per_member(state):
+    """Each member's Q from its own network (NumPy forward pass), and each member's gradient
+    only from its own output."""
     rng = np.random.default_rng(3)
     obs, action = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), jnp.asarray(rng.uniform(-1, 1, (6, 2)), jnp.float32)  # fmt: skip
-    q_stacked = jax.vmap(twin_q, in_axes=(None, 0, 0))(state.critic, obs, action)
-    q_unrolled = jax.vmap(twin_q_unrolled, in_axes=(None, 0, 0))(state.critic, obs, action)
-    np.testing.assert_allclose(np.asarray(q_unrolled), np.asarray(q_stacked), rtol=1e-6, atol=1e-6)
+    q = jax.vmap(twin_q, in_axes=(None, 0, 0))(state.critic, obs, action)
+    x = np.concatenate([np.asarray(obs), np.asarray(action)], 1)
     for i in range(2):
-        x = np.concatenate([np.asarray(obs), np.asarray(action)], 1)
-        np.testing.assert_allclose(np.asarray(q_unrolled[:, i]), np_mlp(member(state.critic, i).net, x)[:, 0], rtol=1e-4, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(q[:, i]), np_mlp(member(state.critic, i).net, x)[:, 0], rtol=1e-4, atol=1e-5)  # fmt: skip
 
-    def loss(fn, critic):  # weights 1 and 3 on the two members
-        q = jax.vmap(fn, in_axes=(None, 0, 0))(critic, obs, action)
-        return jnp.sum(q[:, 0] + 3.0 * q[:, 1] ** 2)
+    def loss(critic):  # member 0 enters linearly, member 1 not at all
+        return jnp.sum(jax.vmap(twin_q, in_axes=(None, 0, 0))(critic, obs, action)[:, 0])
 
-    g_stacked = eqx.filter_grad(lambda c: loss(twin_q, c))(state.critic)
-    g_unrolled = eqx.filter_grad(lambda c: loss(twin_q_unrolled, c))(state.critic)
-    for a, b in zip(jax.tree.leaves(g_unrolled), jax.tree.leaves(g_stacked), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    # the head bias gradient of member 0 is the number of samples (dq/db = 1, weight 1)
-    assert float(g_unrolled.net.head.bias[0, 0]) == pytest.approx(6.0)
+    g = eqx.filter_grad(loss)(state.critic)
+    assert float(g.members[0].net.head.bias[0]) == pytest.approx(6.0)  # dq/db = 1 per sample
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g.members[1]))
+    h = np.maximum(x @ np.asarray(member(state.critic, 0).net.layers[0].linear.weight, np.float64)
+                   + np.asarray(member(state.critic, 0).net.layers[0].linear.bias), 0.0)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(g.members[0].net.head.weight[:, 0]), h.sum(0), rtol=1e-4, atol=1e-5)  # fmt: skip

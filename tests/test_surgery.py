@@ -42,7 +42,7 @@ def test_scores_of_every_metric_are_logged_per_network_and_layer():
         for metric in ("grama", "grama_act", "grama_weight", "dormant"):
             assert f"surgery/{net}/{metric}" in metrics
     layers = [k for k in metrics if k.startswith("surgery/critic/grama/")]
-    assert len(layers) == config.sac.critic.depth  # one entry per hidden layer
+    assert len(layers) == 2 * config.sac.critic.depth  # one entry per hidden layer of each twin
     assert not any("/reset" in k for k in metrics)
     for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -66,7 +66,8 @@ def test_resets_only_inside_the_window():
     new, metrics = _step(agent, config, state, batch)
     assert float(metrics["surgery/critic/reset"]) > 0
     assert not np.array_equal(
-        new.critic.net.layers[0].linear.weight, state.critic.net.layers[0].linear.weight
+        new.critic.members[0].net.layers[0].linear.weight,
+        state.critic.members[0].net.layers[0].linear.weight,
     )
     np.testing.assert_array_equal(
         new.actor.net.layers[0].linear.weight, state.actor.net.layers[0].linear.weight
@@ -85,5 +86,8 @@ def test_training_with_regrama_logs_and_resets(tmp_path):
     summary = agents.train(config)
     assert summary["updates"] > 0
     text = (tmp_path / "run" / "metrics.csv").read_text()
-    assert "surgery/critic/reset" in text and "surgery/critic/grama/net.layers[0].linear" in text
+    assert (
+        "surgery/critic/reset" in text
+        and "surgery/critic/grama/members[1].net.layers[0].linear" in text
+    )
     assert (tmp_path / "run" / "inactive.png").exists()

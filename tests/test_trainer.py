@@ -158,7 +158,7 @@ def _poisoned_copy(full_run, tmp_path, network: str) -> TrainConfig:
     ckpt = run_dir / "checkpoint.ckpt"
     state, header = agents.load_checkpoint(ckpt, template)
     where = {
-        "critic": lambda t: t.agent.critic.net.head.weight,
+        "critic": lambda t: t.agent.critic.members[0].net.head.weight,
         "actor": lambda t: t.agent.actor.net.head.weight,
     }[network]
     state = eqx.tree_at(where, state, replace_fn=lambda w: w.at[0, 0].set(jnp.nan))
@@ -190,7 +190,7 @@ def test_checkpoint_roundtrip_is_complete(full_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # optimizer states, targets, temperature, replay, keys and counters all travel
     assert int(state.agent.updates[0]) == 400 and int(state.replay.size[0]) == 1000
-    assert not np.array_equal(state.agent.critic.net.head.weight, state.agent.target_critic.net.head.weight)  # fmt: skip
+    assert not np.array_equal(state.agent.critic.members[0].net.head.weight, state.agent.target_critic.members[0].net.head.weight)  # fmt: skip
     assert not os.path.exists(str(path) + ".tmp")
 
 
