@@ -40,6 +40,12 @@ How it is timed:
 
 Targets: ours ≥ 1.0× Brax's env-steps/s at 8 updates per step, ≥ 1.5× at 1 update per step.
 
+The compute bound, printed after the table: the operations of one update (XLA's cost analysis of
+a critic step and an actor-and-temperature step) and this machine's best rate for chains of
+256×256 float32 products (what 256-wide layers on a batch of 256 are made of). Both sides run
+the same operations per update, so the time of an update at that rate, against Brax's measured
+time per update, caps the ratio any implementation of the same SAC could reach here.
+
     MUJOCO_GL=disable python benchmarks/bench_sac_vs_brax.py \\
         [--env playground/CartpoleSwingup] [--num-envs 64] [--updates-per-step 1 8] \\
         [--round-updates 128] [--rounds 16] [--reset-period 512]
@@ -59,10 +65,64 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from agents import TrainConfig, Trainer
 
 TARGETS = {1: 1.5, 8: 1.0}
+
+
+def _flops(fn, *args) -> float:
+    """Floating-point operations of one call of `fn`, from XLA's cost analysis."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def update_flops(agent: Any) -> float:
+    """Operations of one SAC update, averaged over the policy-delay cycle: one critic step (with
+    the soft target update) and, on average, one actor-and-temperature step. Counted per step,
+    since XLA's cost analysis counts a loop body once."""
+    from agents import Batch
+    from agents._sac import actor_and_alpha_step
+
+    b, o, a = agent.config.batch_size, agent.obs_size, agent.action_size
+    batch = Batch(
+        jnp.zeros((b, o)), jnp.zeros((b, a)), jnp.zeros(b), jnp.zeros((b, o)), jnp.zeros(b)
+    )
+    state, key = agent.init(jax.random.key(0)), jax.random.key(1)
+    opt_a, _, opt_t = agent._optimizers()
+    critic = _flops(lambda s, bt, k: agent.update(s, bt, k, 1), state, batch, key)
+    actor = _flops(lambda s, bt, k: actor_and_alpha_step(agent, s, bt, k, opt_a, opt_t), state, batch, key)  # fmt: skip
+    return critic + actor
+
+
+def matmul_rate(width: int = 256, reps: int = 5) -> float:
+    """This machine's best rate (FLOP/s) for the products a network of this width is made of:
+    a compiled chain of `width`×`width` by `width`×`width` float32 products (with a tanh between
+    them), two chains side by side so both cores can work, best of `reps` runs.
+
+    Every product of an update is this size or smaller (batch 256, width 256), and half of them
+    contract over the batch (weight gradients), which runs slower: an update cannot run faster
+    than its operation count at this rate.
+    """
+    steps = max(2, int(2e9 / (4 * width**3)))
+    xs = tuple(jax.random.normal(jax.random.key(i), (width, width)) / width**0.5 for i in range(2))
+
+    def chain(xs):
+        def body(c, _):
+            return tuple(jnp.tanh(x @ x) for x in c), None
+
+        return jax.lax.scan(body, xs, None, length=steps)[0]
+
+    f = jax.jit(chain).lower(xs).compile()
+    jax.block_until_ready(f(xs))
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(xs))
+        best = min(best, time.perf_counter() - t0)
+    return 4 * width**3 * steps / best
 
 
 class Ours:
@@ -156,6 +216,7 @@ def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
     pair_ratios = sorted(b / o for b, o in zip(brax_times[2:], ours.times[1:], strict=True))
     updates = vec_steps * rr
     return {
+        "update_flops": update_flops(ours.trainer.agent),
         "updates_per_step": rr,
         "env_steps_per_round": vec_steps * n,
         "updates_per_round": updates,
@@ -237,6 +298,21 @@ def main() -> None:
                 f"target at {r['updates_per_step']} update(s) per env step: ours ≥ {target}× "
                 f"Brax; measured {r['ratio']:.2f}× — {verdict}"
             )
+    # The compute bound: both sides run the same arithmetic per update (Brax's also samples an
+    # action for its α loss); no implementation of it beats the machine's matrix-product rate.
+    rate = matmul_rate()
+    print()
+    print(f"compute bound: {rate / 1e9:.0f} GFLOP/s for chains of 256×256 float32 products here")
+    for r in results:
+        flops = r["update_flops"]
+        brax_s = 1.0 / r["brax_updates_per_s"]
+        print(
+            f"  {r['updates_per_step']} update(s)/env step: {flops / 1e6:.0f} MFLOP per update; "
+            f"ours runs {flops * r['ours_updates_per_s'] / 1e9:.0f} GFLOP/s, Brax "
+            f"{flops / brax_s / 1e9:.0f}; an update at the bound takes {1e3 * flops / rate:.2f} ms "
+            f"vs Brax's {1e3 * brax_s:.2f} ms per update → at most {brax_s * rate / flops:.2f}× Brax "
+            "with nothing else in the loop"
+        )
 
 
 if __name__ == "__main__":
