@@ -155,7 +155,7 @@ def main() -> None:
     for task in scaling:
         domain, name = task.split("-", 1)
         one = bench_native(domain, name, seconds)[0]
-        for n in (16, 64):
+        for n in (16, 64, 256):
             k = -(-n // cores)
             pool, pool_cpu = bench_dmc(f"dmc/{task}", n, seconds, num_workers=cores)
             native, native_cpu = bench_native(domain, name, seconds, copies=k)
