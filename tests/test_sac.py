@@ -193,8 +193,11 @@ def test_replay_buffer_wraps_and_samples():
 
 
 def test_dense_is_linear_transposed():
-    """Same function as eqx.nn.Linear with the weight stored (in, out), same initial bounds."""
+    """Same function as eqx.nn.Linear with the weight stored (in, out), same initial values."""
     layer = Dense(300, 7, key=jax.random.key(0))
+    linear = eqx.nn.Linear(300, 7, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(layer.weight), np.asarray(linear.weight).T)
+    np.testing.assert_array_equal(np.asarray(layer.bias), np.asarray(linear.bias))
     assert layer.weight.shape == (300, 7) and layer.bias.shape == (7,)
     bound = 1 / np.sqrt(300)
     for p in (layer.weight, layer.bias):
