@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_fields
 from ._sac import (
     Batch,
     Probe,
@@ -94,23 +95,16 @@ class BROConfig:
         return cls(critic_width=256, actor_width=256, actor_lr=1e-4, critic_lr=1e-3)
 
     def validate(self) -> None:
-        if not 0 <= self.tau <= 1:
-            raise ValueError(f"bro.tau must be in [0, 1], got {self.tau}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"bro.gamma must be in [0, 1], got {self.gamma}")
+        positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "kappa", "init_optimism")
+        positive += ("init_kl_weight", "adjust_lr", "std_multiplier")
+        check_fields(
+            self, "bro", unit=("tau", "gamma"),
+            at_least_one=("batch_size", "critic_width", "actor_width", "n_quantiles"),
+            positive=positive, non_negative=("weight_decay", "kl_target"),
+        )  # fmt: skip
         for name in ("critic_blocks", "actor_blocks"):
             if not 1 <= getattr(self, name) <= 4:
                 raise ValueError(f"bro.{name} must be in 1..4, got {getattr(self, name)}")
-        for name in ("batch_size", "critic_width", "actor_width", "n_quantiles"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"bro.{name} must be >= 1, got {getattr(self, name)}")
-        positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "kappa", "init_optimism")
-        positive += ("init_kl_weight", "adjust_lr", "std_multiplier")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"bro.{name} must be > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.kl_target < 0:
-            raise ValueError("bro.weight_decay and bro.kl_target must be >= 0")
         for name in ("init_optimism", "init_kl_weight"):
             if not ADJUST_LOG_MIN < math.log(getattr(self, name)) < ADJUST_LOG_MAX:
                 raise ValueError(

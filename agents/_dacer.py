@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_fields
 from ._diffusion import (
     VARIANCES,
     VPSchedule,
@@ -118,21 +119,15 @@ class DACERConfig:
             raise ValueError(
                 f"dacer.ddpm_variance must be one of {VARIANCES}, got {self.ddpm_variance!r}"
             )
-        if not 0 <= self.tau <= 1 or not 0 <= self.gamma <= 1:
-            raise ValueError("dacer.tau and dacer.gamma must be in [0, 1]")
         ints = ("batch_size", "policy_delay", "denoiser_width", "denoiser_depth")
         ints += ("diffusion_steps", "ode_steps", "entropy_every", "entropy_states")
         ints += ("entropy_samples", "gmm_components", "gmm_iters")
-        for name in ints:
-            if getattr(self, name) < 1:
-                raise ValueError(f"dacer.{name} must be >= 1, got {getattr(self, name)}")
         floats = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "reward_scale")
         floats += ("beta_min", "beta_max", "target_clip")
-        for name in floats:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"dacer.{name} must be > 0, got {getattr(self, name)}")
-        if self.noise_scale < 0:
-            raise ValueError(f"dacer.noise_scale must be >= 0, got {self.noise_scale}")
+        check_fields(
+            self, "dacer", unit=("tau", "gamma"), at_least_one=ints, positive=floats,
+            non_negative=("noise_scale",),
+        )  # fmt: skip
         if self.entropy_states > self.batch_size:
             raise ValueError("dacer.entropy_states must be <= dacer.batch_size")
         self.critic.validate("dacer.critic")

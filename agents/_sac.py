@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_fields
 from ._mlp import MLP, NetworkConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -51,16 +52,10 @@ class SACConfig:
     """Critic network (each of the two)."""
 
     def validate(self) -> None:
-        if self.tau < 0 or self.tau > 1:
-            raise ValueError(f"sac.tau must be in [0, 1], got {self.tau}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"sac.gamma must be in [0, 1], got {self.gamma}")
-        for name in ("batch_size", "policy_delay"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sac.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"sac.{name} must be > 0, got {getattr(self, name)}")
+        check_fields(
+            self, "sac", unit=("tau", "gamma"), at_least_one=("batch_size", "policy_delay"),
+            positive=("actor_lr", "critic_lr", "alpha_lr", "init_alpha"),
+        )  # fmt: skip
         self.actor.validate("sac.actor")
         self.critic.validate("sac.critic")
 
