@@ -1,7 +1,8 @@
 """Wall time of SAC training with 8 vmapped seeds vs 1 seed (target: ≤ 2.5× the 1-seed time).
 
 Times the compiled training segments after compilation (compile time reported apart), with the
-paper's SAC networks (256×2) and batch 256, one update per env step.
+paper's SAC networks (256×2) and batch 256, one update per env step. The 1-seed and the 8-seed
+trainer alternate segment by segment, so both see the same machine load.
 
     python benchmarks/bench_sac_seeds.py [--env test/point-mass] [--steps 4000] [--seeds 8]
 """
@@ -11,36 +12,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 
 import jax
+from _timing import SegmentTimer
 
 from agents import SACConfig, TrainConfig, Trainer
 
 
-def measure(config: TrainConfig, segments: int) -> dict[str, float]:
-    trainer = Trainer(config)
-    ts = trainer.initial_state()
-    ts, _, _ = trainer.segment(ts, 0, False)  # warm-up fills the buffer
-    t0 = time.perf_counter()
-    ts, _, _ = trainer.segment(ts, 0, True)  # compiles, then runs once
-    jax.block_until_ready(ts)
-    first = time.perf_counter() - t0
-    updates = trainer.bodies * trainer.loop.updates_per_body
-    t0 = time.perf_counter()
-    for i in range(segments):
-        ts, _, _ = trainer.segment(ts, (i + 1) * updates, True)
-    jax.block_until_ready(ts)
-    wall = time.perf_counter() - t0
-    steps = segments * trainer.segment_env_steps
+def summary(timer: SegmentTimer, seeds: int) -> dict[str, float]:
+    wall, segments = sum(timer.times), len(timer.times)
+    steps = segments * timer.env_steps_per_segment
     return {
-        "seeds": len(config.seeds),
-        "compile_s": trainer.compile_s,
-        "first_segment_s": first,
+        "seeds": seeds,
+        "compile_s": timer.compile_s,
+        "first_segment_s": timer.first_s,
         "wall_s": wall,
         "env_steps_per_seed": steps,
-        "env_steps_per_s_all_seeds": steps * len(config.seeds) / wall,
-        "updates_per_s_all_seeds": segments * updates * len(config.seeds) / wall,
+        "env_steps_per_s_all_seeds": steps * seeds / wall,
+        "updates_per_s_all_seeds": segments * timer.updates_per_segment * seeds / wall,
     }
 
 
@@ -67,8 +56,16 @@ def main() -> None:
         sac=SACConfig(actor=net, critic=net),
     )
     segments = max(1, args.steps // args.segment)
-    one = measure(dataclasses.replace(base, seeds=(0,)), segments)
-    many = measure(dataclasses.replace(base, seeds=tuple(range(args.seeds))), segments)
+    timers = {
+        1: SegmentTimer(Trainer(dataclasses.replace(base, seeds=(0,)))),
+        args.seeds: SegmentTimer(
+            Trainer(dataclasses.replace(base, seeds=tuple(range(args.seeds))))
+        ),
+    }
+    for _ in range(segments):  # alternate: both see the same load
+        for timer in timers.values():
+            timer.times.append(timer.step())
+    one, many = (summary(t, n) for n, t in timers.items())
     ratio = many["wall_s"] / one["wall_s"]
     print(json.dumps({"device": str(jax.devices()[0]), "env": args.env, "one": one,
                       "many": many, "wall_ratio": ratio}, indent=2))  # fmt: skip

@@ -1,8 +1,8 @@
 """SAC training throughput on one task: env-steps/s, updates/s and compile time.
 
-The setting of the planned side-by-side comparison with Brax's SAC trainer (this side only):
-paper networks (256×2), batch 256, `--num-envs` environments, `--replay-ratio` updates per
-vectorised env step.
+The setting of the side-by-side comparison with Brax's SAC trainer (`bench_sac_vs_brax.py`),
+this side alone and without resets: paper networks (256×2), batch 256, `--num-envs`
+environments, `--replay-ratio` updates per vectorised env step.
 
     MUJOCO_GL=disable python benchmarks/bench_sac_throughput.py \\
         [--env playground/CartpoleSwingup] [--num-envs 64] [--replay-ratio 1 8] [--segments 3]
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
+from _timing import SegmentTimer
 
 from agents import TrainConfig, Trainer
 
@@ -31,30 +31,18 @@ def measure(env: str, num_envs: int, replay_ratio: float, segments: int, log_eve
         progress=False,
         sinks=(),
     )
-    trainer = Trainer(config)
-    ts = trainer.initial_state()
-    ts, _, _ = trainer.segment(ts, 0, False)
-    compile_before = trainer.compile_s
-    t0 = time.perf_counter()
-    ts, _, _ = trainer.segment(ts, 0, True)
-    jax.block_until_ready(ts)
-    compile_s = trainer.compile_s - compile_before
-    first = time.perf_counter() - t0 - compile_s
-    per_segment = trainer.bodies * trainer.loop.updates_per_body
-    t0 = time.perf_counter()
-    for i in range(segments):
-        ts, _, _ = trainer.segment(ts, (i + 1) * per_segment, True)
-    jax.block_until_ready(ts)
-    wall = time.perf_counter() - t0
+    timer = SegmentTimer(Trainer(config))
+    wall = sum(timer.step() for _ in range(segments))
+    updates = segments * timer.updates_per_segment
     return {
         "env": env,
         "num_envs": num_envs,
         "replay_ratio": replay_ratio,
-        "segment_compile_s": compile_s,
-        "first_segment_run_s": first,
-        "env_steps_per_s": segments * trainer.segment_env_steps / wall,
-        "updates_per_s": segments * per_segment / wall,
-        "ms_per_update": 1000 * wall / (segments * per_segment),
+        "segment_compile_s": timer.compile_s,
+        "first_segment_run_s": timer.first_s,
+        "env_steps_per_s": segments * timer.env_steps_per_segment / wall,
+        "updates_per_s": updates / wall,
+        "ms_per_update": 1000 * wall / updates,
     }
 
 

@@ -66,6 +66,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from _timing import SegmentTimer
 
 from agents import TrainConfig, Trainer
 
@@ -125,53 +126,31 @@ def matmul_rate(width: int = 256, reps: int = 5) -> float:
     return 4 * width**3 * steps / best
 
 
-class Ours:
+def ours_timer(args: argparse.Namespace, rr: int) -> SegmentTimer:
     """This project's trainer, stepped one compiled segment at a time."""
-
-    def __init__(self, args: argparse.Namespace, rr: int):
-        env_steps = args.round_updates // rr * args.num_envs
-        self.config = TrainConfig(
-            env=args.env,
-            num_envs=args.num_envs,
-            replay_ratio=float(rr),
-            steps=10**9,
-            learning_starts=args.learning_starts,
-            log_every=env_steps,
-            buffer_size=args.buffer_size,
-            eval_every=0,
-            progress=False,
-            sinks=(),
-            reset="regrama",
-            reset_period=args.reset_period,
-        )
-        self.trainer = Trainer(self.config)
-        t = self.trainer
-        self.updates_per_segment = t.bodies * t.loop.updates_per_body
-        self.env_steps_per_segment = t.segment_env_steps
-        self.updates = 0
-        self.times: list[float] = []
-        self.ts = t.initial_state()
-        self.ts, _, _ = t.segment(self.ts, 0, False)  # uniform random warm-up, compiled here
-        jax.block_until_ready(self.ts)
-        before = t.compile_s
-        self.first_s = self.step()
-        self.aot_compile_s = t.compile_s - before
-
-    def step(self) -> float:
-        """One learning segment; returns its wall time (s)."""
-        t0 = time.perf_counter()
-        self.ts, _, metrics = self.trainer.segment(self.ts, self.updates, True)
-        jax.block_until_ready((self.ts, metrics))
-        wall = time.perf_counter() - t0
-        self.updates += self.updates_per_segment
-        return wall
+    env_steps = args.round_updates // rr * args.num_envs
+    config = TrainConfig(
+        env=args.env,
+        num_envs=args.num_envs,
+        replay_ratio=float(rr),
+        steps=10**9,
+        learning_starts=args.learning_starts,
+        log_every=env_steps,
+        buffer_size=args.buffer_size,
+        eval_every=0,
+        progress=False,
+        sinks=(),
+        reset="regrama",
+        reset_period=args.reset_period,
+    )
+    return SegmentTimer(Trainer(config))
 
 
 def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
     from brax.training.agents.sac import train as brax_sac
     from mujoco_playground import registry, wrapper
 
-    ours = Ours(args, rr)
+    ours = ours_timer(args, rr)
     if ours.updates_per_segment != args.round_updates:
         raise SystemExit(
             f"our segment holds {ours.updates_per_segment} updates, not {args.round_updates}"
@@ -226,8 +205,8 @@ def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
         "brax_updates_per_s": updates / brax_s,
         "ratio": brax_total / ours_total,
         "pair_ratio_quartiles": statistics.quantiles(pair_ratios, n=4),
-        "ours_compile_s": ours.first_s - statistics.median(ours.times[1:]),
-        "ours_aot_compile_s": ours.aot_compile_s,
+        "ours_compile_s": ours.compile_s + ours.first_s - statistics.median(ours.times[1:]),
+        "ours_aot_compile_s": ours.compile_s,
         "brax_compile_s": brax_times[0] - statistics.median(brax_times[2:]),
         "ours_round_s": ours.times,
         "brax_round_s": brax_times,
