@@ -177,20 +177,28 @@ def test_killed_worker_raises_and_leaves_no_process():
 
 
 def test_ctrl_c_while_stepping_stops_all_workers():
+    # A process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: install it here, or
+    # the Ctrl-C below would never arrive and the step would wait for the stopped worker.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     e = _make()
-    state, _ = e.reset()
-    pids = e.worker_pids
-    os.kill(pids[0], signal.SIGSTOP)  # a stuck worker: the parent waits until Ctrl-C
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        e.step(state, np.zeros((4, 1), np.float32))
-    timer.join()
-    assert time.monotonic() - start < 30
-    assert all(_gone(p) for p in pids)
+    try:
+        state, _ = e.reset()
+        pids = e.worker_pids
+        os.kill(pids[0], signal.SIGSTOP)  # a stuck worker: the parent waits until Ctrl-C
+        main = threading.main_thread().ident
+        assert main is not None
+        timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            e.step(state, np.zeros((4, 1), np.float32))
+        timer.join()
+        assert time.monotonic() - start < 30
+        assert all(_gone(p) for p in pids)
+    finally:
+        e.close()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_dm_control_time_limit_is_truncation():
