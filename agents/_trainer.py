@@ -174,15 +174,19 @@ class Trainer:
             obs = jnp.zeros((self.config.num_envs, env.observation_size), jnp.float32)
             return loop.init(k_seed, None, obs)
 
+        # The training state is donated to every call that returns its successor, so XLA
+        # updates it in place: without donation each call copies the whole replay buffer
+        # (hundreds of MB at the default capacity), once per env step in the host loop.
+        donate = functools.partial(jit, donate_argnums=0)
         self._init = jit(vmap(init))
         self._finite = jit(
             vmap(lambda ts: {k: _all_finite(v) for k, v in self.agent.networks(ts.agent).items()})
         )
         if self.jittable:
-            self._segment = jit(
+            self._segment = donate(
                 vmap(lambda ts, u0: loop.segment(ts, u0, self.bodies, True), in_axes=(0, None))
             )
-            self._warmup = jit(vmap(lambda ts: loop.warmup(ts, self.warmup_vec)))
+            self._warmup = donate(vmap(lambda ts: loop.warmup(ts, self.warmup_vec)))
             ev = self.eval_envs[0]
             self._evaluate = jit(vmap(lambda a, k: loop.evaluate(a, ev, k, self.eval_length)))
         else:
@@ -207,8 +211,8 @@ class Trainer:
                 ts, actions = act(ts, next_mode)
                 return ts, stats, metrics, actions
 
-            self._act = jit(vmap(act, in_axes=(0, None)))
-            self._advance = jit(vmap(advance, in_axes=(0, 0, 0, None, None, None)))
+            self._act = donate(vmap(act, in_axes=(0, None)))
+            self._advance = donate(vmap(advance, in_axes=(0, 0, 0, None, None, None)))
             self._act_det = jit(
                 vmap(lambda a, o: self.agent.act(a, o.astype(jnp.float32), _seed_key(0), True))
             )

@@ -221,6 +221,25 @@ def test_host_loop_follows_the_compiled_loop(full_run, tmp_path):
     )
 
 
+@pytest.mark.parametrize("env", ["test/point-mass", "test/point-mass-host"])
+def test_training_state_is_updated_in_place(full_run, env):
+    """Every call that returns the next training state takes the old one's buffers (donation):
+    a call that copied the replay buffer instead cost a copy of it per env step (host loop)."""
+    config, _, _, _ = full_run
+    trainer = agents.Trainer(dataclasses.replace(config, env=env))
+    try:
+        ts = trainer.initial_state()
+        for learning in (False, True):
+            replay, critic = ts.replay.data.obs, ts.agent.critic.members[0].net.head.weight
+            ts, _, _ = trainer.segment(ts, 0, learning)
+            jax.block_until_ready(ts)
+            assert replay.is_deleted() and critic.is_deleted(), learning
+            assert not ts.replay.data.obs.is_deleted()
+        assert int(ts.replay.size[0]) == config.learning_starts + trainer.segment_env_steps
+    finally:
+        trainer.close()
+
+
 def test_surgery_hook_runs_every_reset_period(monkeypatch):
     calls = []
 
