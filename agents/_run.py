@@ -44,8 +44,29 @@ def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[S
     if "tensorboard" in config.sinks:
         out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
     if "console" in config.sinks:
-        out.append(ConsoleSink())
+        out.append(ConsoleSink(extra_keys=tuple(_inactive_keys(config).values())))
     return out
+
+
+def _inactive_keys(config: TrainConfig) -> dict[str, str]:
+    """Network → the metric name of its inactive ratio shown while training: the ratio of the
+    metric that drives the resets (GraMa at the pre-activation when nothing is reset)."""
+    from ._neurons import DRIVERS
+
+    metric = DRIVERS.get(config.reset, "grama")
+    return {net: f"surgery/{net}/{metric}" for net in config.reset_networks}
+
+
+def _progress_postfix(config: TrainConfig, record: dict[str, np.ndarray]) -> dict[str, str]:
+    """What the progress bar shows after a segment: env-steps/s, returns, inactive ratios."""
+    post = {"sps": f"{record['perf/env_steps_per_s'][0]:.0f}"}
+    for key in ("eval/episode_return", "train/episode_return"):
+        if key in record and np.isfinite(record[key]).any():
+            post[key.split("/")[0] + "_ret"] = f"{np.nanmean(record[key]):.3g}"
+    for net, key in _inactive_keys(config).items():
+        if key in record and np.isfinite(record[key]).any():
+            post[f"{net}_inactive"] = f"{100 * np.nanmean(record[key]):.1f}%"
+    return post
 
 
 def train(
@@ -136,11 +157,7 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
                 last_ckpt = env_steps
             if bar is not None:
                 bar.update(min(env_steps, c.steps) - bar.n)
-                post = {"sps": f"{record['perf/env_steps_per_s'][0]:.0f}"}
-                for key in ("eval/episode_return", "train/episode_return"):
-                    if key in record and np.isfinite(record[key]).any():
-                        post[key.split("/")[0] + "_ret"] = f"{np.nanmean(record[key]):.3g}"
-                bar.set_postfix(post)
+                bar.set_postfix(_progress_postfix(c, record))
     finally:
         if bar is not None:
             bar.close()

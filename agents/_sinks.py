@@ -103,16 +103,18 @@ class TensorBoardSink:
 
 
 class ConsoleSink:
-    """A line per record with seed means of the main metrics."""
+    """A line per record with seed means of the main metrics and of `extra_keys` (the trainer
+    adds each network's inactive ratio)."""
 
     KEYS = ("train/episode_return", "eval/episode_return", "train/critic_loss", "train/alpha")
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, extra_keys: tuple[str, ...] = ()):
         self.stream = stream
+        self.extra_keys = tuple(extra_keys)
 
     def write(self, env_steps: int, metrics: Record) -> None:
         parts = [f"step {env_steps:>9d}"]
-        for k in (*self.KEYS, "perf/env_steps_per_s"):
+        for k in (*self.KEYS, *self.extra_keys, "perf/env_steps_per_s"):
             if k in metrics:
                 v = np.asarray(metrics[k], np.float64)
                 if np.isfinite(v).any():

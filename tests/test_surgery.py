@@ -1,6 +1,7 @@
 """Neuron surgery inside SAC training: scores logged per network and layer, resets in the window."""
 
 import dataclasses
+import re
 
 import equinox as eqx
 import jax
@@ -11,6 +12,7 @@ import agents
 import agents.testing
 import neurosurgery as ns
 from agents._neurons import neuron_step
+from agents._sinks import read_metrics
 from tests.test_trainer import BASE
 
 
@@ -80,11 +82,23 @@ def test_resets_only_inside_the_window():
         np.testing.assert_array_equal(a, b)
 
 
-def test_training_with_regrama_logs_and_resets(tmp_path):
+def test_training_with_regrama_logs_and_resets(tmp_path, capsys):
     config = dataclasses.replace(BASE, reset="regrama", reset_tau=1.0, reset_period=50,
-                                 run_dir=str(tmp_path / "run"), sinks=("csv",))  # fmt: skip
+                                 run_dir=str(tmp_path / "run"), sinks=("csv", "console"),
+                                 progress=True)  # fmt: skip
     summary = agents.train(config)
     assert summary["updates"] > 0
+    out = capsys.readouterr()
+    # the progress bar and the console show the critics' GraMa-inactive percentage
+    shown = re.findall(r"critic_inactive=(\d+\.\d)%", out.err)
+    logged: dict[int, list[float]] = {}
+    curves = read_metrics(tmp_path / "run" / "metrics.csv")["surgery/critic/grama"]
+    for points in curves.values():
+        for step, value in points:
+            if np.isfinite(value):
+                logged.setdefault(step, []).append(value)
+    assert shown and shown[-1] == f"{100 * np.mean(logged[max(logged)]):.1f}"
+    assert re.search(r"surgery/critic/grama \d", out.out)
     text = (tmp_path / "run" / "metrics.csv").read_text()
     assert (
         "surgery/critic/reset" in text
