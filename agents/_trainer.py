@@ -211,8 +211,19 @@ class Trainer:
                 ts, actions = act(ts, next_mode)
                 return ts, stats, metrics, actions
 
-            self._act = donate(vmap(act, in_axes=(0, None)))
-            self._advance = donate(vmap(advance, in_axes=(0, 0, 0, None, None, None)))
+            # The host loop holds the state as its list of leaves between calls: flattening
+            # the state's Equinox modules in Python on every call cost more than the call.
+            self._state_def = jax.tree.structure(jax.eval_shape(self._init, self.keys))
+
+            def on_leaves(fn):
+                def call(leaves, *args):
+                    ts, *rest = fn(jax.tree.unflatten(self._state_def, leaves), *args)
+                    return jax.tree.leaves(ts), *rest
+
+                return call
+
+            self._act = donate(on_leaves(vmap(act, in_axes=(0, None))))
+            self._advance = donate(on_leaves(vmap(advance, in_axes=(0, 0, 0, None, None, None))))
             self._act_det = jit(
                 vmap(lambda a, o: self.agent.act(a, o.astype(jnp.float32), _seed_key(0), True))
             )
@@ -266,10 +277,14 @@ class Trainer:
 
     def _host_segment(self, ts: TrainState, updates: int, learning: bool):
         """The segment as a Python loop: one compiled call per vectorised env step."""
+        # Scalars go in as NumPy values and results are stacked with NumPy: jnp.int32(...) and
+        # jnp.stack over the segment's steps dispatch an eager XLA operation for each element,
+        # which cost about as much as the compiled step itself for small networks.
         loop = self.loop
         bodies, per_body = (self.bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
         stats_all, metrics_all = [], []
-        ts, actions = self._act(ts, jnp.int32(1 if learning else 0))
+        u0 = np.int32(updates)
+        leaves, actions = self._act(jax.tree.leaves(ts), np.int32(1 if learning else 0))
         for b in range(bodies):
             for j in range(per_body):
                 a = np.asarray(actions)
@@ -282,16 +297,19 @@ class Trainer:
                 update = learning and j == per_body - 1
                 last = b == bodies - 1 and j == per_body - 1
                 next_mode = 2 if last else (1 if learning else 0)
-                ts, st, m, actions = self._advance(
-                    ts, actions, step, jnp.int32(updates), jnp.asarray(update),
-                    jnp.int32(next_mode),
-                )  # fmt: skip
+                leaves, st, m, actions = self._advance(
+                    leaves, actions, step, u0, np.bool_(update), np.int32(next_mode)
+                )
                 stats_all.append(st)
                 if update:
-                    updates += loop.updates_per_body
+                    u0 = np.int32(u0 + loop.updates_per_body)
                     metrics_all.append(m)
-        stats = jnp.stack(stats_all, axis=1)
-        metrics = {k: jnp.stack([m[k] for m in metrics_all], 1) for k in (metrics_all or [{}])[0]}
+        ts = jax.tree.unflatten(self._state_def, leaves)
+        stats = np.stack([np.asarray(s) for s in stats_all], axis=1)
+        metrics = {
+            k: np.stack([np.asarray(m[k]) for m in metrics_all], axis=1)
+            for k in (metrics_all or [{}])[0]
+        }
         return ts, stats, metrics
 
     def evaluate(self, ts: TrainState, env_steps: int) -> np.ndarray:
