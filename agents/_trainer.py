@@ -108,6 +108,19 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0) -> Callable:
     return one
 
 
+def _step_all(envs: Sequence[Any], states: Sequence[Any], actions: np.ndarray) -> list:
+    """Step each seed's host environment with its actions. Worker pools (`step_async`) are all
+    started before any is awaited, so the seeds' environments step side by side."""
+    pooled = [hasattr(e, "step_async") for e in envs]
+    for e, s, a, p in zip(envs, states, actions, pooled, strict=True):
+        if p:
+            e.step_async(s, a)
+    return [
+        e.step_wait() if p else e.step(s, a)
+        for e, s, a, p in zip(envs, states, actions, pooled, strict=True)
+    ]
+
+
 class Trainer:
     """Holds the compiled functions of one run; `run()` trains to `config.steps`."""
 
@@ -287,11 +300,7 @@ class Trainer:
         leaves, actions = self._act(jax.tree.leaves(ts), np.int32(1 if learning else 0))
         for b in range(bodies):
             for j in range(per_body):
-                a = np.asarray(actions)
-                outs = [
-                    e.step(s, a[i])
-                    for i, (e, s) in enumerate(zip(self.envs, self.env_states, strict=True))
-                ]
+                outs = _step_all(self.envs, self.env_states, np.asarray(actions))
                 self.env_states = [o[0] for o in outs]
                 step = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs])  # fmt: skip
                 update = learning and j == per_body - 1
@@ -323,10 +332,7 @@ class Trainer:
         n = obs.shape[1]
         done, ret = np.zeros((len(states), n), bool), np.zeros((len(states), n))
         for _ in range(self.eval_length):
-            a = np.asarray(self._act_det(ts.agent, obs))
-            outs = [
-                e.step(s, a[i]) for i, (e, s) in enumerate(zip(self.eval_envs, states, strict=True))
-            ]
+            outs = _step_all(self.eval_envs, states, np.asarray(self._act_det(ts.agent, obs)))
             states = [o[0] for o in outs]
             ended = np.stack([np.asarray(o[1].terminated | o[1].truncated) for o in outs]) & ~done
             ret = np.where(ended, np.stack([np.asarray(o[1].episode_return) for o in outs]), ret)

@@ -140,8 +140,10 @@ def main() -> None:
         cells = " | ".join(f"{r:,.0f}" for r in rates)
         print(f"| {name} | {cells} | {min(compiles):.0f}–{max(compiles):.0f} |", flush=True)
     for name in dmc_tasks:
-        cells = " | ".join(f"{bench_dmc(name, n, seconds)[0]:,.0f}" for n in SIZES)
-        print(f"| {name} ({cores} workers) | {cells} | – |", flush=True)
+        for workers, label in ((cores, f"{cores} workers"), (0, "in-process")):
+            rates = (bench_dmc(name, n, seconds, num_workers=workers)[0] for n in SIZES)
+            cells = " | ".join(f"{r:,.0f}" for r in rates)
+            print(f"| {name} ({label}) | {cells} | – |", flush=True)
 
     print(f"\n## dm_control worker pool vs one native loop ({cores} workers)")
     print("ratio = pool env-steps/s ÷ (native steps/s × workers), target ≥ 0.9. Native: one")

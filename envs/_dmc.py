@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Float
 
 from ._core import Env, Step, check_action_layout, check_settings
-from ._dmc_worker import buffer_size, load_task, shared_views, worker_main
+from ._dmc_worker import Runner, buffer_size, load_task, shared_views, worker_main
 
 
 class WorkerError(RuntimeError):
@@ -68,8 +68,11 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _shutdown(procs: list, conns: list, timeout: float = 2.0) -> None:
-    """Stop worker processes: ask politely, then terminate, then kill; always reap them."""
+def _shutdown(procs: list, conns: list, local: list, timeout: float = 2.0) -> None:
+    """Stop worker processes: ask politely, then terminate, then kill; always reap them.
+    An in-process runner (`num_workers=0`) releases its environments."""
+    while local:
+        local.pop().close()
     for conn in conns:
         with contextlib.suppress(OSError, ValueError):
             conn.send_bytes(b"close")
@@ -92,7 +95,9 @@ class DmcEnv(Env):
     observations, rewards and flags travel through one shared-memory buffer, so a step pickles
     nothing. `reset`/`step` are not jittable (`jittable = False`) and return NumPy arrays.
     Same seed, same trajectories, whatever `num_workers`: each environment is seeded from
-    `(seed of the reset key, environment index)`.
+    `(seed of the reset key, environment index)`. With `num_workers=0` (the default for a
+    single environment) the environments are stepped in the calling process instead, by the
+    same code: a round trip to a worker costs more than a cheap task's step.
 
     If a worker dies or fails, the call raises `WorkerError` naming the worker and task, after
     every other worker has been stopped. Ctrl-C while stepping stops all workers too. Use the
@@ -135,19 +140,35 @@ class DmcEnv(Env):
         self.action_high = np.asarray(spec.maximum, np.float32)
         probe.close()
 
-        workers = _default_workers() if num_workers is None else int(num_workers)
-        self.num_workers = max(1, min(workers, self.num_envs))
+        if num_workers is None:  # one environment gains nothing from a process of its own
+            workers = 0 if self.num_envs == 1 else _default_workers()
+        elif isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer):
+            raise TypeError(f"num_workers must be an integer or None, got {num_workers!r}")
+        elif num_workers < 0:
+            raise ValueError(
+                f"num_workers must be >= 0 (0: step in this process), got {num_workers}"
+            )
+        else:
+            workers = int(num_workers)
+        self.num_workers = min(workers, self.num_envs)
         sizes = (self.num_envs, self.observation_size, self.action_size)
         ctx = mp.get_context("spawn")
-        self._buffer = ctx.RawArray("b", buffer_size(*sizes))
+        size = buffer_size(*sizes)
+        self._buffer = ctx.RawArray("b", size) if self.num_workers else bytearray(size)
         self._views = shared_views(self._buffer, *sizes)
         bounds = np.linspace(0, self.num_envs, self.num_workers + 1).round().astype(int)
         self._slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         self._procs: list = []
         self._conns: list = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        self._local: list = []  # with no workers: the runner of all environments, in-process
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, self._local)
         self._closed = False
         self._resets = 0
+        self._pending: DmcState | None = None  # the state a step in flight will return
+        if not self.num_workers:
+            local = (domain, task, 0, self.num_envs, sizes, self.action_repeat)
+            self._local.append(Runner(*local, self.episode_length, self._task_kwargs, self._buffer))
+            return
         try:
             for index, (start, stop) in enumerate(self._slices):
                 parent_end, child_end = ctx.Pipe()
@@ -175,6 +196,7 @@ class DmcEnv(Env):
 
     def reset(self, key: Any = None) -> tuple[DmcState, Step]:
         self._check_open()
+        self._check_idle("reset")
         if key is None:
             key = jax.random.key(self.seed)
         seed = _seed_from_key(key)
@@ -183,7 +205,19 @@ class DmcEnv(Env):
         return DmcState(id(self), self._resets, 0), self._read()
 
     def step(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> tuple[DmcState, Step]:
+        self.step_async(state, action)
+        return self.step_wait()
+
+    def step_async(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> None:
+        """Check `action`, hand it to the workers and return while they step.
+
+        `step_wait()` collects the result. Several environments started one after the other
+        this way step side by side, and their workers' answers are awaited together: one
+        barrier instead of one per environment. Nothing else may be called on this
+        environment in between but `step_wait` and `close`.
+        """
         self._check_open()
+        self._check_idle("step_async")
         if not isinstance(state, DmcState) or state.env_id != id(self):
             raise TypeError(f"{self.name}: state must be the DmcState returned by this env")
         check_action_layout(action, self.num_envs, self.action_size, self.name)
@@ -195,8 +229,18 @@ class DmcEnv(Env):
                 "nothing was stepped, the environment is unchanged and still usable"
             )
         self._views["action"][:] = action
-        self._command(b"step")
-        return dataclasses.replace(state, steps=state.steps + 1), self._read()
+        self._send(b"step")
+        self._pending = dataclasses.replace(state, steps=state.steps + 1)
+
+    def step_wait(self) -> tuple[DmcState, Step]:
+        """Wait for the step started by `step_async` and return it as `step` would."""
+        self._check_open()
+        state = self._pending
+        if state is None:
+            raise RuntimeError(f"{self.name}: no step in flight; call step_async first")
+        self._pending = None
+        self._await()
+        return state, self._read()
 
     def close(self) -> None:
         if self._closed:
@@ -208,6 +252,13 @@ class DmcEnv(Env):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self.name}: the environment is closed")
+
+    def _check_idle(self, what: str) -> None:
+        if self._pending is not None:
+            raise RuntimeError(
+                f"{self.name}: {what} while a step is in flight; call step_wait() first "
+                "(the step is still running and the environment stays usable)"
+            )
 
     def _read(self) -> Step:
         v = self._views
@@ -223,14 +274,32 @@ class DmcEnv(Env):
 
     def _command(self, message: bytes) -> None:
         """Send `message` to every worker and wait for all answers; stop all on any failure."""
+        self._send(message)
+        self._await()
+
+    def _send(self, message: bytes) -> None:
+        """Hand `message` to every worker; with no workers, carry it out here and now."""
+        if self._local:
+            try:
+                self._local[0].run(message)
+            except BaseException:  # e.g. Ctrl-C half-way through the environments
+                self.close()
+                raise
+            return
         try:
             for index, conn in enumerate(self._conns):
                 try:
                     conn.send_bytes(message)
                 except OSError:
                     self._fail(index, "its pipe is closed")
-            # Blocking reads in order: a dead worker's pipe reads as EOF (only the worker holds
-            # its end), and Ctrl-C interrupts the read. Cheaper than a select() per step.
+        except BaseException:
+            self.close()
+            raise
+
+    def _await(self) -> None:
+        # Blocking reads in order: a dead worker's pipe reads as EOF (only the worker holds
+        # its end), and Ctrl-C interrupts the read. Cheaper than a select() per step.
+        try:
             for index, conn in enumerate(self._conns):
                 self._check_reply(index, conn)
         except BaseException:

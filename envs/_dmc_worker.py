@@ -98,7 +98,7 @@ def worker_main(
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        runner = _Runner(
+        runner = Runner(
             domain, task, start, stop, sizes, action_repeat, episode_length, task_kwargs, buffer
         )
         conn.send_bytes(b"ok")
@@ -113,10 +113,7 @@ def worker_main(
         if message == b"close":
             return
         try:
-            if message == b"step":
-                runner.step()
-            else:
-                runner.reset(int(message.removeprefix(b"reset:")))
+            runner.run(message)
             conn.send_bytes(b"ok")
         except BaseException:
             with contextlib.suppress(OSError):
@@ -124,8 +121,9 @@ def worker_main(
             return
 
 
-class _Runner:
-    """The environments of one worker and their running episode statistics."""
+class Runner:
+    """The environments of one worker (or, with no workers, all of them in the parent) and
+    their running episode statistics."""
 
     def __init__(
         self,
@@ -169,6 +167,18 @@ class _Runner:
         from dm_control.rl.control import PhysicsError
 
         self.physics_error = PhysicsError
+
+    def run(self, message: bytes) -> None:
+        """Carry out one command of the parent: `b"step"` or `b"reset:<seed>"`."""
+        if message == b"step":
+            self.step()
+        else:
+            self.reset(int(message.removeprefix(b"reset:")))
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
 
     def _write(self, out: np.ndarray, observation: dict) -> None:
         for key, a, b, flat in self.slots:

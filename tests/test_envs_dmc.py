@@ -99,6 +99,9 @@ def test_same_seed_same_trajectories_whatever_the_workers(env):
     assert not np.array_equal(first[0], run(env, jax.random.key(8))[0])
     with _make(num_workers=1) as single:
         np.testing.assert_array_equal(first, run(single, jax.random.key(7)))
+    with _make(num_workers=0) as local:  # stepped in this process
+        assert local.num_workers == 0 and local.worker_pids == []
+        np.testing.assert_array_equal(first, run(local, jax.random.key(7)))
 
 
 def test_matches_a_plain_dm_control_loop(env):
@@ -150,6 +153,34 @@ def test_bad_actions_leave_env_usable(env):
     np.testing.assert_array_equal(step.episode_length, 4)
 
 
+def test_step_async_steps_environments_side_by_side(env):
+    """Two pools started one after the other and awaited together give what stepping each in
+    turn gives; calls out of order are refused and leave the step in flight intact."""
+    actions = _actions(3, 4, env)
+    with _make(seed=1) as other:
+        key = jax.random.key(5)
+        s1, _ = env.reset(key)
+        s2, _ = other.reset(key)
+        for a in actions:
+            env.step_async(s1, a)
+            other.step_async(s2, a)
+            with pytest.raises(RuntimeError, match="step is in flight; call step_wait"):
+                env.step(s1, a)
+            with pytest.raises(RuntimeError, match="step is in flight"):
+                env.reset(key)
+            s1, step1 = env.step_wait()
+            s2, step2 = other.step_wait()
+            np.testing.assert_array_equal(step1.obs, step2.obs)  # same key: same episodes
+        with pytest.raises(RuntimeError, match="no step in flight"):
+            env.step_wait()
+    state, plain = env.reset(key)
+    for a in actions:
+        state, plain = env.step(state, a)
+    np.testing.assert_array_equal(plain.obs, step1.obs)
+    np.testing.assert_array_equal(plain.episode_return, step1.episode_return)
+    assert s1.steps == state.steps == len(actions)
+
+
 def test_unknown_domain_and_closed_env():
     with pytest.raises(ValueError, match="dmc/cheetah-run"):
         envs.make("dmc/cheeta-run")
@@ -199,6 +230,38 @@ def test_ctrl_c_while_stepping_stops_all_workers():
     finally:
         e.close()
         signal.signal(signal.SIGINT, previous)
+
+
+def test_worker_count_default_and_bad_values():
+    with _make(num_envs=1, num_workers=None) as one:  # a single environment: in-process
+        assert one.num_workers == 0 and one.worker_pids == []
+        state, _ = one.reset()
+        state, step = one.step(state, np.zeros((1, 1), np.float32))
+        np.testing.assert_array_equal(step.episode_length, 2)
+    with _make(num_envs=3, num_workers=8) as few:  # never more workers than environments
+        assert few.num_workers == 3 and len(few.worker_pids) == 3
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        _make(num_workers=-1)
+    with pytest.raises(TypeError, match="num_workers must be an integer"):
+        _make(num_workers=1.5)
+
+
+def test_ctrl_c_in_process_closes_the_environment(monkeypatch):
+    """Ctrl-C half-way through an in-process step leaves environments stepped unevenly: the
+    environment is closed rather than left inconsistent."""
+    local = _make(num_workers=0)
+    state, _ = local.reset()
+    runner = local._local[0]
+
+    def interrupted(message: bytes) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        local.step(state, np.zeros((4, 1), np.float32))
+    assert runner.envs == []  # released
+    with pytest.raises(RuntimeError, match="closed"):
+        local.step(state, np.zeros((4, 1), np.float32))
 
 
 def test_dm_control_time_limit_is_truncation():
