@@ -15,6 +15,7 @@ import numpy as np
 
 from ._checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
 from ._config import TrainConfig, config_from_dict, config_to_dict
+from ._neurons import DRIVERS
 from ._sinks import (
     ConsoleSink,
     CSVSink,
@@ -51,8 +52,6 @@ def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[S
 def _inactive_keys(config: TrainConfig) -> dict[str, str]:
     """Network → the metric name of its inactive ratio shown while training: the ratio of the
     metric that drives the resets (GraMa at the pre-activation when nothing is reset)."""
-    from ._neurons import DRIVERS
-
     metric = DRIVERS.get(config.reset, "grama")
     return {net: f"surgery/{net}/{metric}" for net in config.reset_networks}
 
