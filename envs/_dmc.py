@@ -209,7 +209,8 @@ class DmcEnv(Env):
         return self.step_wait()
 
     def step_async(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> None:
-        """Check `action`, hand it to the workers and return while they step.
+        """Check `action`, hand it to the workers and return while they step (with
+        `num_workers=0` the step is done here, before it returns).
 
         `step_wait()` collects the result. Several environments started one after the other
         this way step side by side, and their workers' answers are awaited together: one
@@ -278,15 +279,11 @@ class DmcEnv(Env):
         self._await()
 
     def _send(self, message: bytes) -> None:
-        """Hand `message` to every worker; with no workers, carry it out here and now."""
-        if self._local:
-            try:
-                self._local[0].run(message)
-            except BaseException:  # e.g. Ctrl-C half-way through the environments
-                self.close()
-                raise
-            return
+        """Hand `message` to every worker; with no workers, carry it out here and now. Any
+        failure (Ctrl-C half-way through the environments included) closes the environment."""
         try:
+            for runner in self._local:
+                runner.run(message)
             for index, conn in enumerate(self._conns):
                 try:
                     conn.send_bytes(message)
