@@ -107,6 +107,28 @@ def bench_native(domain: str, task: str, seconds: float, copies: int = 1) -> tup
     return count / wall, count / cpu
 
 
+def bench_step_record(num_envs: int = 16, obs_size: int = 17, calls: int = 20_000) -> tuple:
+    """µs per `Step` built from host arrays: Equinox's constructor vs `host_step` (dm_control's
+    path, once per `step` in the calling process)."""
+    import timeit
+
+    from envs._core import host_step
+
+    rng = np.random.default_rng(0)
+    fields = dict(
+        obs=rng.normal(size=(num_envs, obs_size)).astype(np.float32),
+        reward=np.zeros(num_envs, np.float32),
+        terminated=np.zeros(num_envs, bool),
+        truncated=np.zeros(num_envs, bool),
+        final_obs=rng.normal(size=(num_envs, obs_size)).astype(np.float32),
+        episode_return=np.zeros(num_envs, np.float32),
+        episode_length=np.zeros(num_envs, np.int32),
+    )
+    slow = min(timeit.repeat(lambda: envs.Step(**fields), number=calls, repeat=3))
+    fast = min(timeit.repeat(lambda: host_step(**fields), number=calls, repeat=3))
+    return slow / calls * 1e6, fast / calls * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="heavier tasks, longer timings")
@@ -144,6 +166,12 @@ def main() -> None:
             rates = (bench_dmc(name, n, seconds, num_workers=workers)[0] for n in SIZES)
             cells = " | ".join(f"{r:,.0f}" for r in rates)
             print(f"| {name} ({label}) | {cells} | – |", flush=True)
+
+    slow, fast = bench_step_record()
+    print(
+        f"\nStep record per dm_control step (calling process): Step(...) {slow:.1f} µs, "
+        f"host_step(...) {fast:.1f} µs ({slow / fast:.0f}×)"
+    )
 
     print(f"\n## dm_control worker pool vs one native loop ({cores} workers)")
     print("ratio = pool env-steps/s ÷ (native steps/s × workers), target ≥ 0.9. Native: one")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import difflib
 from typing import Any
 
@@ -40,6 +41,24 @@ class Step(eqx.Module):
     final_obs: Float[Array, "n obs"]
     episode_return: Float[Array, " n"]
     episode_length: Int[Array, " n"]
+
+
+def host_step(**fields: Any) -> Step:
+    """A `Step` of host (NumPy) arrays, built without `Step.__init__`.
+
+    Equinox's checking constructor costs about 30 µs per call, more than the rest of a
+    dm_control step's work in the calling process; filling the frozen dataclass directly costs
+    2 µs. The result is the same pytree (the tests compare it with `Step(**fields)`).
+    """
+    if fields.keys() != _STEP_FIELDS:
+        raise TypeError(f"host_step needs exactly the fields {sorted(_STEP_FIELDS)}")
+    step = object.__new__(Step)
+    for name, value in fields.items():
+        object.__setattr__(step, name, value)
+    return step
+
+
+_STEP_FIELDS = {f.name for f in dataclasses.fields(Step)}
 
 
 class Env(abc.ABC):

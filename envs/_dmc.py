@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jaxtyping import Float
 
-from ._core import Env, Step, check_action_layout, check_settings
+from ._core import Env, Step, check_action_layout, check_settings, host_step
 from ._dmc_worker import Runner, buffer_size, load_task, shared_views, worker_main
 
 
@@ -231,7 +231,7 @@ class DmcEnv(Env):
             )
         self._views["action"][:] = action
         self._send(b"step")
-        self._pending = dataclasses.replace(state, steps=state.steps + 1)
+        self._pending = DmcState(state.env_id, state.resets, state.steps + 1)
 
     def step_wait(self) -> tuple[DmcState, Step]:
         """Wait for the step started by `step_async` and return it as `step` would."""
@@ -263,7 +263,7 @@ class DmcEnv(Env):
 
     def _read(self) -> Step:
         v = self._views
-        return Step(
+        return host_step(
             obs=v["obs"].copy(),
             reward=v["reward"].copy(),
             terminated=v["terminated"].copy(),

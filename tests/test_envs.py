@@ -4,6 +4,8 @@ The task: a point on a line. `ctrl` in [0, 4] moves it by `ctrl`, the reward is 
 episode terminates when the position passes 10. Observation: (position, last ctrl).
 """
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -198,3 +200,31 @@ def test_unknown_names_suggest_close_ones():
         envs.make("cartpole-swingup")
     with pytest.raises(ValueError, match="brax/halfcheetah"):
         envs.make("brax/half_cheetah")
+
+
+def test_host_step_is_the_same_pytree_as_step():
+    rng = np.random.default_rng(0)
+    fields = dict(
+        obs=rng.normal(size=(3, 4)).astype(np.float32),
+        reward=rng.normal(size=3).astype(np.float32),
+        terminated=np.array([True, False, False]),
+        truncated=np.array([False, True, False]),
+        final_obs=rng.normal(size=(3, 4)).astype(np.float32),
+        episode_return=rng.normal(size=3).astype(np.float32),
+        episode_length=np.array([1, 2, 3], np.int32),
+    )
+    from envs._core import host_step
+
+    fast, slow = host_step(**fields), envs.Step(**fields)
+    assert type(fast) is envs.Step
+    assert jax.tree.structure(fast) == jax.tree.structure(slow)
+    assert eqx.tree_equal(fast, slow)
+    assert repr(fast) == repr(slow)
+    for name, value in fields.items():
+        assert getattr(fast, name) is value
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.obs = fields["obs"]  # type: ignore[misc]
+    stacked = jax.tree.map(lambda *x: np.stack(x), fast, slow)
+    np.testing.assert_array_equal(stacked.obs[0], stacked.obs[1])
+    with pytest.raises(TypeError, match="exactly the fields"):
+        host_step(**{k: v for k, v in fields.items() if k != "reward"})
