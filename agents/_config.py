@@ -30,6 +30,10 @@ class TrainConfig:
     """Environment steps per seed (vector steps × num_envs), rounded up to whole segments."""
     num_envs: int = 1
     """Parallel environments per seed."""
+    env_workers: int | None = None
+    """dm_control only: worker processes of each seed's environments (0: step them in the
+    training process). Default: one per core for more than one environment per seed, else 0.
+    Trajectories do not depend on it, so a run may resume with another value."""
     action_repeat: int = 1
     """Environment action repeat."""
     episode_length: int = 1000
@@ -111,6 +115,21 @@ class TrainConfig:
         for sink in self.sinks:
             if sink not in ("csv", "jsonl", "tensorboard", "console"):
                 raise ValueError(f"unknown sink {sink!r} (csv, jsonl, tensorboard, console)")
+        if self.env_workers is not None:
+            if isinstance(self.env_workers, bool) or not isinstance(self.env_workers, int):
+                raise ValueError(
+                    f"env_workers must be an integer or None, got {self.env_workers!r}"
+                )
+            if self.env_workers < 0:
+                raise ValueError(
+                    f"env_workers must be >= 0 (0: step in the training process), got "
+                    f"{self.env_workers}"
+                )
+            if not self.env.startswith("dmc/"):
+                raise ValueError(
+                    f"env_workers applies to dm_control environments (dmc/...), not {self.env!r}; "
+                    "leave it unset"
+                )
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")
         {"sac": self.sac, "bro": self.bro, "dacer": self.dacer}[self.agent].validate()

@@ -25,8 +25,9 @@ from ._sac import SAC
 
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
-#: options that may differ between a run and its resumption (steps: a run can be extended)
-RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps")
+#: options that may differ between a run and its resumption (steps: a run can be extended;
+#: env_workers: dm_control trajectories do not depend on the worker count)
+RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers")
 _JIT_CACHE: dict[str, dict[str, Any]] = {}
 
 
@@ -60,12 +61,14 @@ def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
         make = getattr(envs, "make", None)
         if make is None:
             raise ValueError(f"environment {config.env!r}: the envs package offers no make()")
+    options = {} if config.env_workers is None else {"num_workers": config.env_workers}
     return make(
         config.env,
         num_envs=num_envs,
         seed=seed,
         action_repeat=config.action_repeat,
         episode_length=config.episode_length,
+        **options,
     )
 
 

@@ -26,7 +26,7 @@ class TrainCommand(TrainConfig):
 
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks and --progress apply."""
+    options only --steps (to extend the run), --sinks, --progress and --env-workers apply."""
 
 
 def _config(cmd: TrainCommand) -> TrainConfig:
@@ -34,18 +34,25 @@ def _config(cmd: TrainCommand) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+def parse(args: Sequence[str]) -> TrainCommand:
+    """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
+    return tyro.extras.subcommand_cli_from_dict(
+        {"train": TrainCommand}, args=list(args), prog="neurosurgery"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    cmd = tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand}, args=args, prog="neurosurgery"
-    )
+    cmd = parse(args)
     try:
         if cmd.resume is not None:
             config = load_run_config(cmd.resume)
-            steps = cmd.steps if any(a.startswith("--steps") for a in args) else config.steps
+            given = lambda flag: any(a.split("=")[0] == flag for a in args)
+            steps = cmd.steps if given("--steps") else config.steps
+            workers = cmd.env_workers if given("--env-workers") else config.env_workers
             config = dataclasses.replace(
-                config, progress=cmd.progress, sinks=cmd.sinks, steps=steps
+                config, progress=cmd.progress, sinks=cmd.sinks, steps=steps, env_workers=workers
             )
             summary = train(config, resume=True)
         else:

@@ -46,6 +46,8 @@ def test_help_lists_every_option_with_default(capsys):
         (["--replay-ratio", "0"], "replay_ratio must be > 0"),
         (["--sac.critic.activation", "swishy"], "activation 'swishy' is unknown"),
         (["--env", "test/nope"], "unknown test environment"),
+        (["--env-workers", "2"], "env_workers applies to dm_control environments"),
+        (["--env", "dmc/cartpole-balance", "--env-workers", "-1"], "env_workers must be >= 0"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
@@ -74,3 +76,23 @@ def test_train_and_resume(tmp_path, capsys):
     assert json.loads((run_dir / "config.json").read_text())["config"]["steps"] == 1200
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_env_workers_reach_the_dm_control_pools():
+    """--env-workers sets each seed's pool size; unset, the backend's default applies."""
+    from agents._trainer import make_env
+    from agents.cli import _config, parse
+
+    config = _config(parse(["train", "--env", "dmc/cartpole-balance", "--env-workers", "1"]))
+    assert config.env_workers == 1
+    config.validate()
+    with make_env(config, 3, seed=0) as env:
+        assert env.num_workers == 1 and len(env.worker_pids) == 1
+    with make_env(dataclasses.replace(config, env_workers=0), 3, seed=0) as env:
+        assert env.num_workers == 0 and env.worker_pids == []
+    with make_env(dataclasses.replace(config, env_workers=None), 1, seed=0) as env:
+        assert env.num_workers == 0  # one environment: in-process by default
+    # a runtime option: a checkpoint written with other workers resumes (same trajectories)
+    from agents._trainer import _program_options
+
+    assert _program_options(config) == _program_options(dataclasses.replace(config, env_workers=2))
