@@ -6,7 +6,9 @@ import functools
 import warnings
 from typing import Any
 
-from ._jax import JaxEnv, from_mujoco
+import numpy as np
+
+from ._jax import JaxEnv, observation_size_of
 
 # Brax's registry also holds "fast", a test double without physics; it is not a task.
 _SKIP = frozenset({"fast"})
@@ -33,6 +35,11 @@ def make_brax(
 ) -> JaxEnv:
     """Build a batched Brax environment.
 
+    Actions reach Brax's `step` as they are (clipped to [-1, 1]): Brax's own convention is
+    actions in [-1, 1], and its tasks whose actuators have other ranges (inverted_pendulum
+    [-3, 3], pusher [-2, 2], humanoid and humanoidstandup [-0.4, 0.4]) map [-1, 1] to them
+    inside their `step`; every other Brax task's actuators take [-1, 1].
+
     Args:
         name: the Brax name without prefix, e.g. `"halfcheetah"`.
         backend: Brax physics pipeline: `"mjx"` (default), `"generalized"`, `"positional"` or
@@ -44,11 +51,22 @@ def make_brax(
     with warnings.catch_warnings():
         # Brax prints a "not actively maintained" notice on every system load.
         warnings.filterwarnings("ignore", message=".*not actively being maintained.*")
-        env = brax_envs.get_environment(name, backend=backend, **env_kwargs)
-    return from_mujoco(
+        try:
+            env = brax_envs.get_environment(name, backend=backend, **env_kwargs)
+        except ValueError as err:
+            if "backend" not in str(err).lower():
+                raise
+            raise ValueError(
+                f"brax/{name} is not available on Brax's {backend!r} backend ({err}); pass "
+                "backend='generalized' (or 'positional', 'spring') to envs.make"
+            ) from err
+    identity = np.tile(np.asarray([-1.0, 1.0], np.float32), (env.action_size, 1))
+    return JaxEnv(
         f"brax/{name}",
-        env,
-        env.sys.mj_model,
+        env.reset,
+        env.step,
+        identity,
+        observation_size_of(env.reset),
         num_envs=num_envs,
         seed=seed,
         action_repeat=action_repeat,

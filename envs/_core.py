@@ -118,8 +118,11 @@ class Env(abc.ABC):
         )
 
 
-def check_settings(num_envs: int, action_repeat: int, episode_length: int) -> None:
-    """Reject settings that would silently misbehave (zero or negative counts, floats)."""
+def check_settings(num_envs: int, action_repeat: int, episode_length: int, seed: int = 0) -> None:
+    """Reject settings that would silently misbehave (zero or negative counts, floats, a
+    fractional seed that would be truncated)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     for label, value in (
         ("num_envs", num_envs),
         ("action_repeat", action_repeat),

@@ -120,7 +120,7 @@ class DmcEnv(Env):
         task_kwargs: dict[str, Any] | None = None,
         start_timeout: float = 120.0,
     ):
-        check_settings(num_envs, action_repeat, episode_length)
+        check_settings(num_envs, action_repeat, episode_length, seed)
         self.name = f"dmc/{domain}-{task}"
         self.num_envs, self.seed = int(num_envs), int(seed)
         self.action_repeat, self.episode_length = int(action_repeat), int(episode_length)
@@ -138,7 +138,18 @@ class DmcEnv(Env):
         self.action_size = int(spec.shape[0])
         self.action_low = np.asarray(spec.minimum, np.float32)
         self.action_high = np.asarray(spec.maximum, np.float32)
-        probe.close()
+        try:  # a task whose reset fails here would fail in every worker, less clearly
+            probe.reset()
+        except RuntimeError as err:
+            if "opengl" not in str(err).lower():
+                raise
+            raise ValueError(
+                f"{self.name}: resetting this task needs an OpenGL rendering context ({err}); "
+                "set MUJOCO_GL to a working backend (egl or osmesa) before the first import "
+                f"of envs or dm_control (now MUJOCO_GL={os.environ.get('MUJOCO_GL')!r})"
+            ) from err
+        finally:
+            probe.close()
 
         if num_workers is None:  # one environment gains nothing from a process of its own
             workers = 0 if self.num_envs == 1 else _default_workers()

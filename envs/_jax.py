@@ -110,7 +110,7 @@ class JaxEnv(Env):
         episode_length: int,
         check_finite: bool = True,
     ):
-        check_settings(num_envs, action_repeat, episode_length)
+        check_settings(num_envs, action_repeat, episode_length, seed)
         self.name = name
         self.num_envs = int(num_envs)
         self.seed = int(seed)

@@ -48,7 +48,7 @@ def make(
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string like 'dmc/cartpole-swingup', got {name!r}")
-    check_settings(num_envs, action_repeat, episode_length)
+    check_settings(num_envs, action_repeat, episode_length, seed)
     prefix, _, rest = name.partition("/")
     if prefix not in _PREFIXES or name not in _names_of(prefix):
         raise unknown_name_error(name, names())

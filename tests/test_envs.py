@@ -33,7 +33,9 @@ def _step(state: _LineState, ctrl: jax.Array) -> _LineState:
     return _LineState(jnp.stack([pos, ctrl[0]]), ctrl[0], (pos > 10.0).astype(jnp.float32), pos)
 
 
-def _line(num_envs: int = 3, action_repeat: int = 1, episode_length: int = 6) -> envs.JaxEnv:
+def _line(
+    num_envs: int = 3, action_repeat: int = 1, episode_length: int = 6, seed: int = 0
+) -> envs.JaxEnv:
     return envs.JaxEnv(
         "test/line",
         _reset,
@@ -41,7 +43,7 @@ def _line(num_envs: int = 3, action_repeat: int = 1, episode_length: int = 6) ->
         np.array([[0.0, 4.0]], np.float32),
         2,
         num_envs=num_envs,
-        seed=0,
+        seed=seed,
         action_repeat=action_repeat,
         episode_length=episode_length,
     )
@@ -185,6 +187,11 @@ def test_bad_settings():
         _line(num_envs=0)
     with pytest.raises(ValueError, match="action_repeat"):
         _line(action_repeat=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        _line(seed=1.7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        envs.make("dmc/cartpole-swingup", seed=1.7)  # type: ignore[arg-type]
+    assert _line(seed=np.int64(3)).seed == 3
 
 
 def test_unknown_names_suggest_close_ones():

@@ -8,7 +8,8 @@ import pytest
 import envs
 
 _SETTINGS = {
-    # Brax: inverted pendulum, actuator range [-3, 3]; falls over (terminates) under full push.
+    # Brax: inverted pendulum, actuator range [-3, 3] (Brax maps [-1, 1] to it); falls over
+    # (terminates) under full push.
     "brax/inverted_pendulum": dict(num_envs=2, action_repeat=1, episode_length=4),
     # Playground's DM Control cartpole on MJX, with action repeat.
     "playground/CartpoleBalance": dict(num_envs=2, action_repeat=2, episode_length=6),
@@ -61,7 +62,7 @@ def test_termination(env, getkey):
     if not env.name.startswith("brax/"):
         pytest.skip("the cartpole tasks never terminate")
     state, _ = env.reset(getkey())
-    push = jnp.ones((env.num_envs, env.action_size), jnp.float32)  # full force, +3 after rescaling
+    push = jnp.ones((env.num_envs, env.action_size), jnp.float32)  # full force: Brax applies +3
     for _ in range(env.episode_length - 1):
         state, step = env.step(state, push)
         if step.terminated.all():
@@ -71,6 +72,27 @@ def test_termination(env, getkey):
     assert not step.truncated.any()
     assert (step.episode_length < env.episode_length).all()
     assert not jnp.allclose(step.obs, step.final_obs)
+
+
+def test_actions_reach_the_actuators_once_rescaled(env, getkey):
+    """[-1, 1] maps to the actuator range once: by Brax inside its step for Brax tasks (the
+    wrapper passes actions on as they are), by the wrapper for Playground's (which apply the
+    action as the control). Both test tasks end up at ctrl = low + (a + 1) / 2 · (high - low)."""
+    low, high = {"brax/inverted_pendulum": (-3.0, 3.0), "playground/CartpoleBalance": (-1.0, 1.0)}[
+        env.name
+    ]
+    state, _ = env.reset(getkey())
+    action = jnp.asarray([[1 / 3], [-0.5]], jnp.float32)
+    state, _ = env.step(state, action)
+    inner = state.inner
+    data = inner.pipeline_state if env.name.startswith("brax/") else inner.data
+    expected = low + (np.asarray(action) + 1) / 2 * (high - low)
+    np.testing.assert_allclose(np.asarray(data.ctrl), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_brax_task_missing_from_a_backend_says_which_to_use():
+    with pytest.raises(ValueError, match="backend='generalized'"):
+        envs.make("brax/swimmer")
 
 
 @pytest.mark.slow  # a fresh MJX compile (~30 s on 2 cores); the wrapper's scan test is fast

@@ -305,3 +305,12 @@ def test_workers_exit_when_the_parent_is_killed():
             parent.stdin.close()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+@pytest.mark.skipif(
+    os.environ.get("MUJOCO_GL", "disable") != "disable", reason="rendering is on: the task resets"
+)
+def test_a_task_that_renders_on_reset_fails_at_make_with_the_fix():
+    # quadruped-escape builds its terrain with a rendering context on every reset
+    with pytest.raises(ValueError, match=r"needs an OpenGL rendering context.*MUJOCO_GL"):
+        envs.make("dmc/quadruped-escape", num_envs=2, num_workers=2)
