@@ -1,8 +1,11 @@
-"""Checkpoints: one file, a JSON header then the state's arrays (`eqx.tree_serialise_leaves`).
+"""Checkpoints: one file, a JSON header, the state's arrays (`eqx.tree_serialise_leaves`) and a
+CRC-32 of everything before it.
 
 Written atomically (temp file, fsync, os.replace, fsync of the folder), read back against a
 template of the expected state — never with pickle. The header records the leaf shapes and dtypes,
-so an incompatible checkpoint is refused with a clear message before anything is read.
+so an incompatible checkpoint is refused with a clear message before anything is read; a
+truncated or damaged file (the checksum disagrees) is refused as a `CheckpointError` and nothing
+of it is used. Files of the first format (no checksum) still load.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +21,42 @@ import equinox as eqx
 import jax
 import numpy as np
 
-MAGIC = b"NSCKPT1\n"
+MAGIC = b"NSCKPT2\n"  # header, arrays, then b"CRC32" and the checksum (little-endian uint32)
+_MAGIC_V1 = b"NSCKPT1\n"  # header and arrays, no checksum
+_TRAILER = b"CRC32"
+_DAMAGED = "restore it from a copy, or start again in a new --run-dir"
 
 
 class CheckpointError(ValueError):
     """The checkpoint is missing, damaged or does not match the run."""
+
+
+class _Checksummed:
+    """A binary file wrapper for writing that keeps the CRC-32 of every byte written through it
+    (the arrays are written in one sequential pass; NumPy's reader seeks back, so a load checks
+    the file with `_crc_of_prefix` instead)."""
+
+    def __init__(self, f: Any):
+        self.f, self.crc = f, 0
+
+    def write(self, data: Any) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, ... of the wrapped file
+        return getattr(self.f, name)
+
+
+def _crc_of_prefix(f: Any, end: int, chunk: int = 1 << 22) -> int:
+    """CRC-32 of the first `end` bytes of the open file `f`."""
+    f.seek(0)
+    crc, left = 0, end
+    while left > 0:
+        data = f.read(min(chunk, left))
+        if not data:
+            break
+        crc, left = zlib.crc32(data, crc), left - len(data)
+    return crc
 
 
 def _is_key(x: Any) -> bool:
@@ -66,13 +101,15 @@ def save_checkpoint(path: str | Path, state: Any, meta: dict[str, Any]) -> None:
     header = dict(meta, leaves=leaf_signature(state))
     blob = json.dumps(header, sort_keys=True).encode()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as raw:
+        f = _Checksummed(raw)
         f.write(MAGIC)
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         eqx.tree_serialise_leaves(f, _unwrap_keys(state))
-        f.flush()
-        os.fsync(f.fileno())
+        raw.write(_TRAILER + struct.pack("<I", f.crc))
+        raw.flush()
+        os.fsync(raw.fileno())
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -82,15 +119,29 @@ def save_checkpoint(path: str | Path, state: Any, meta: dict[str, Any]) -> None:
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a checkpoint (its arrays are not read, nor checked)."""
     with open(path, "rb") as f:
-        return _header(f, path)
+        return _header(f, path)[0]
 
 
-def _header(f: Any, path: Any) -> dict[str, Any]:
-    if f.read(len(MAGIC)) != MAGIC:
+def _header(f: Any, path: Any) -> tuple[dict[str, Any], bool]:
+    """(header, whether the file ends with a checksum)."""
+    magic = f.read(len(MAGIC))
+    if magic not in (MAGIC, _MAGIC_V1):
         raise CheckpointError(f"{path} is not a neurosurgery checkpoint")
-    (n,) = struct.unpack("<Q", f.read(8))
-    return json.loads(f.read(n).decode())
+    size = f.read(8)
+    blob = f.read(struct.unpack("<Q", size)[0]) if len(size) == 8 else b""
+    try:
+        if len(size) != 8 or len(blob) != struct.unpack("<Q", size)[0]:
+            raise ValueError("the file ends inside its header")
+        header = json.loads(blob.decode())
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+    except ValueError as err:  # JSON and Unicode errors are ValueErrors too
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or damaged ({err}); {_DAMAGED}"
+        ) from err
+    return header, magic == MAGIC
 
 
 def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
@@ -100,7 +151,7 @@ def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
-        header = _header(f, path)
+        header, checked = _header(f, path)
         expected = leaf_signature(template)
         if header.get("leaves") != expected:
             got = header.get("leaves", [])
@@ -114,5 +165,26 @@ def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any
                 f"({got[diff] if diff < len(got) else '-'} vs "
                 f"{expected[diff] if diff < len(expected) else '-'})"
             )
-        state = eqx.tree_deserialise_leaves(f, _unwrap_keys(template))
+        try:
+            state = eqx.tree_deserialise_leaves(f, _unwrap_keys(template))
+        except Exception as err:  # a short or garbled array section, whatever NumPy reports
+            raise CheckpointError(
+                f"checkpoint {path} is truncated or damaged: its arrays could not be read "
+                f"({type(err).__name__}: {str(err)[:200]}); {_DAMAGED}"
+            ) from err
+        if checked:
+            end = f.tell()
+            trailer = f.read(len(_TRAILER) + 4)
+            if len(trailer) != len(_TRAILER) + 4 or not trailer.startswith(_TRAILER):
+                raise CheckpointError(
+                    f"checkpoint {path} is truncated: its checksum is missing; {_DAMAGED}"
+                )
+            (stored,) = struct.unpack("<I", trailer[len(_TRAILER) :])
+            extra = f.read(1)
+            crc = _crc_of_prefix(f, end)
+            if stored != crc or extra:
+                raise CheckpointError(
+                    f"checkpoint {path} is damaged: its checksum does not match its contents "
+                    f"({crc:08x} computed, {stored:08x} stored); {_DAMAGED}"
+                )
     return _rewrap_keys(state, template), header

@@ -33,7 +33,42 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
-    return replace(config_from_dict(json.loads(path.read_text())["config"]), run_dir=str(run_dir))
+    try:
+        saved = json.loads(path.read_text())["config"]
+        config = config_from_dict(saved)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"{path} cannot be read as a run configuration ({type(err).__name__}: {err}); "
+            "restore it from a copy (the checkpoint holds the state, config.json the options)"
+        ) from err
+    return replace(config, run_dir=str(run_dir))
+
+
+def _saved_steps(run_dir: Path) -> int | None:
+    """`steps` as saved in the run folder's config.json (None if it cannot be read)."""
+    try:
+        return int(json.loads((run_dir / "config.json").read_text())["config"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: files a run writes into its folder besides the checkpoint
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb")
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """`option: saved → current` for every option that differs (nested options dotted)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            name = f"{prefix}{key}"
+            if key not in saved or key not in current:
+                where = "this run" if key in current else "the checkpoint"
+                out.append(f"{name} (only in {where})")
+            else:
+                out += _differences(saved[key], current[key], name + ".")
+        return out
+    return [] if saved == current else [f"{prefix[:-1] or 'config'}: {saved!r} → {current!r}"]
 
 
 def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[Sink]:
@@ -83,11 +118,28 @@ def train(
     if resume:
         header = read_header(ckpt_path) if ckpt_path.exists() else None
         if header is not None and header["config"] != _program_options(config):
+            diff = _differences(header["config"], _program_options(config))
+            shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise CheckpointError(
-                f"checkpoint {ckpt_path} was written by a different configuration"
+                f"checkpoint {ckpt_path} was written by a different configuration ({shown}); "
+                "resume with the options saved in the run folder, or start a new --run-dir"
+            )
+        # a run's own `steps` may fall short of where it ended (it runs whole segments);
+        # a new, smaller `steps` would be recorded against a state that is further on
+        done = None if header is None else header["env_steps"]
+        if done is not None and config.steps < done and config.steps != _saved_steps(run_dir):
+            raise CheckpointError(
+                f"{run_dir} is already at {done} env steps, past steps = {config.steps}; "
+                f"resume with steps >= {done} (or leave it out)"
             )
     elif ckpt_path.exists():
         raise CheckpointError(f"{run_dir} already holds a run; pass --resume or another run dir")
+    elif any((run_dir / name).exists() for name in RUN_FILES):
+        found = ", ".join(name for name in RUN_FILES if (run_dir / name).exists())
+        raise CheckpointError(
+            f"{run_dir} holds files of an earlier run with no checkpoint ({found}); a new run "
+            "would mix its metrics with theirs: delete them or pick another --run-dir"
+        )
     trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
     sinks: list[Sink] = []
     try:

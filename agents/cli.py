@@ -26,7 +26,8 @@ class TrainCommand(TrainConfig):
 
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks, --progress and --env-workers apply."""
+    options only --steps (to extend the run), --sinks, --progress and --env-workers may be
+    given (each then replaces the saved value); any other is refused."""
 
 
 def _config(cmd: TrainCommand) -> TrainConfig:
@@ -41,18 +42,39 @@ def parse(args: Sequence[str]) -> TrainCommand:
     )
 
 
+#: the options a resumed run takes from the command line (the rest come from its folder)
+RESUME_OPTIONS = ("steps", "sinks", "progress", "no-progress", "env-workers", "resume")
+
+
+def _flag(arg: str) -> str:
+    """`--env_workers=2` → `env-workers`: the option a command-line word names."""
+    return arg[2:].split("=", 1)[0].replace("_", "-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = parse(args)
+    given = {_flag(a) for a in args if a.startswith("--")}
+    run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
     try:
         if cmd.resume is not None:
+            refused = sorted(given - set(RESUME_OPTIONS))
+            if refused:
+                allowed = ", ".join(f"--{o}" for o in RESUME_OPTIONS[:-1])
+                raise ValueError(
+                    f"--resume continues the run with the options saved in {cmd.resume}; "
+                    f"{', '.join('--' + o for o in refused)} cannot change it (only {allowed} "
+                    "can). Start a new --run-dir to train with other options"
+                )
             config = load_run_config(cmd.resume)
-            given = lambda flag: any(a.split("=")[0] == flag for a in args)
-            steps = cmd.steps if given("--steps") else config.steps
-            workers = cmd.env_workers if given("--env-workers") else config.env_workers
+            progress = cmd.progress if given & {"progress", "no-progress"} else config.progress
             config = dataclasses.replace(
-                config, progress=cmd.progress, sinks=cmd.sinks, steps=steps, env_workers=workers
+                config,
+                steps=cmd.steps if "steps" in given else config.steps,
+                sinks=cmd.sinks if "sinks" in given else config.sinks,
+                progress=progress,
+                env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
             )
             summary = train(config, resume=True)
         else:
@@ -63,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, CheckpointError) as err:
         print(f"neurosurgery: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"neurosurgery: interrupted; the run folder keeps its last checkpoint (if one was "
+            f"written): continue with `neurosurgery train --resume {run_dir}`",
+            file=sys.stderr,
+        )
+        return 130
     ret = summary.get("eval/episode_return", summary.get("train/episode_return"))
     print(f"done: {summary['env_steps']} env steps, final return per seed: {ret}")
     return 0

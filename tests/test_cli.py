@@ -67,15 +67,45 @@ def test_train_and_resume(tmp_path, capsys):
     assert "1000/1000" in out.err  # progress bar
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 1000
+    saved = lambda: json.loads((run_dir / "config.json").read_text())["config"]
     # a finished run resumes to the same summary without more work
     assert main(["train", "--resume", str(run_dir), "--no-progress", "--sinks", "csv"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1000
-    # --steps extends a finished run
-    assert main(["train", "--resume", str(run_dir), "--steps", "1200", "--no-progress"]) == 0
+    assert saved()["sinks"] == ["csv"] and saved()["progress"] is False
+    # --steps extends a finished run; options not given keep their saved values (csv only)
+    assert main(["train", "--resume", str(run_dir), "--steps", "1200"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1200
-    assert json.loads((run_dir / "config.json").read_text())["config"]["steps"] == 1200
+    assert saved()["steps"] == 1200 and saved()["sinks"] == ["csv"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(ln)["env_steps"] for ln in lines) == 1000  # jsonl was not on
+    with open(run_dir / "metrics.csv") as f:
+        assert max(int(line.split(",")[0]) for line in list(f)[1:]) == 1200
+    capsys.readouterr()
+
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    refused = [
+        (["--seeds", "5"], "--seeds cannot change it"),
+        (["--sac.batch-size=64", "--run-dir", "x"], "--run-dir, --sac.batch-size cannot"),
+        (["--steps", "400"], "already at 1200 env steps, past steps = 400"),
+        (["--env_workers=1"], "env_workers applies to dm_control"),  # allowed, then validated
+    ]
+    for extra, message in refused:
+        assert main(["train", "--resume", str(run_dir), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+    # a damaged checkpoint is refused by name, and the folder is left as it was
+    (run_dir / "checkpoint.ckpt").write_bytes(before["checkpoint.ckpt"][:-100])
+    assert main(["train", "--resume", str(run_dir), "--steps", "1400"]) == 2
+    assert "is truncated or damaged" in capsys.readouterr().err
+    assert (run_dir / "config.json").read_bytes() == before["config.json"]
+    # a fresh run does not write into a folder that holds an earlier run's files
+    (run_dir / "checkpoint.ckpt").unlink()
+    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 2
+    assert "holds files of an earlier run with no checkpoint" in capsys.readouterr().err
+    assert (run_dir / "metrics.csv").read_bytes() == before["metrics.csv"]
 
 
 def test_env_workers_reach_the_dm_control_pools():
@@ -96,3 +126,15 @@ def test_env_workers_reach_the_dm_control_pools():
     from agents._trainer import _program_options
 
     assert _program_options(config) == _program_options(dataclasses.replace(config, env_workers=2))
+
+
+def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import agents.cli
+
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agents.cli, "train", interrupted)
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 130
+    assert f"neurosurgery train --resume {run_dir}" in capsys.readouterr().err

@@ -54,14 +54,16 @@ def killed_run(tmp_path_factory):
     """A run in a subprocess, started early (it compiles alongside the in-process run)."""
     run_dir = tmp_path_factory.mktemp("killed")
     config = dataclasses.replace(BASE, run_dir=str(run_dir))
-    (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
+    spec = tmp_path_factory.mktemp("killed_config")  # a fresh run refuses a folder with files
+    (spec / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
     # a callback that sleeps keeps the run alive long enough to be killed mid-way on fast machines
     script = (
-        "import sys, time, agents\n"
+        "import dataclasses, sys, time, agents\n"
         "pause = lambda step, metrics: time.sleep(0.5)\n"
-        "agents.train(agents.load_run_config(sys.argv[1]), callbacks=[pause])\n"
+        "config = dataclasses.replace(agents.load_run_config(sys.argv[1]), run_dir=sys.argv[2])\n"
+        "agents.train(config, callbacks=[pause])\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(spec), str(run_dir)], cwd=ROOT)
     seen: list[int] = []
 
     def kill_mid_run() -> None:
@@ -202,10 +204,41 @@ def test_incompatible_checkpoint_refused(full_run, tmp_path):
         agents.load_checkpoint(full_dir / "checkpoint.ckpt", template)
     run_dir = tmp_path / "other"
     shutil.copytree(full_dir, run_dir)
-    with pytest.raises(agents.CheckpointError, match="different configuration"):
+    with pytest.raises(agents.CheckpointError, match="different configuration") as err:
         agents.train(dataclasses.replace(config, sac=wider, run_dir=str(run_dir)), resume=True)
+    assert "sac.critic.width: 16 → 24" in str(err.value) and "new --run-dir" in str(err.value)
     with pytest.raises(agents.CheckpointError, match="already holds a run"):
         agents.train(dataclasses.replace(config, run_dir=str(run_dir)))
+
+
+def test_damaged_checkpoints_are_refused(full_run, tmp_path):
+    """Truncated anywhere, or with a byte changed, a checkpoint is refused as a CheckpointError
+    (never a traceback from deep inside the reader, never a silently different state); a file of
+    the first format (no checksum) still loads."""
+    config, full_dir, _, _ = full_run
+    template = agents.Trainer(config).state_shapes()
+    good = (full_dir / "checkpoint.ckpt").read_bytes()
+    path = tmp_path / "damaged.ckpt"
+    for cut in (12, 100, len(good) // 2, len(good) - 10, len(good) - 3):
+        path.write_bytes(good[:cut])
+        with pytest.raises(agents.CheckpointError, match="truncated"):
+            agents.load_checkpoint(path, template)
+    for offset in (len(good) // 3, int(len(good) * 0.8), len(good) - 20):
+        flipped = bytearray(good)
+        flipped[offset] ^= 0x10
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(agents.CheckpointError, match="damaged"):
+            agents.load_checkpoint(path, template)
+    path.write_bytes(good + b"x")  # something appended
+    with pytest.raises(agents.CheckpointError, match="checksum does not match"):
+        agents.load_checkpoint(path, template)
+    first_format = b"NSCKPT1\n" + good[8:-9]  # the same file without its checksum trailer
+    path.write_bytes(first_format)
+    old, _ = agents.load_checkpoint(path, template)
+    new, _ = agents.load_checkpoint(full_dir / "checkpoint.ckpt", template)
+    assert eqx.tree_equal(
+        agents._checkpoint._unwrap_keys(old), agents._checkpoint._unwrap_keys(new)
+    )
 
 
 def test_host_loop_follows_the_compiled_loop(full_run, tmp_path):
