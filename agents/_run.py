@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -153,10 +154,14 @@ def train(
         else:
             ts = trainer.initial_state()
         run_dir.mkdir(parents=True, exist_ok=True)
-        # rewritten on resume too: --steps may have extended the run
-        meta = {"config": config_to_dict(config), "versions": versions()}
-        (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        # the metric files first: one that cannot be read stops the resume before anything
+        # else in the folder changes
         sinks = _sinks(config, run_dir, env_steps if resume else None)
+        # rewritten on resume too (--steps may have extended the run), through a rename
+        meta = {"config": config_to_dict(config), "versions": versions()}
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, run_dir / "config.json")
         emit = [*callbacks, *(s.write for s in sinks)]
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,22 +32,62 @@ def _rows(env_steps: int, seeds: Sequence[int], metrics: Record):
             yield seed, values
 
 
+def _csv_step(row: list[str]) -> int:
+    if len(row) != 4:
+        raise ValueError(f"{len(row)} fields instead of 4")
+    return int(row[0])
+
+
+def _jsonl_step(line: str) -> int:
+    return int(json.loads(line)["env_steps"])
+
+
+def _parsed(path: Path, items: list, step_of, first_line: int = 1) -> list:
+    """`items` (rows or lines of a metric file) that parse. A broken last one is what a run
+    killed while writing leaves behind, and is dropped; a broken one elsewhere is an error that
+    names the file and leaves it as it is."""
+    good = []
+    for i, item in enumerate(items):
+        try:
+            step_of(item)
+        except (ValueError, KeyError, TypeError) as err:
+            if i == len(items) - 1:
+                continue
+            raise ValueError(
+                f"{path}: line {i + first_line} cannot be read ({type(err).__name__}: {err}); "
+                "repair or delete the file, then resume again"
+            ) from err
+        good.append(item)
+    return good
+
+
+def _replace_file(path: Path, write, newline: str | None = None) -> None:
+    """Write a file through a temporary file and a rename, so that an interrupted rewrite (on
+    resume) leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline=newline) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class CSVSink:
     """Long format: env_steps, seed, name, value."""
 
     def __init__(self, path: Path, seeds: Sequence[int], keep_until: int | None = None):
         self.seeds = list(seeds)
+        kept: list[list[str]] = []
         if keep_until is not None and path.exists():
             with open(path, newline="") as f:
-                kept = [r for r in csv.reader(f)][1:]
-            kept = [r for r in kept if int(r[0]) <= keep_until]
-        else:
-            kept = []
-        self.file = open(path, "w", newline="")  # noqa: SIM115
+                rows = list(csv.reader(f))[1:]
+            kept = [
+                r for r in _parsed(path, rows, _csv_step, first_line=2) if int(r[0]) <= keep_until
+            ]
+        header = [["env_steps", "seed", "name", "value"]]
+        _replace_file(path, lambda f: csv.writer(f).writerows(header + kept), newline="")
+        self.file = open(path, "a", newline="")  # noqa: SIM115
         self.writer = csv.writer(self.file)
-        self.writer.writerow(["env_steps", "seed", "name", "value"])
-        self.writer.writerows(kept)
-        self.file.flush()
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):
@@ -65,11 +106,10 @@ class JSONLSink:
         self.seeds = list(seeds)
         kept: list[str] = []
         if keep_until is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in kept if json.loads(ln)["env_steps"] <= keep_until]
-        self.file = open(path, "w")  # noqa: SIM115
-        self.file.writelines(ln + "\n" for ln in kept)
-        self.file.flush()
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in _parsed(path, lines, _jsonl_step) if _jsonl_step(ln) <= keep_until]
+        _replace_file(path, lambda f: f.writelines(ln + "\n" for ln in kept))
+        self.file = open(path, "a")  # noqa: SIM115
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):

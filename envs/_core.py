@@ -156,6 +156,28 @@ def check_action_layout(action: Any, num_envs: int, action_size: int, name: str)
         )
 
 
+def typed_key(key: Any, name: str) -> Any:
+    """`key` as a typed JAX PRNG key: typed keys pass, legacy uint32 key data is wrapped, and
+    anything else (a plain integer seed, say) is refused with the fix. Works under `jit`."""
+    import jax
+    import jax.numpy as jnp
+
+    if isinstance(key, bool | int | float | np.integer | np.floating):
+        raise TypeError(
+            f"{name}: reset takes a JAX PRNG key such as jax.random.key({key!r}), not the number "
+            f"{key!r} (or None for the seed given to envs.make)"
+        )
+    arr = jnp.asarray(key)
+    if jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
+        return arr
+    if arr.dtype != jnp.uint32 or arr.ndim < 1:
+        raise TypeError(
+            f"{name}: reset takes a JAX PRNG key such as jax.random.key(0), got an array of "
+            f"dtype {arr.dtype} and shape {tuple(arr.shape)}"
+        )
+    return jax.random.wrap_key_data(arr)
+
+
 def unknown_name_error(name: str, valid: list[str]) -> ValueError:
     """A `ValueError` for an unknown environment name that lists the closest valid names."""
     close = difflib.get_close_matches(name, valid, n=5, cutoff=0.4)

@@ -18,6 +18,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import time
 import weakref
 from multiprocessing.connection import wait
 from typing import Any
@@ -26,8 +27,10 @@ import jax
 import numpy as np
 from jaxtyping import Float
 
-from ._core import Env, Step, check_action_layout, check_settings, host_step
+from ._core import Env, Step, check_action_layout, check_settings, host_step, typed_key
 from ._dmc_worker import Runner, buffer_size, load_task, shared_views, worker_main
+
+_ENV_IDS = itertools.count()
 
 
 class WorkerError(RuntimeError):
@@ -125,6 +128,7 @@ class DmcEnv(Env):
         self.num_envs, self.seed = int(num_envs), int(seed)
         self.action_repeat, self.episode_length = int(action_repeat), int(episode_length)
         self._closed = True
+        self._uid = next(_ENV_IDS)  # unlike id(self), never reused by a later environment
         self._task_kwargs = dict(task_kwargs or {})
         probe = load_task(domain, task, self._task_kwargs)
         self.observation_keys = {}
@@ -210,10 +214,10 @@ class DmcEnv(Env):
         self._check_idle("reset")
         if key is None:
             key = jax.random.key(self.seed)
-        seed = _seed_from_key(key)
+        seed = _seed_from_key(key, self.name)
         self._command(f"reset:{seed}".encode())
         self._resets += 1
-        return DmcState(id(self), self._resets, 0), self._read()
+        return DmcState(self._uid, self._resets, 0), self._read()
 
     def step(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> tuple[DmcState, Step]:
         self.step_async(state, action)
@@ -230,7 +234,7 @@ class DmcEnv(Env):
         """
         self._check_open()
         self._check_idle("step_async")
-        if not isinstance(state, DmcState) or state.env_id != id(self):
+        if not isinstance(state, DmcState) or state.env_id != self._uid:
             raise TypeError(f"{self.name}: state must be the DmcState returned by this env")
         check_action_layout(action, self.num_envs, self.action_size, self.name)
         action = np.asarray(action)
@@ -315,12 +319,13 @@ class DmcEnv(Env):
             raise
 
     def _await_all(self, timeout: float) -> None:
-        """Wait for every worker's first answer, with a timeout (start-up)."""
+        """Wait for every worker's first answer, `timeout` seconds for all of them (start-up)."""
         pending = dict(enumerate(self._conns))
         sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
+        deadline = time.monotonic() + timeout
         while pending:
             waitables = list(pending.values()) + [self._procs[i].sentinel for i in pending]
-            ready = wait(waitables, timeout)
+            ready = wait(waitables, max(0.0, deadline - time.monotonic()))
             if not ready:
                 self._fail(min(pending), f"it did not answer within {timeout} s")
             for obj in ready:
@@ -353,9 +358,6 @@ class DmcEnv(Env):
         )
 
 
-def _seed_from_key(key: Any) -> int:
+def _seed_from_key(key: Any, name: str = "dmc") -> int:
     """A 32-bit integer seed derived from a JAX PRNG key (typed or legacy)."""
-    key = jax.numpy.asarray(key)
-    if not jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
-    return int(jax.random.bits(key, (), dtype=np.uint32))
+    return int(jax.random.bits(typed_key(key, name), (), dtype=np.uint32))

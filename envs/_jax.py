@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._core import Env, Step, check_action_layout, check_settings
+from ._core import Env, Step, check_action_layout, check_settings, typed_key
 
 
 class JaxState(eqx.Module):
@@ -68,14 +68,6 @@ def from_mujoco(name: str, env: Any, mj_model: Any, **options: Any) -> JaxEnv:
         mj_model.actuator_ctrllimited[:, None].astype(bool), mj_model.actuator_ctrlrange, 0.0
     )
     return JaxEnv(name, env.reset, env.step, ctrl_range, observation_size_of(env.reset), **options)
-
-
-def _as_typed_key(key: Any) -> PRNGKeyArray:
-    """Accept both new-style typed keys and legacy uint32 keys."""
-    key = jnp.asarray(key)
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    return jax.random.wrap_key_data(key)
 
 
 class JaxEnv(Env):
@@ -132,7 +124,7 @@ class JaxEnv(Env):
     def reset(self, key: Any = None) -> tuple[JaxState, Step]:
         if key is None:
             key = jax.random.key(self.seed)
-        return self._reset_jit(_as_typed_key(key))
+        return self._reset_jit(typed_key(key, self.name))
 
     def step(self, state: JaxState, action: Float[Array, "n act"]) -> tuple[JaxState, Step]:
         check_action_layout(action, self.num_envs, self.action_size, self.name)

@@ -235,3 +235,13 @@ def test_host_step_is_the_same_pytree_as_step():
     np.testing.assert_array_equal(stacked.obs[0], stacked.obs[1])
     with pytest.raises(TypeError, match="exactly the fields"):
         host_step(**{k: v for k, v in fields.items() if k != "reward"})
+
+
+def test_reset_refuses_a_number_for_a_key():
+    env = _line()
+    with pytest.raises(TypeError, match=r"jax\.random\.key\(7\), not the number 7"):
+        env.reset(7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dtype float32"):
+        env.reset(jnp.zeros(2, jnp.float32))
+    legacy, typed = env.reset(jax.random.PRNGKey(3))[1], env.reset(jax.random.key(3))[1]
+    np.testing.assert_array_equal(legacy.obs, typed.obs)  # legacy uint32 keys still work

@@ -314,3 +314,16 @@ def test_a_task_that_renders_on_reset_fails_at_make_with_the_fix():
     # quadruped-escape builds its terrain with a rendering context on every reset
     with pytest.raises(ValueError, match=r"needs an OpenGL rendering context.*MUJOCO_GL"):
         envs.make("dmc/quadruped-escape", num_envs=2, num_workers=2)
+
+
+def test_reset_refuses_a_number_and_handles_are_never_reused(env):
+    with pytest.raises(TypeError, match=r"jax\.random\.key\(7\)"):
+        env.reset(7)
+    state, _ = env.reset(jax.random.key(0))  # still usable
+    env.step(state, np.zeros((4, 1), np.float32))
+    with _make(num_workers=0) as first:
+        old, _ = first.reset()
+    match = "state must be the DmcState returned by this env"
+    # the second environment may live at the address the first one had
+    with _make(num_workers=0) as second, pytest.raises(TypeError, match=match):
+        second.step(old, np.zeros((4, 1), np.float32))

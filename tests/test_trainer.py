@@ -318,3 +318,38 @@ def test_fractional_replay_ratio_counts(full_run):
     trainer = agents.Trainer(dataclasses.replace(config, replay_ratio=0.5))
     assert (trainer.loop.env_per_body, trainer.loop.updates_per_body) == (4, 2)
     assert trainer.segment_env_steps == 200  # 25 bodies × 4 vector steps × 2 envs
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_metric_files_on_resume_drop_a_torn_last_record_and_refuse_a_broken_one(tmp_path, kind):
+    """A run killed while writing leaves a partial last record: resuming drops it (with the rows
+    after the checkpoint). A broken record before the end is an error naming the file, and the
+    file is left as it was."""
+    from agents._sinks import CSVSink, JSONLSink
+
+    sink_type = {"csv": CSVSink, "jsonl": JSONLSink}[kind]
+    path = tmp_path / f"metrics.{kind}"
+    sink = sink_type(path, [0])
+    for step in (100, 200, 300):
+        sink.write(step, {"train/episode_return": [float(step)]})
+    sink.close()
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[-1][:9])  # torn mid-record, no newline
+    sink = sink_type(path, [0], keep_until=200)
+    sink.write(300, {"train/episode_return": [3.5]})
+    sink.close()
+    if kind == "csv":
+        with open(path, newline="") as f:
+            got = [(int(r[0]), float(r[3])) for r in list(csv.reader(f))[1:]]
+    else:
+        records = map(json.loads, path.read_text().splitlines())
+        got = [(r["env_steps"], r["train/episode_return"]) for r in records]
+    assert got == [(100, 100.0), (200, 200.0), (300, 3.5)]
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:5]  # broken in the middle of the file
+    broken = "\n".join(lines) + "\n"
+    path.write_text(broken)
+    with pytest.raises(ValueError, match=rf"metrics\.{kind}: line 2 cannot be read"):
+        sink_type(path, [0], keep_until=300)
+    assert path.read_text() == broken
+    assert not path.with_name(path.name + ".tmp").exists()
