@@ -57,17 +57,22 @@ def _saved_steps(run_dir: Path) -> int | None:
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb")
 
 
-def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """`option: saved → current` for every option that differs (nested options dotted)."""
+def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:
+    """`option: saved → current` for every option that differs (nested options dotted). An
+    option the checkpoint does not know (added to the configuration after it was written)
+    counts as equal when this run leaves it at its default."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
+        default = default if isinstance(default, dict) else {}
         for key in sorted(set(saved) | set(current)):
             name = f"{prefix}{key}"
-            if key not in saved or key not in current:
-                where = "this run" if key in current else "the checkpoint"
-                out.append(f"{name} (only in {where})")
+            if key not in current:
+                out.append(f"{name} (only in the checkpoint)")
+            elif key not in saved:
+                if key not in default or current[key] != default[key]:
+                    out.append(f"{name}: not in the checkpoint, {current[key]!r} here")
             else:
-                out += _differences(saved[key], current[key], name + ".")
+                out += _differences(saved[key], current[key], default.get(key), name + ".")
         return out
     return [] if saved == current else [f"{prefix[:-1] or 'config'}: {saved!r} → {current!r}"]
 
@@ -118,8 +123,13 @@ def train(
     header = None
     if resume:
         header = read_header(ckpt_path) if ckpt_path.exists() else None
-        if header is not None and header["config"] != _program_options(config):
-            diff = _differences(header["config"], _program_options(config))
+        defaults = _program_options(TrainConfig())
+        diff = (
+            []
+            if header is None
+            else _differences(header["config"], _program_options(config), defaults)
+        )
+        if diff:
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise CheckpointError(
                 f"checkpoint {ckpt_path} was written by a different configuration ({shown}); "

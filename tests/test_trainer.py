@@ -211,6 +211,23 @@ def test_incompatible_checkpoint_refused(full_run, tmp_path):
         agents.train(dataclasses.replace(config, run_dir=str(run_dir)))
 
 
+def test_checkpoint_from_before_an_option_existed_resumes_at_its_default(full_run, tmp_path):
+    """An option added after a checkpoint was written is compatible when left at its default."""
+    config, full_dir, summary, _ = full_run
+    run_dir = tmp_path / "older"
+    shutil.copytree(full_dir, run_dir)
+    ckpt = run_dir / "checkpoint.ckpt"
+    template = agents.Trainer(config).state_shapes()
+    state, header = agents.load_checkpoint(ckpt, template)
+    meta = {k: v for k, v in header.items() if k != "leaves"}
+    del meta["config"]["reset_end"]  # as if written before reset_end existed
+    agents.save_checkpoint(ckpt, state, meta)
+    resumed = agents.train(dataclasses.replace(config, run_dir=str(run_dir)), resume=True)
+    assert resumed["env_steps"] == summary["env_steps"]
+    with pytest.raises(agents.CheckpointError, match="reset_end: not in the checkpoint, 700"):
+        agents.train(dataclasses.replace(config, run_dir=str(run_dir), reset_end=700), resume=True)
+
+
 def test_damaged_checkpoints_are_refused(full_run, tmp_path):
     """Truncated anywhere, or with a byte changed, a checkpoint is refused as a CheckpointError
     (never a traceback from deep inside the reader, never a silently different state); a file of
