@@ -130,9 +130,11 @@ def _header(f: Any, path: Any) -> tuple[dict[str, Any], bool]:
     if magic not in (MAGIC, _MAGIC_V1):
         raise CheckpointError(f"{path} is not a neurosurgery checkpoint")
     size = f.read(8)
-    blob = f.read(struct.unpack("<Q", size)[0]) if len(size) == 8 else b""
+    n = struct.unpack("<Q", size)[0] if len(size) == 8 else -1
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    blob = f.read(n) if 0 <= n <= left else b""  # a damaged length must not allocate
     try:
-        if len(size) != 8 or len(blob) != struct.unpack("<Q", size)[0]:
+        if not 0 <= n <= left:
             raise ValueError("the file ends inside its header")
         header = json.loads(blob.decode())
         if not isinstance(header, dict):

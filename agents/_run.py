@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,6 +24,7 @@ from ._sinks import (
     TensorBoardSink,
     plot_curves,
     read_metrics,
+    replace_file,
 )
 from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, _program_options, versions
 
@@ -78,15 +78,28 @@ def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> li
 
 
 def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[Sink]:
-    seeds, out = config.seeds, []
-    if "csv" in config.sinks:
-        out.append(CSVSink(run_dir / "metrics.csv", seeds, keep_until))
-    if "jsonl" in config.sinks:
-        out.append(JSONLSink(run_dir / "metrics.jsonl", seeds, keep_until))
-    if "tensorboard" in config.sinks:
-        out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
-    if "console" in config.sinks:
-        out.append(ConsoleSink(extra_keys=tuple(_inactive_keys(config).values())))
+    """The sinks of `config.sinks`. On resume every metric file is read before any is
+    rewritten, so that one that cannot be read stops the resume with the folder unchanged."""
+    seeds, files = config.seeds, {"csv": CSVSink, "jsonl": JSONLSink}
+    kept = {
+        kind: sink.read_kept(run_dir / f"metrics.{kind}", keep_until)
+        for kind, sink in files.items()
+        if kind in config.sinks and keep_until is not None
+    }
+    out: list[Sink] = []
+    try:
+        for kind, sink in files.items():
+            if kind in config.sinks:
+                path = run_dir / f"metrics.{kind}"
+                out.append(sink(path, seeds, keep_until, kept=kept.get(kind)))
+        if "tensorboard" in config.sinks:
+            out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
+        if "console" in config.sinks:
+            out.append(ConsoleSink(extra_keys=tuple(_inactive_keys(config).values())))
+    except BaseException:
+        for sink in out:
+            sink.close()
+        raise
     return out
 
 
@@ -123,6 +136,12 @@ def train(
     header = None
     if resume:
         header = read_header(ckpt_path) if ckpt_path.exists() else None
+        missing = sorted({"config", "env_steps", "updates"} - set(header or ()))
+        if header is not None and missing:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} lacks {', '.join(missing)} in its header: it was not "
+                "written by a training run; restore it from a copy or start a new --run-dir"
+            )
         defaults = _program_options(TrainConfig())
         diff = (
             []
@@ -169,9 +188,8 @@ def train(
         sinks = _sinks(config, run_dir, env_steps if resume else None)
         # rewritten on resume too (--steps may have extended the run), through a rename
         meta = {"config": config_to_dict(config), "versions": versions()}
-        tmp = run_dir / "config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, run_dir / "config.json")
+        text = json.dumps(meta, indent=2, sort_keys=True)
+        replace_file(run_dir / "config.json", lambda f: f.write(text))
         emit = [*callbacks, *(s.write for s in sinks)]
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
     finally:

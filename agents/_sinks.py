@@ -32,38 +32,46 @@ def _rows(env_steps: int, seeds: Sequence[int], metrics: Record):
             yield seed, values
 
 
-def _csv_step(row: list[str]) -> int:
+def _csv_record(line: str) -> tuple[int, list[str]]:
+    row = next(csv.reader([line]))
     if len(row) != 4:
         raise ValueError(f"{len(row)} fields instead of 4")
-    return int(row[0])
+    return int(row[0]), row
 
 
-def _jsonl_step(line: str) -> int:
-    return int(json.loads(line)["env_steps"])
+def _jsonl_record(line: str) -> tuple[int, str]:
+    return int(json.loads(line)["env_steps"]), line
 
 
-def _parsed(path: Path, items: list, step_of, first_line: int = 1) -> list:
-    """`items` (rows or lines of a metric file) that parse. A broken last one is what a run
-    killed while writing leaves behind, and is dropped; a broken one elsewhere is an error that
-    names the file and leaves it as it is."""
-    good = []
-    for i, item in enumerate(items):
+def _kept(path: Path, keep_until: int, parse, header: bool = False) -> list:
+    """The records of a metric file up to env step `keep_until`, for a resumed run.
+
+    Every complete record ends with a newline: a last line without one is what a run stopped
+    while writing leaves behind, and is dropped whatever it holds. A complete record that
+    cannot be read is an error that names the file and line, and leaves the file as it is.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the last piece: "" or a torn record
+    kept = []
+    for number, line in enumerate(lines[int(header) :], start=1 + int(header)):
+        if not line.strip():
+            continue
         try:
-            step_of(item)
-        except (ValueError, KeyError, TypeError) as err:
-            if i == len(items) - 1:
-                continue
+            step, record = parse(line)
+        except (ValueError, KeyError, TypeError, csv.Error) as err:
             raise ValueError(
-                f"{path}: line {i + first_line} cannot be read ({type(err).__name__}: {err}); "
+                f"{path}: line {number} cannot be read ({type(err).__name__}: {err}); "
                 "repair or delete the file, then resume again"
             ) from err
-        good.append(item)
-    return good
+        if step <= keep_until:
+            kept.append(record)
+    return kept
 
 
-def _replace_file(path: Path, write, newline: str | None = None) -> None:
-    """Write a file through a temporary file and a rename, so that an interrupted rewrite (on
-    resume) leaves the old file whole."""
+def replace_file(path: Path, write, newline: str | None = None) -> None:
+    """Write a file through a synced temporary file and a rename, so that an interrupted
+    rewrite leaves the old file whole."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline=newline) as f:
         write(f)
@@ -73,21 +81,29 @@ def _replace_file(path: Path, write, newline: str | None = None) -> None:
 
 
 class CSVSink:
-    """Long format: env_steps, seed, name, value."""
+    """Long format: env_steps, seed, name, value.
 
-    def __init__(self, path: Path, seeds: Sequence[int], keep_until: int | None = None):
+    On resume (`keep_until`), the rows up to that env step are kept: pass them as `kept` (from
+    `CSVSink.read_kept`) or let the sink read them."""
+
+    def __init__(
+        self,
+        path: Path,
+        seeds: Sequence[int],
+        keep_until: int | None = None,
+        kept: list | None = None,
+    ):
         self.seeds = list(seeds)
-        kept: list[list[str]] = []
-        if keep_until is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))[1:]
-            kept = [
-                r for r in _parsed(path, rows, _csv_step, first_line=2) if int(r[0]) <= keep_until
-            ]
-        header = [["env_steps", "seed", "name", "value"]]
-        _replace_file(path, lambda f: csv.writer(f).writerows(header + kept), newline="")
+        if kept is None:
+            kept = [] if keep_until is None else self.read_kept(path, keep_until)
+        rows = [["env_steps", "seed", "name", "value"], *kept]
+        replace_file(path, lambda f: csv.writer(f).writerows(rows), newline="")
         self.file = open(path, "a", newline="")  # noqa: SIM115
         self.writer = csv.writer(self.file)
+
+    @staticmethod
+    def read_kept(path: Path, keep_until: int) -> list:
+        return _kept(path, keep_until, _csv_record, header=True)
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):
@@ -100,16 +116,27 @@ class CSVSink:
 
 
 class JSONLSink:
-    """One JSON object per seed and record: {"env_steps", "seed", name: value, ...}."""
+    """One JSON object per seed and record: {"env_steps", "seed", name: value, ...}.
 
-    def __init__(self, path: Path, seeds: Sequence[int], keep_until: int | None = None):
+    On resume, as `CSVSink`."""
+
+    def __init__(
+        self,
+        path: Path,
+        seeds: Sequence[int],
+        keep_until: int | None = None,
+        kept: list | None = None,
+    ):
         self.seeds = list(seeds)
-        kept: list[str] = []
-        if keep_until is not None and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in _parsed(path, lines, _jsonl_step) if _jsonl_step(ln) <= keep_until]
-        _replace_file(path, lambda f: f.writelines(ln + "\n" for ln in kept))
+        if kept is None:
+            kept = [] if keep_until is None else self.read_kept(path, keep_until)
+        lines = kept
+        replace_file(path, lambda f: f.writelines(ln + "\n" for ln in lines))
         self.file = open(path, "a")  # noqa: SIM115
+
+    @staticmethod
+    def read_kept(path: Path, keep_until: int) -> list:
+        return _kept(path, keep_until, _jsonl_record)
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):

@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import tyro
 
@@ -51,6 +52,22 @@ def _flag(arg: str) -> str:
     return arg[2:].split("=", 1)[0].replace("_", "-")
 
 
+def _differs(cmd: TrainCommand, config: TrainConfig, flag: str) -> bool:
+    """Whether the option `flag` (as `_flag` gives it) asks for another value than `config`
+    holds; options it cannot find count as different."""
+    if flag == "run-dir":
+        return Path(cmd.run_dir).resolve() != Path(config.run_dir).resolve()
+    path = flag[3:] if flag.startswith("no-") else flag
+    given, saved = cmd, config
+    try:
+        for part in path.split("."):
+            attr = part.replace("-", "_")
+            given, saved = getattr(given, attr), getattr(saved, attr)
+    except AttributeError:
+        return True
+    return given != saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -59,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
     try:
         if cmd.resume is not None:
-            refused = sorted(given - set(RESUME_OPTIONS))
+            config = load_run_config(cmd.resume)
+            others = given - set(RESUME_OPTIONS)
+            refused = sorted(f for f in others if _differs(cmd, config, f))
             if refused:
                 allowed = ", ".join(f"--{o}" for o in RESUME_OPTIONS[:-1])
                 raise ValueError(
@@ -67,7 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{', '.join('--' + o for o in refused)} cannot change it (only {allowed} "
                     "can). Start a new --run-dir to train with other options"
                 )
-            config = load_run_config(cmd.resume)
             progress = cmd.progress if given & {"progress", "no-progress"} else config.progress
             config = dataclasses.replace(
                 config,

@@ -82,10 +82,16 @@ def test_train_and_resume(tmp_path, capsys):
         assert max(int(line.split(",")[0]) for line in list(f)[1:]) == 1200
     capsys.readouterr()
 
+    # the original command with --resume added: options at their saved values are no change (--sinks is
+    # a resume option: TINY's four sinks replace the saved csv)
+    same = [*TINY, "--run-dir", str(run_dir), "--resume", str(run_dir), "--steps", "1200"]
+    assert main(["train", *same]) == 0, capsys.readouterr().err
+    capsys.readouterr()
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     refused = [
         (["--seeds", "5"], "--seeds cannot change it"),
         (["--sac.batch-size=64", "--run-dir", "x"], "--run-dir, --sac.batch-size cannot"),
+        (["--sac.actor.width", "32", "--sac.critic.width", "16"], "--sac.actor.width cannot"),
         (["--steps", "400"], "already at 1200 env steps, past steps = 400"),
         (["--env_workers=1"], "env_workers applies to dm_control"),  # allowed, then validated
     ]

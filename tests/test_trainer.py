@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -246,6 +247,10 @@ def test_damaged_checkpoints_are_refused(full_run, tmp_path):
         path.write_bytes(bytes(flipped))
         with pytest.raises(agents.CheckpointError, match="damaged"):
             agents.load_checkpoint(path, template)
+    huge = good[:8] + struct.pack("<Q", 2**62) + good[16:]  # a damaged header length
+    path.write_bytes(huge)
+    with pytest.raises(agents.CheckpointError, match="ends inside its header"):
+        agents.load_checkpoint(path, template)
     path.write_bytes(good + b"x")  # something appended
     with pytest.raises(agents.CheckpointError, match="checksum does not match"):
         agents.load_checkpoint(path, template)
@@ -351,7 +356,9 @@ def test_metric_files_on_resume_drop_a_torn_last_record_and_refuse_a_broken_one(
         sink.write(step, {"train/episode_return": [float(step)]})
     sink.close()
     whole = path.read_text()
-    path.write_text(whole + whole.splitlines()[-1][:9])  # torn mid-record, no newline
+    # torn mid-record (no newline): dropped even where the piece would parse as a record
+    torn = "300,0,train/episode_return,3." if kind == "csv" else whole.splitlines()[-1][:9]
+    path.write_text(whole + torn)
     sink = sink_type(path, [0], keep_until=200)
     sink.write(300, {"train/episode_return": [3.5]})
     sink.close()
@@ -370,3 +377,32 @@ def test_metric_files_on_resume_drop_a_torn_last_record_and_refuse_a_broken_one(
         sink_type(path, [0], keep_until=300)
     assert path.read_text() == broken
     assert not path.with_name(path.name + ".tmp").exists()
+    if kind == "csv":  # csv's own errors (a field over its size limit) are reported the same way
+        path.write_text(f'env_steps,seed,name,value\n1,0,"{"x" * 200_000}",1.0\n2,0,a,1\n')
+        with pytest.raises(ValueError, match="line 2 cannot be read"):
+            sink_type(path, [0], keep_until=300)
+
+
+def test_resume_reads_every_metric_file_before_rewriting_any(full_run, tmp_path):
+    config, full_dir, _, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_dir, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[3] = "{broken\n"
+    (run_dir / "metrics.jsonl").write_text("".join(lines))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    more = dataclasses.replace(config, run_dir=str(run_dir), steps=config.steps + 200)
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 4 cannot be read"):
+        agents.train(more, resume=True)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_checkpoint_header_without_counters_is_refused(full_run, tmp_path):
+    config, full_dir, _, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(full_dir, run_dir)
+    ckpt = run_dir / "checkpoint.ckpt"
+    state, header = agents.load_checkpoint(ckpt, agents.Trainer(config).state_shapes())
+    agents.save_checkpoint(ckpt, state, {"config": header["config"]})
+    with pytest.raises(agents.CheckpointError, match="lacks env_steps, updates in its header"):
+        agents.train(dataclasses.replace(config, run_dir=str(run_dir)), resume=True)
