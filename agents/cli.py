@@ -28,7 +28,8 @@ class TrainCommand(TrainConfig):
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
     options only --steps (to extend the run), --sinks, --progress and --env-workers may be
-    given (each then replaces the saved value); any other is refused."""
+    given (each then replaces the saved value); any other is refused unless it repeats the
+    saved value."""
 
 
 def _config(cmd: TrainCommand) -> TrainConfig:

@@ -8,6 +8,8 @@ import difflib
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
@@ -159,9 +161,6 @@ def check_action_layout(action: Any, num_envs: int, action_size: int, name: str)
 def typed_key(key: Any, name: str) -> Any:
     """`key` as a typed JAX PRNG key: typed keys pass, legacy uint32 key data is wrapped, and
     anything else (a plain integer seed, say) is refused with the fix. Works under `jit`."""
-    import jax
-    import jax.numpy as jnp
-
     if isinstance(key, bool | int | float | np.integer | np.floating):
         raise TypeError(
             f"{name}: reset takes a JAX PRNG key such as jax.random.key({key!r}), not the number "
