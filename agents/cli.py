@@ -18,7 +18,7 @@ import tyro
 from ._checkpoint import CheckpointError
 from ._config import TrainConfig
 from ._run import load_run_config, train
-from ._trainer import NonFiniteError
+from ._trainer import CHECKPOINT, NonFiniteError
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=progress,
                 env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
             )
+            if not (Path(cmd.resume) / CHECKPOINT).exists():
+                print(
+                    f"neurosurgery: no checkpoint in {cmd.resume} yet: training from step 0 "
+                    "with the options saved there",
+                    file=sys.stderr,
+                )
             summary = train(config, resume=True)
         else:
             summary = train(_config(cmd))

@@ -144,3 +144,18 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, capsys, monkeypatch
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 130
     assert f"neurosurgery train --resume {run_dir}" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_zero(tmp_path, capsys, monkeypatch):
+    import agents.cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = dataclasses.replace(TrainConfig(env="test/point-mass"), run_dir=str(run_dir))
+    (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
+    calls = []
+    summary = {"env_steps": 0}
+    monkeypatch.setattr(agents.cli, "train", lambda c, **kw: calls.append(kw) or summary)
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert calls == [{"resume": True}]
+    assert f"no checkpoint in {run_dir} yet: training from step 0" in capsys.readouterr().err
