@@ -48,8 +48,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 def _saved_steps(run_dir: Path) -> int | None:
     """`steps` as saved in the run folder's config.json (None if it cannot be read)."""
     try:
-        return int(json.loads((run_dir / "config.json").read_text())["config"]["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return load_run_config(run_dir).steps
+    except (OSError, CheckpointError):
         return None
 
 

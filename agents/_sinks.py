@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,11 +80,13 @@ def replace_file(path: Path, write, newline: str | None = None) -> None:
     os.replace(tmp, path)
 
 
-class CSVSink:
-    """Long format: env_steps, seed, name, value.
+class _FileSink:
+    """A metric file of records, one per line. On resume (`keep_until`) the records up to that
+    env step are kept: pass them as `kept` (from `read_kept`) or let the sink read them. The
+    file is rewritten through `replace_file`, then appended to."""
 
-    On resume (`keep_until`), the rows up to that env step are kept: pass them as `kept` (from
-    `CSVSink.read_kept`) or let the sink read them."""
+    newline: str | None = None  # as for `open`
+    header = False  # whether the first line is a header, not a record
 
     def __init__(
         self,
@@ -96,14 +98,38 @@ class CSVSink:
         self.seeds = list(seeds)
         if kept is None:
             kept = [] if keep_until is None else self.read_kept(path, keep_until)
-        rows = [["env_steps", "seed", "name", "value"], *kept]
-        replace_file(path, lambda f: csv.writer(f).writerows(rows), newline="")
-        self.file = open(path, "a", newline="")  # noqa: SIM115
-        self.writer = csv.writer(self.file)
+        records = kept
+        replace_file(path, lambda f: self._rewrite(f, records), newline=self.newline)
+        self.file = open(path, "a", newline=self.newline)  # noqa: SIM115
 
     @staticmethod
-    def read_kept(path: Path, keep_until: int) -> list:
-        return _kept(path, keep_until, _csv_record, header=True)
+    def _parse(line: str) -> tuple[int, Any]:
+        """(env step, the record as `_rewrite` writes it back) of one line."""
+        raise NotImplementedError
+
+    def _rewrite(self, f: Any, records: list) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def read_kept(cls, path: Path, keep_until: int) -> list:
+        return _kept(path, keep_until, cls._parse, header=cls.header)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class CSVSink(_FileSink):
+    """Long format: env_steps, seed, name, value."""
+
+    newline, header = "", True
+    _parse = staticmethod(_csv_record)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.writer = csv.writer(self.file)
+
+    def _rewrite(self, f: Any, records: list) -> None:
+        csv.writer(f).writerows([["env_steps", "seed", "name", "value"], *records])
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):
@@ -111,40 +137,19 @@ class CSVSink:
                 self.writer.writerow([env_steps, seed, name, repr(value)])
         self.file.flush()
 
-    def close(self) -> None:
-        self.file.close()
 
+class JSONLSink(_FileSink):
+    """One JSON object per seed and record: {"env_steps", "seed", name: value, ...}."""
 
-class JSONLSink:
-    """One JSON object per seed and record: {"env_steps", "seed", name: value, ...}.
+    _parse = staticmethod(_jsonl_record)
 
-    On resume, as `CSVSink`."""
-
-    def __init__(
-        self,
-        path: Path,
-        seeds: Sequence[int],
-        keep_until: int | None = None,
-        kept: list | None = None,
-    ):
-        self.seeds = list(seeds)
-        if kept is None:
-            kept = [] if keep_until is None else self.read_kept(path, keep_until)
-        lines = kept
-        replace_file(path, lambda f: f.writelines(ln + "\n" for ln in lines))
-        self.file = open(path, "a")  # noqa: SIM115
-
-    @staticmethod
-    def read_kept(path: Path, keep_until: int) -> list:
-        return _kept(path, keep_until, _jsonl_record)
+    def _rewrite(self, f: Any, records: list) -> None:
+        f.writelines(line + "\n" for line in records)
 
     def write(self, env_steps: int, metrics: Record) -> None:
         for seed, values in _rows(env_steps, self.seeds, metrics):
             self.file.write(json.dumps({"env_steps": env_steps, "seed": seed, **values}) + "\n")
         self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class TensorBoardSink:
