@@ -567,7 +567,7 @@ class BRO:
         loss_fn = lambda raw: jnp.sum(sign * jnp.exp(squash_log(raw))) * excess
         loss, g = jax.value_and_grad(loss_fn)(adjust)
         upd, opt_state = _opt_update(opt, g, opt_state, adjust)
-        return optax.apply_updates(adjust, upd), opt_state, loss
+        return eqx.apply_updates(adjust, upd), opt_state, loss
 
     # --- scheduled events --------------------------------------------------------------------
     def scheduled(

@@ -472,7 +472,7 @@ class DACER(ActorCriticNetworks):
         gap = self.target_entropy - entropy
         loss, g = jax.value_and_grad(lambda la: -la * gap)(log_alpha)
         upd, opt_state = _opt_update(opt_t, g, opt_state, log_alpha)
-        return optax.apply_updates(log_alpha, upd), opt_state, loss
+        return eqx.apply_updates(log_alpha, upd), opt_state, loss
 
     # --- entropy -----------------------------------------------------------------------------
     def estimate_entropy(

@@ -127,6 +127,7 @@ def ode_sample(
         y0=x_T, saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.ConstantStepSize(),
         max_steps=steps + 1,
     )  # fmt: skip
+    assert sol.ys is not None  # SaveAt(t1=True) saves the end point
     x = sol.ys[-1]
     i0 = jnp.zeros((), jnp.int32)
     return predict_x0(schedule, x, eps_fn(x, jnp.zeros((), jnp.float32)), i0, clip)

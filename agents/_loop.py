@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from envs import Step
+
 from ._replay import Replay, replay_add, replay_init, replay_sample, transitions
 from ._surgery import surgery_step
 
@@ -72,7 +74,7 @@ class Loop:
             action = self.agent.act(ts.agent, ts.obs.astype(jnp.float32), sub, False)
         return eqx.tree_at(lambda t: t.key, ts, key), action
 
-    def insert(self, ts: TrainState, action: Array, step: Any, env_state: Any) -> tuple:
+    def insert(self, ts: TrainState, action: Array, step: Step, env_state: Any) -> tuple:
         replay = replay_add(ts.replay, transitions(ts.obs.astype(jnp.float32), action, step))
         ended = step.terminated | step.truncated
         stats = jnp.stack(
@@ -102,7 +104,7 @@ class Loop:
 
         def one_cycle(carry, _):
             ts, u = carry
-            metrics: dict[str, Array] = {}
+            metrics: dict[str, list[Array]] = {}
             agent_state, key = ts.agent, ts.key
             for phase in range(self.cycle):
                 key, k_batch, k_update = jax.random.split(key, 3)
@@ -125,7 +127,7 @@ class Loop:
             # surgery metrics exist only where a surgery step ran (NaN elsewhere)
             nan = jnp.asarray(jnp.nan, jnp.float32)
             for k, v in surgery_metrics.items():
-                metrics[k] = [jnp.where(due, v.astype(jnp.float32), nan)]
+                metrics[k] = [jnp.where(jnp.asarray(due), jnp.asarray(v, jnp.float32), nan)]
             ts = eqx.tree_at(lambda t: (t.agent, t.key), ts, (agent_state, key))
             return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
 
@@ -145,7 +147,7 @@ class Loop:
             ts, stats = jax.lax.scan(
                 lambda t, _: self.env_step(t, not learning), ts, None, length=self.env_per_body
             )
-            out = {"stats": jnp.sum(stats, axis=0)}
+            out: dict[str, Any] = {"stats": jnp.sum(stats, axis=0)}
             if learning:
                 ts, metrics = self.updates(ts, u)
                 u = u + self.updates_per_body

@@ -70,7 +70,7 @@ def neuron_step(agent: Any, config: Any, state: Any, batch: Any, key: PRNGKeyArr
                 metrics[f"surgery/{name}/{metric}/{g}"] = jnp.mean(ns.inactive_ratio(mask))
             units = sum(anatomy[g].n_units for g in hidden)
             total = sum(jnp.sum(m) for m in flagged.values())
-            metrics[f"surgery/{name}/{metric}"] = total / units
+            metrics[f"surgery/{name}/{metric}"] = jnp.asarray(total / units)
         if config.reset == "none":
             continue
         masks = select({g: scores[DRIVERS[config.reset]][g] for g in hidden})
@@ -84,7 +84,8 @@ def neuron_step(agent: Any, config: Any, state: Any, batch: Any, key: PRNGKeyArr
         applied = [g for g in hidden if anatomy[g].resettable]
         for g in applied:
             metrics[f"surgery/{name}/reset/{g}"] = jnp.mean(ns.inactive_ratio(masks[g]))
-        metrics[f"surgery/{name}/reset"] = sum(jnp.sum(masks[g]) for g in applied) / max(
-            sum(anatomy[g].n_units for g in applied), 1
+        reset_units = sum(jnp.sum(masks[g]) for g in applied)
+        metrics[f"surgery/{name}/reset"] = jnp.asarray(
+            reset_units / max(sum(anatomy[g].n_units for g in applied), 1)
         )
     return state, metrics

@@ -248,16 +248,16 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
     return ts, env_steps, updates
 
 
-def _record(stats: jax.Array, metrics: dict[str, jax.Array]) -> dict[str, np.ndarray]:
-    stats = np.asarray(stats, np.float64).sum(axis=1)  # [S, 3]: return sum, length sum, count
+def _record(stats: Any, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+    sums = np.asarray(stats, np.float64).sum(axis=1)  # [S, 3]: return sum, length sum, count
     with np.errstate(invalid="ignore", divide="ignore"):
-        count = np.where(stats[:, 2] > 0, stats[:, 2], np.nan)
+        count = np.where(sums[:, 2] > 0, sums[:, 2], np.nan)
         out = {
-            "train/episode_return": stats[:, 0] / count,
-            "train/episode_length": stats[:, 1] / count,
+            "train/episode_return": sums[:, 0] / count,
+            "train/episode_length": sums[:, 1] / count,
         }
-    for name, value in metrics.items():
-        value = np.asarray(value, np.float64)  # [S, B]
+    for name, metric in metrics.items():
+        value = np.asarray(metric, np.float64)  # [S, B]
         if name.startswith("surgery/"):  # the latest surgery step's value
             idx = np.where(np.isfinite(value), np.arange(value.shape[1]), -1).max(axis=1)
             out[name] = np.where(idx >= 0, value[np.arange(len(idx)), idx], np.nan)

@@ -245,7 +245,7 @@ class SAC(ActorCriticNetworks):
         target = batch.reward + self.config.gamma * (1.0 - batch.terminated) * soft_v
         target = jax.lax.stop_gradient(target)
 
-        def loss(critic: Critic, obs: Array, action: Array, y: Array) -> Array:
+        def loss(critic: TwinCritic, obs: Array, action: Array, y: Array) -> Array:
             return jnp.sum((twin_q(critic, obs, action) - y) ** 2)
 
         return Probe(state.critic, (batch.obs, batch.action, target), loss)
@@ -368,7 +368,7 @@ def actor_and_alpha_step(agent: Any, state: Any, batch: Batch, key: PRNGKeyArray
 
     alpha_loss, g = jax.value_and_grad(alpha_loss_fn)(state.log_alpha)
     upd_t, alpha_opt = _opt_update(opt_t, g, state.alpha_opt, state.log_alpha)
-    log_alpha = optax.apply_updates(state.log_alpha, upd_t)
+    log_alpha = eqx.apply_updates(state.log_alpha, upd_t)
     state = eqx.tree_at(
         lambda s: (s.actor, s.actor_opt, s.log_alpha, s.alpha_opt),
         state,

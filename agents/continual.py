@@ -164,7 +164,7 @@ def build(make: Callable[[jax.Array], Any], redraw: ns.Initializer, cfg: Config)
             model, opt_state = ns.reset(anat, model, masks, k_reset, init=redraw,
                                         optimizer=opt, opt_state=opt_state)  # fmt: skip
             params = eqx.filter(model, eqx.is_array)
-            reset = sum(jnp.sum(masks[g]) for g in resettable)
+            reset = jnp.asarray(sum(jnp.sum(masks[g]) for g in resettable))
             record["reset_fraction"] = reset.astype(jnp.float32) / sum(resettable.values())
             return (params, opt_state, step), record
 
@@ -295,7 +295,7 @@ def summary(rows: list[dict[str, Any]], cfg: Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/continual"))
     parser.add_argument("--quick", action="store_true", help="a small version (< 30 s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -312,8 +312,9 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
 
     def timed(item):
+        name, network = item
         t0 = time.perf_counter()
-        return *train(*item, cfg), time.perf_counter() - t0
+        return *train(name, network, cfg), time.perf_counter() - t0
 
     # the networks train in two threads: one compiles while the other traces or runs
     with ThreadPoolExecutor(2) as pool:

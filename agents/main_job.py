@@ -61,7 +61,7 @@ def _plot(out: Path, curves: dict[str, dict[str, dict[int, list[tuple[int, float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--out", default="runs/main")
     parser.add_argument("--env", default="dmc/cartpole-balance")
     parser.add_argument("--steps", type=int, default=12000)

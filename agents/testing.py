@@ -81,12 +81,13 @@ class PointMass:
         return state, Step(obs, zeros, false, false, obs, zeros, jnp.zeros(n, jnp.int32))
 
     def step(self, state: PointMassState, action: Array) -> tuple[PointMassState, Step]:
-        pos, reward = state.position, jnp.zeros(self.num_envs, jnp.float32)
-        done = jnp.zeros(self.num_envs, bool)
+        pos: Array = state.position
+        reward: Array = jnp.zeros(self.num_envs, jnp.float32)
+        done: Array = jnp.zeros(self.num_envs, bool)
         for _ in range(self.action_repeat):
             moved = pos + self.speed * jnp.clip(action, -1.0, 1.0)
             pos = jnp.where(done[:, None], pos, jnp.clip(moved, -1.5, 1.5))
-            dist = jnp.linalg.norm(state.target - pos, axis=-1)
+            dist: Array = jnp.linalg.norm(state.target - pos, axis=-1)
             reward = reward + jnp.where(done, 0.0, -dist * self.reward_scale)
             done = done | (dist < self.radius)
         terminated = done

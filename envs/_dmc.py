@@ -21,7 +21,7 @@ import os
 import time
 import weakref
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -348,7 +348,7 @@ class DmcEnv(Env):
         if reply != b"ok":
             self._fail(index, "it raised:\n" + reply.removeprefix(b"error:").decode())
 
-    def _fail(self, index: int, what: str) -> None:
+    def _fail(self, index: int, what: str) -> NoReturn:
         start, stop = self._slices[index]
         pid = self._procs[index].pid
         self.close()

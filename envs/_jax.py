@@ -208,7 +208,7 @@ class JaxEnv(Env):
                 f"{self.name}: action contains NaN or inf; the state passed in is unchanged",
             )
         unit = (jnp.clip(action, -1.0, 1.0) + 1.0) * 0.5
-        ctrl = self._low + unit * (self._high - self._low)
+        ctrl = jnp.asarray(self._low) + unit * jnp.asarray(self._high - self._low)
         inner, final_obs, reward, terminated, count = self._repeat(state.inner, ctrl)
 
         episode_return = state.episode_return + reward
