@@ -2,9 +2,12 @@
 
     python benchmarks/bench_envs.py            # short run (a few minutes on 2 CPU cores)
     python benchmarks/bench_envs.py --full     # heavier tasks too, longer timings
+    python benchmarks/bench_envs.py --gpu      # on a GPU: Playground HumanoidWalk, 1,024-4,096 envs
 
 Part 1 times `env.step` for each backend and `num_envs` in (1, 16, 64, 256): JAX backends as one
-compiled `lax.scan` rollout (compile time reported apart), dm_control through its worker pool.
+compiled `lax.scan` rollout (compile time reported apart), Playground tasks on both of its
+physics implementations (MJX, `impl="jax"`, and MuJoCo Warp, `impl="warp"`), dm_control
+through its worker pool.
 Part 2 compares the dm_control worker pool against one plain single-core dm_control loop:
 wall ratio = pool env-steps/s ÷ (native steps/s × workers), the target being ≥ 0.9, and CPU
 ratio = pool env-steps per worker CPU-second ÷ native steps per CPU-second, the pool's overhead
@@ -25,12 +28,22 @@ import numpy as np
 
 import envs
 
+try:  # MuJoCo Warp logs its start-up and every kernel module it loads: keep tables readable
+    import warp
+
+    warp.config.log_level = warp.LOG_WARNING
+except ImportError:
+    pass
+
 SIZES = (1, 16, 64, 256)
 
 
-def bench_jax(name: str, num_envs: int, steps: int, repeats: int = 3) -> tuple[float, float]:
-    """Return (env-steps/s, compile seconds) of a jitted `lax.scan` rollout of `steps` steps."""
-    env = envs.make(name, num_envs=num_envs, seed=0)
+def bench_jax(
+    name: str, num_envs: int, steps: int, repeats: int = 3, **options: object
+) -> tuple[float, float]:
+    """Return (env-steps/s, compile seconds) of a jitted `lax.scan` rollout of `steps` steps;
+    `options` go to `envs.make` (e.g. `impl="warp"`)."""
+    env = envs.make(name, num_envs=num_envs, seed=0, **options)
     actions = jax.random.uniform(
         jax.random.key(1), (steps, num_envs, env.action_size), jnp.float32, -1.0, 1.0
     )
@@ -133,6 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="heavier tasks, longer timings")
     parser.add_argument("--skip-jax", action="store_true", help="only the dm_control parts")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="JAX part: Playground HumanoidWalk and CheetahRun with 1,024, 2,048 and 4,096 envs",
+    )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     seconds = 4.0 if args.full else 1.5
@@ -144,6 +162,9 @@ def main() -> None:
         jax_tasks += ["brax/halfcheetah", "playground/CheetahRun"]
         dmc_tasks += ["dmc/cheetah-run", "dmc/humanoid-walk"]
         scaling += ["dog-run"]
+    sizes = SIZES
+    if args.gpu:
+        jax_tasks, sizes = ["playground/HumanoidWalk", "playground/CheetahRun"], (1024, 2048, 4096)
     platform = jax.devices()[0].platform
     print(
         f"jax {jax.__version__} on {platform}, {cores} CPU cores available, load average ", end=""
@@ -151,16 +172,23 @@ def main() -> None:
     print(f"{os.getloadavg()[0]:.1f} (other processes compete for the cores above 0)\n")
 
     print("## env-steps/s per backend × num_envs")
-    print("| task | " + " | ".join(f"{n} envs" for n in SIZES) + " | compile (s) |")
-    print("|---|" + "---|" * (len(SIZES) + 1))
+    print("| task | " + " | ".join(f"{n} envs" for n in sizes) + " | compile (s) |")
+    print("|---|" + "---|" * (len(sizes) + 1))
     for name in [] if args.skip_jax else jax_tasks:
-        rates, compiles = [], []
-        for n in SIZES:
-            rate, compiled = bench_jax(name, n, jax_steps)
-            rates.append(rate)
-            compiles.append(compiled)
-        cells = " | ".join(f"{r:,.0f}" for r in rates)
-        print(f"| {name} | {cells} | {min(compiles):.0f}–{max(compiles):.0f} |", flush=True)
+        impls = ("jax", "warp") if name.startswith("playground/") else (None,)
+        for impl in impls:
+            options = {} if impl is None else {"impl": impl}
+            rates, compiles = [], []
+            for n in sizes:
+                rate, compiled = bench_jax(name, n, jax_steps, **options)
+                rates.append(rate)
+                compiles.append(compiled)
+            cells = " | ".join(f"{r:,.0f}" for r in rates)
+            label = name if impl is None else f"{name} ({'MJX' if impl == 'jax' else 'warp'})"
+            print(f"| {label} | {cells} | {min(compiles):.0f}–{max(compiles):.0f} |", flush=True)
+    if sizes != SIZES and dmc_tasks:  # dm_control keeps its own sizes
+        print("\n| task | " + " | ".join(f"{n} envs" for n in SIZES) + " | compile (s) |")
+        print("|---|" + "---|" * (len(SIZES) + 1))
     for name in dmc_tasks:
         for workers, label in ((cores, f"{cores} workers"), (0, "in-process")):
             rates = (bench_dmc(name, n, seconds, num_workers=workers)[0] for n in SIZES)

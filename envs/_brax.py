@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._jax import JaxEnv, observation_size_of
+from ._jax import JaxEnv, observation_size_of, single_state_shapes
 
 # Brax's registry also holds "fast", a test double without physics; it is not a task.
 _SKIP = frozenset({"fast"})
@@ -61,15 +61,17 @@ def make_brax(
                 "backend='generalized' (or 'positional', 'spring') to envs.make"
             ) from err
     identity = np.tile(np.asarray([-1.0, 1.0], np.float32), (env.action_size, 1))
+    shapes = single_state_shapes(env.reset)
     return JaxEnv(
         f"brax/{name}",
         env.reset,
         env.step,
         identity,
-        observation_size_of(env.reset),
+        observation_size_of(env.reset, shapes),
         num_envs=num_envs,
         seed=seed,
         action_repeat=action_repeat,
         episode_length=episode_length,
         check_finite=check_finite,
+        single_state=shapes,
     )

@@ -26,7 +26,8 @@ class JaxState(eqx.Module):
 
     Attributes:
         inner: the backend's own state, batched over `num_envs` (Brax `State` or Playground
-            `State`).
+            `State`); leaves that a backend keeps once for all environments (MJX-warp's contact
+            buffers and counters) are not batched.
         key: one PRNG key per environment, consumed by automatic resets.
         episode_return: return of the running episode of each environment.
         episode_length: simulator steps of the running episode of each environment.
@@ -38,20 +39,30 @@ class JaxState(eqx.Module):
     episode_length: Int[Array, " n"]
 
 
-def _where(mask: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """Pick per environment between two batched pytrees (mask has shape `[n]`)."""
+def _where(mask: jax.Array, on_true: Any, on_false: Any, per_env: Any) -> Any:
+    """Pick per environment between two batched pytrees (mask has shape `[n]`). Leaves that
+    `per_env` marks False are shared by all environments and kept from `on_false`."""
 
-    def pick(a: jax.Array, b: jax.Array) -> jax.Array:
+    def pick(a: jax.Array, b: jax.Array, batched: bool) -> jax.Array:
+        if not batched:
+            return b
         m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - mask.ndim))
         return jnp.where(m, a, b)
 
-    return jax.tree.map(pick, on_true, on_false)
+    return jax.tree.map(pick, on_true, on_false, per_env)
 
 
-def observation_size_of(reset_fn: Callable[[jax.Array], Any]) -> int:
-    """Length of the flat observation of a single-environment `reset`, found by tracing only."""
+def single_state_shapes(reset_fn: Callable[[jax.Array], Any]) -> Any:
+    """Shapes and dtypes of a single-environment `reset`'s state, found by tracing only."""
     with jax.numpy_dtype_promotion("standard"):
-        shapes = jax.eval_shape(reset_fn, jax.random.key_data(jax.random.key(0)))
+        return jax.eval_shape(reset_fn, jax.random.key_data(jax.random.key(0)))
+
+
+def observation_size_of(reset_fn: Callable[[jax.Array], Any], shapes: Any = None) -> int:
+    """Length of the flat observation of a single-environment `reset` (`shapes`: its
+    `single_state_shapes`, traced here if not given)."""
+    if shapes is None:
+        shapes = single_state_shapes(reset_fn)
     obs = shapes.obs
     if not hasattr(obs, "shape"):
         raise TypeError(f"expected flat array observations, got {type(obs).__name__}")
@@ -67,7 +78,9 @@ def from_mujoco(name: str, env: Any, mj_model: Any, **options: Any) -> JaxEnv:
     ctrl_range = np.where(
         mj_model.actuator_ctrllimited[:, None].astype(bool), mj_model.actuator_ctrlrange, 0.0
     )
-    return JaxEnv(name, env.reset, env.step, ctrl_range, observation_size_of(env.reset), **options)
+    shapes = single_state_shapes(env.reset)
+    size = observation_size_of(env.reset, shapes)
+    return JaxEnv(name, env.reset, env.step, ctrl_range, size, single_state=shapes, **options)
 
 
 class JaxEnv(Env):
@@ -83,7 +96,9 @@ class JaxEnv(Env):
     passed in stays valid and usable. Pass `check_finite=False` to `make` to drop the check.
 
     Backend functions are traced under standard dtype promotion (MJX needs it), whatever the
-    caller's `jax_numpy_dtype_promotion` setting.
+    caller's `jax_numpy_dtype_promotion` setting. `single_state` (optional): the shapes of one
+    environment's backend state, `single_state_shapes(reset_fn)`; they tell per-environment
+    leaves of the batched state from shared ones, and are traced when first needed if not given.
     """
 
     jittable = True
@@ -101,6 +116,7 @@ class JaxEnv(Env):
         action_repeat: int,
         episode_length: int,
         check_finite: bool = True,
+        single_state: Any = None,
     ):
         check_settings(num_envs, action_repeat, episode_length, seed)
         self.name = name
@@ -113,6 +129,7 @@ class JaxEnv(Env):
         self.check_finite = bool(check_finite)
         self._reset_one = reset_fn
         self._step_one = step_fn
+        self._single_state = single_state  # traced when first needed if not given
         low, high = np.asarray(ctrl_range, dtype=np.float32).T
         unbounded = ~(high > low)  # actuators without limits take the action as it is
         self._low = np.where(unbounded, np.float32(-1), low).astype(np.float32)
@@ -158,6 +175,26 @@ class JaxEnv(Env):
             episode_length=state.episode_length,
         )
         return state, step
+
+    def _reset_where(self, ended: jax.Array, keys: PRNGKeyArray, inner: Any) -> Any:
+        """`inner` with the environments where `ended` replaced by fresh resets.
+
+        A leaf of the batched state is per environment when its shape is `[num_envs]` followed
+        by the single-environment shape; any other leaf (MJX-warp keeps its contact buffers
+        and counters once for all environments) is shared, and kept as stepped.
+        """
+        fresh = self._backend_reset(keys)
+        if self._single_state is None:
+            self._single_state = single_state_shapes(self._reset_one)
+        single = self._single_state
+        if jax.tree.structure(single) != jax.tree.structure(fresh):
+            raise TypeError(
+                f"{self.name}: the batched reset's state has another structure than a single "
+                "environment's; the backend's reset cannot be used with automatic resets"
+            )
+        n = self.num_envs
+        per_env = jax.tree.map(lambda b, s: tuple(b.shape) == (n, *s.shape), fresh, single)
+        return _where(ended, fresh, inner, per_env)
 
     def _obs(self, inner: Any) -> jax.Array:
         obs = inner.obs
@@ -221,7 +258,7 @@ class JaxEnv(Env):
         # Reset only on steps where some environment ended (outside vmap, `cond` really branches).
         inner = jax.lax.cond(
             jnp.any(ended),
-            lambda: _where(ended, self._backend_reset(reset_key), inner),
+            lambda: self._reset_where(ended, reset_key, inner),
             lambda: inner,
         )
         new_state = JaxState(

@@ -11,6 +11,8 @@ from typing import Any
 
 from ._jax import JaxEnv, from_mujoco
 
+IMPLS = ("jax", "warp")  # Playground's physics implementations: MJX, MuJoCo Warp
+
 
 @functools.cache
 def playground_names() -> list[str]:
@@ -42,6 +44,11 @@ def make_playground(
     """
     from mujoco_playground import registry
 
+    if impl not in IMPLS:
+        raise ValueError(
+            f"playground/{name}: impl must be one of {', '.join(map(repr, IMPLS))} "
+            f"(MJX on any device, or MuJoCo Warp), got {impl!r}"
+        )
     overrides = {"impl": impl, **(config_overrides or {})}
     env = registry.load(name, config_overrides=overrides)
     return from_mujoco(

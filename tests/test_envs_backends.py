@@ -1,5 +1,7 @@
 """Brax and Playground behind the common interface: small tasks, few steps, one compile each."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,12 +15,23 @@ _SETTINGS = {
     "brax/inverted_pendulum": dict(num_envs=2, action_repeat=1, episode_length=4),
     # Playground's DM Control cartpole on MJX, with action repeat.
     "playground/CartpoleBalance": dict(num_envs=2, action_repeat=2, episode_length=6),
+    # The same on MuJoCo Warp (its CPU device here), whose batched state keeps contact
+    # buffers and counters once for all environments (not batched).
+    "playground/CartpoleBalance[warp]": dict(
+        num_envs=2, action_repeat=2, episode_length=6, impl="warp"
+    ),
 }
+
+
+@functools.cache
+def _make(setting: str) -> envs.Env:
+    """One environment per setting for the whole module: its compiled reset/step are reused."""
+    return envs.make(setting.split("[")[0], seed=3, **_SETTINGS[setting])
 
 
 @pytest.fixture(scope="module", params=sorted(_SETTINGS))
 def env(request) -> envs.Env:
-    return envs.make(request.param, seed=3, **_SETTINGS[request.param])
+    return _make(request.param)
 
 
 def _rollout(env: envs.Env, key: jax.Array, actions: jax.Array) -> list[envs.Step]:
@@ -123,3 +136,22 @@ def test_backend_options_reach_the_backend():
     assert env.name == "brax/inverted_pendulum"
     with pytest.raises(TypeError):
         envs.make("brax/inverted_pendulum", no_such_option=1)
+
+
+def test_mjx_and_warp_give_the_same_trajectories(getkey):
+    """Playground's two physics implementations step the same model: from the same key and
+    actions they agree to float32 rounding, the automatic reset included (an episode of 6
+    simulator steps ends at the third agent step of action repeat 2)."""
+    mjx, warp = _make("playground/CartpoleBalance"), _make("playground/CartpoleBalance[warp]")
+    key = getkey()
+    actions = jax.random.uniform(getkey(), (4, mjx.num_envs, mjx.action_size), jnp.float32, -1, 1)
+    for a, b in zip(_rollout(mjx, key, actions), _rollout(warp, key, actions), strict=True):
+        np.testing.assert_allclose(np.asarray(b.obs), np.asarray(a.obs), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(b.reward), np.asarray(a.reward), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(b.truncated), np.asarray(a.truncated))
+        np.testing.assert_array_equal(np.asarray(b.episode_length), np.asarray(a.episode_length))
+
+
+def test_an_unknown_playground_impl_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"impl must be one of 'jax', 'warp'.*got 'mjx'"):
+        envs.make("playground/CartpoleBalance", impl="mjx")
