@@ -34,6 +34,9 @@ class TrainConfig:
     """dm_control only: worker processes of each seed's environments (0: step them in the
     training process). Default: one per core for more than one environment per seed, else 0.
     Trajectories do not depend on it, so a run may resume with another value."""
+    env_impl: str | None = None
+    """Playground only: physics implementation, "jax" (MJX) or "warp" (MuJoCo Warp, for
+    GPUs). Default: "jax"."""
     action_repeat: int = 1
     """Environment action repeat."""
     episode_length: int = 1000
@@ -129,6 +132,18 @@ class TrainConfig:
                 raise ValueError(
                     f"env_workers applies to dm_control environments (dmc/...), not {self.env!r}; "
                     "leave it unset"
+                )
+        if self.env_impl is not None:
+            impls = ("jax", "warp")
+            if self.env_impl not in impls:
+                raise ValueError(
+                    f"env_impl must be one of {', '.join(map(repr, impls))} (MJX or MuJoCo "
+                    f"Warp), got {self.env_impl!r}"
+                )
+            if not self.env.startswith("playground/"):
+                raise ValueError(
+                    f"env_impl applies to Playground environments (playground/...), not "
+                    f"{self.env!r}; leave it unset"
                 )
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")

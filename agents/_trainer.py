@@ -61,7 +61,11 @@ def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
         make = getattr(envs, "make", None)
         if make is None:
             raise ValueError(f"environment {config.env!r}: the envs package offers no make()")
-    options = {} if config.env_workers is None else {"num_workers": config.env_workers}
+    options: dict[str, Any] = {}
+    if config.env_workers is not None:
+        options["num_workers"] = config.env_workers
+    if config.env_impl is not None:
+        options["impl"] = config.env_impl
     return make(
         config.env,
         num_envs=num_envs,

@@ -48,6 +48,11 @@ def test_help_lists_every_option_with_default(capsys):
         (["--env", "test/nope"], "unknown test environment"),
         (["--env-workers", "2"], "env_workers applies to dm_control environments"),
         (["--env", "dmc/cartpole-balance", "--env-workers", "-1"], "env_workers must be >= 0"),
+        (["--env-impl", "warp"], "env_impl applies to Playground environments"),
+        (
+            ["--env", "playground/CartpoleBalance", "--env-impl", "mjx"],
+            "env_impl must be one of 'jax', 'warp'",
+        ),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
@@ -132,6 +137,24 @@ def test_env_workers_reach_the_dm_control_pools():
     from agents._trainer import _program_options
 
     assert _program_options(config) == _program_options(dataclasses.replace(config, env_workers=2))
+
+
+def test_env_impl_reaches_playground(monkeypatch):
+    """--env-impl goes to envs.make as Playground's `impl`; unset, nothing is passed (MJX)."""
+    import envs
+    from agents._trainer import _program_options, make_env
+    from agents.cli import _config, parse
+
+    calls = []
+    monkeypatch.setattr(envs, "make", lambda name, **options: calls.append((name, options)))
+    config = _config(parse(["train", "--env", "playground/CartpoleBalance", "--env-impl", "warp"]))
+    config.validate()
+    make_env(config, 2, seed=0)
+    make_env(dataclasses.replace(config, env_impl=None), 2, seed=0)
+    assert [name for name, _ in calls] == ["playground/CartpoleBalance"] * 2
+    assert calls[0][1]["impl"] == "warp" and "impl" not in calls[1][1]
+    # not a runtime option: another physics implementation is another run
+    assert _program_options(config) != _program_options(dataclasses.replace(config, env_impl=None))
 
 
 def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
