@@ -1,7 +1,8 @@
 """MuJoCo Playground's DM Control Suite ports (`playground/<Name>`), MJX (`impl="jax"`) by default.
 
-Playground 0.2.0 defaults to the `warp` implementation, which needs a GPU. Here the default is
-`impl="jax"` (MJX), which runs on any device; pass `impl="warp"` to `envs.make` to select warp.
+Playground 0.2.0 defaults to the `warp` implementation (MuJoCo Warp), built for GPUs: on a CPU
+it runs through Warp's CPU device, 34-450x slower than MJX. Here the default is `impl="jax"`
+(MJX), fast on any device; pass `impl="warp"` to `envs.make` to select warp.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def make_playground(
 
     Args:
         name: the Playground name without prefix, e.g. `"CartpoleSwingup"`.
-        impl: physics implementation: `"jax"` (MJX, default, any device) or `"warp"` (GPU).
+        impl: physics implementation: `"jax"` (MJX, default, any device) or `"warp"` (MuJoCo
+            Warp, for GPUs).
         config_overrides: further entries of the task's Playground config (e.g. `ctrl_dt`).
             Playground's own `episode_length` and `action_repeat` are not used: this wrapper
             applies its own time limit and action repeat.

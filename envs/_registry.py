@@ -38,8 +38,8 @@ def make(
         action_repeat: simulator steps per `step` call, repeating the action; rewards are summed.
         episode_length: time limit in simulator steps (`Step.truncated` when reached).
         backend_options: per backend. Brax: `backend="mjx"` (or `"generalized"`,
-            `"positional"`, `"spring"`) and constructor keywords. Playground: `impl="jax"` (or
-            `"warp"`, GPU only) and `config_overrides={...}`. dm_control: `num_workers`
+            `"positional"`, `"spring"`) and constructor keywords. Playground: `impl="jax"` (MJX; or
+            `"warp"`, MuJoCo Warp, built for GPUs, slow on a CPU) and `config_overrides={...}`. dm_control: `num_workers`
             (default: one per available core, at most `num_envs`), `task_kwargs={...}`,
             `start_timeout` (seconds). JAX backends also take `check_finite=True`.
 
