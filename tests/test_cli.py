@@ -53,6 +53,10 @@ def test_help_lists_every_option_with_default(capsys):
             ["--env", "playground/CartpoleBalance", "--env-impl", "mjx"],
             "env_impl must be one of 'jax', 'warp'",
         ),
+        (  # TINY trains seeds 0 and 1 together
+            ["--env", "playground/CartpoleBalance", "--env-impl", "warp"],
+            "env_impl 'warp' trains one seed per run",
+        ),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
@@ -147,7 +151,11 @@ def test_env_impl_reaches_playground(monkeypatch):
 
     calls = []
     monkeypatch.setattr(envs, "make", lambda name, **options: calls.append((name, options)))
-    config = _config(parse(["train", "--env", "playground/CartpoleBalance", "--env-impl", "warp"]))
+    config = _config(
+        parse(
+            ["train", "--env", "playground/CartpoleBalance", "--env-impl", "warp", "--seeds", "0"]
+        )
+    )
     config.validate()
     make_env(config, 2, seed=0)
     make_env(dataclasses.replace(config, env_impl=None), 2, seed=0)
