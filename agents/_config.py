@@ -145,14 +145,7 @@ class TrainConfig:
                     f"env_impl applies to Playground environments (playground/...), not "
                     f"{self.env!r}; leave it unset"
                 )
-            if self.env_impl == "warp" and len(self.seeds) > 1:
-                # MJX-warp's batching rule cannot run inside the seeds' vmap (mujoco 3.17.0:
-                # JAX's custom_vmap asserts on batched closed-over values).
-                raise ValueError(
-                    f"env_impl 'warp' trains one seed per run (MuJoCo Warp's environments cannot "
-                    f"be vmapped over seeds), got seeds {list(self.seeds)}; run each seed on "
-                    "its own (--seeds 0, then --seeds 1, ...) or use env_impl 'jax'"
-                )
+
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")
         {"sac": self.sac, "bro": self.bro, "dacer": self.dacer}[self.agent].validate()

@@ -99,10 +99,33 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0) -> Callable:
-    """`jax.vmap(fn, in_axes)` over the leading seed axis. With one seed, `fn` runs on the
-    arguments without that axis and its outputs get it back: a size-1 vmap turns every matrix
-    product into a batched one, which costs about 10 % of a SAC update on CPU."""
+def seeds_in_sequence(config: TrainConfig) -> bool:
+    """Whether the seeds of a run are computed one after the other in the compiled program
+    (`lax.map`) instead of side by side (`vmap`): MuJoCo Warp's environments batch themselves
+    and cannot be vmapped again over seeds (mujoco 3.17.0)."""
+    return config.env_impl == "warp"
+
+
+def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0, sequential: bool = False) -> Callable:
+    """`jax.vmap(fn, in_axes)` over the leading seed axis (`in_axes`: 0 or None per argument).
+    With one seed, `fn` runs on the arguments without that axis and its outputs get it back:
+    a size-1 vmap turns every matrix product into a batched one, which costs about 10 % of a
+    SAC update on CPU. With `sequential`, the seeds run one after the other (`lax.map`)."""
+    if n_seeds > 1 and sequential:
+
+        def in_sequence(*args):
+            axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+            mapped = tuple(a for a, ax in zip(args, axes, strict=True) if ax is not None)
+
+            def one(xs):
+                it = iter(xs)
+                return fn(
+                    *(a if ax is None else next(it) for a, ax in zip(args, axes, strict=True))
+                )
+
+            return jax.lax.map(one, mapped)
+
+        return in_sequence
     if n_seeds > 1:
         return jax.vmap(fn, in_axes=in_axes)
     take = lambda tree: jax.tree.map(lambda x: x[0], tree)
@@ -172,7 +195,9 @@ class Trainer:
             return
         c = self.config
         key = json.dumps(
-            {**_program_options(c), "seeds": len(c.seeds)}, sort_keys=True, default=str
+            {**_program_options(c), "seeds": len(c.seeds), "sequence": seeds_in_sequence(c)},
+            sort_keys=True,
+            default=str,
         )
         names = ("_init", "_finite", "_segment", "_warmup", "_evaluate", "_aot")
         if key not in _JIT_CACHE:
@@ -184,7 +209,9 @@ class Trainer:
     def _jit(self) -> None:
         loop, env = self.loop, self.envs[0]
         jit = functools.partial(jax.jit, compiler_options=self.compiler_options)
-        vmap = functools.partial(_over_seeds, n_seeds=len(self.config.seeds))
+        vmap = functools.partial(
+            _over_seeds, n_seeds=len(self.config.seeds), sequential=seeds_in_sequence(self.config)
+        )
 
         def init(key):
             k_env, k_seed = jax.random.split(key)

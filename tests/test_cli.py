@@ -53,10 +53,6 @@ def test_help_lists_every_option_with_default(capsys):
             ["--env", "playground/CartpoleBalance", "--env-impl", "mjx"],
             "env_impl must be one of 'jax', 'warp'",
         ),
-        (  # TINY trains seeds 0 and 1 together
-            ["--env", "playground/CartpoleBalance", "--env-impl", "warp"],
-            "env_impl 'warp' trains one seed per run",
-        ),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):

@@ -152,6 +152,23 @@ def test_vmapped_seeds_equal_single_seed_runs(full_run, tmp_path):
             np.testing.assert_allclose(v[k], s[k], rtol=1e-3, atol=1e-4, err_msg=str(k))
 
 
+def test_seeds_in_sequence_equal_vmapped_seeds(full_run, tmp_path, monkeypatch):
+    """The seeds computed one after the other (`lax.map`, as for MuJoCo Warp environments,
+    which cannot be vmapped over seeds) give the vmapped run's records."""
+    import agents._trainer
+
+    config, full_dir, _, _ = full_run
+    monkeypatch.setattr(agents._trainer, "seeds_in_sequence", lambda config: True)
+    cfg = dataclasses.replace(config, run_dir=str(tmp_path / "in_sequence"))
+    agents.train(cfg)
+    vmapped = {r[:3]: float(r[3]) for r in rows(full_dir)[1:]}
+    in_sequence = {r[:3]: float(r[3]) for r in rows(tmp_path / "in_sequence")[1:]}
+    assert vmapped.keys() == in_sequence.keys()
+    assert {seed for _, seed, _ in vmapped} == {"0", "1"}
+    for k, v in vmapped.items():
+        np.testing.assert_allclose(in_sequence[k], v, rtol=1e-3, atol=1e-4, err_msg=str(k))
+
+
 def _poisoned_copy(full_run, tmp_path, network: str) -> TrainConfig:
     config, full_dir, _, _ = full_run
     run_dir = tmp_path / f"nan_{network}"
