@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from envs._playground import IMPLS
+
 from ._bro import BROConfig
 from ._dacer import DACERConfig
 from ._mlp import NetworkConfig
@@ -134,10 +136,9 @@ class TrainConfig:
                     "leave it unset"
                 )
         if self.env_impl is not None:
-            impls = ("jax", "warp")
-            if self.env_impl not in impls:
+            if self.env_impl not in IMPLS:
                 raise ValueError(
-                    f"env_impl must be one of {', '.join(map(repr, impls))} (MJX or MuJoCo "
+                    f"env_impl must be one of {', '.join(map(repr, IMPLS))} (MJX or MuJoCo "
                     f"Warp), got {self.env_impl!r}"
                 )
             if not self.env.startswith("playground/"):
