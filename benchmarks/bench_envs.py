@@ -163,9 +163,14 @@ def main() -> None:
         dmc_tasks += ["dmc/cheetah-run", "dmc/humanoid-walk"]
         scaling += ["dog-run"]
     sizes = SIZES
-    if args.gpu:
-        jax_tasks, sizes = ["playground/HumanoidWalk", "playground/CheetahRun"], (1024, 2048, 4096)
     platform = jax.devices()[0].platform
+    if args.gpu:
+        if platform != "gpu":
+            raise SystemExit(
+                f"--gpu: JAX runs on {platform!r}, not on a GPU; thousands of MJX humanoids "
+                "would take hours here (on a GPU machine install the cuda extra: pip install -e '.[cuda]')"
+            )
+        jax_tasks, sizes = ["playground/HumanoidWalk", "playground/CheetahRun"], (1024, 2048, 4096)
     print(
         f"jax {jax.__version__} on {platform}, {cores} CPU cores available, load average ", end=""
     )
