@@ -67,7 +67,7 @@ def make_brax(
         env.reset,
         env.step,
         identity,
-        observation_size_of(env.reset, shapes),
+        observation_size_of(shapes),
         num_envs=num_envs,
         seed=seed,
         action_repeat=action_repeat,

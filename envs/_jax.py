@@ -58,11 +58,8 @@ def single_state_shapes(reset_fn: Callable[[jax.Array], Any]) -> Any:
         return jax.eval_shape(reset_fn, jax.random.key_data(jax.random.key(0)))
 
 
-def observation_size_of(reset_fn: Callable[[jax.Array], Any], shapes: Any = None) -> int:
-    """Length of the flat observation of a single-environment `reset` (`shapes`: its
-    `single_state_shapes`, traced here if not given)."""
-    if shapes is None:
-        shapes = single_state_shapes(reset_fn)
+def observation_size_of(shapes: Any) -> int:
+    """Length of the flat observation in a single environment's `single_state_shapes`."""
     obs = shapes.obs
     if not hasattr(obs, "shape"):
         raise TypeError(f"expected flat array observations, got {type(obs).__name__}")
@@ -79,7 +76,7 @@ def from_mujoco(name: str, env: Any, mj_model: Any, **options: Any) -> JaxEnv:
         mj_model.actuator_ctrllimited[:, None].astype(bool), mj_model.actuator_ctrlrange, 0.0
     )
     shapes = single_state_shapes(env.reset)
-    size = observation_size_of(env.reset, shapes)
+    size = observation_size_of(shapes)
     return JaxEnv(name, env.reset, env.step, ctrl_range, size, single_state=shapes, **options)
 
 
