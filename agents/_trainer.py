@@ -111,18 +111,15 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0, sequential: bool =
     With one seed, `fn` runs on the arguments without that axis and its outputs get it back:
     a size-1 vmap turns every matrix product into a batched one, which costs about 10 % of a
     SAC update on CPU. With `sequential`, the seeds run one after the other (`lax.map`)."""
+    per_arg = lambda args: zip(
+        args, in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args), strict=True
+    )
     if n_seeds > 1 and sequential:
 
         def in_sequence(*args):
-            axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-            mapped = tuple(a for a, ax in zip(args, axes, strict=True) if ax is not None)
-
-            def one(xs):
-                it = iter(xs)
-                return fn(
-                    *(a if ax is None else next(it) for a, ax in zip(args, axes, strict=True))
-                )
-
+            # unmapped arguments travel as None (an empty pytree) and are put back per seed
+            mapped = tuple(None if ax is None else a for a, ax in per_arg(args))
+            one = lambda xs: fn(*(a if x is None else x for a, x in zip(args, xs, strict=True)))
             return jax.lax.map(one, mapped)
 
         return in_sequence
@@ -131,8 +128,7 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0, sequential: bool =
     take = lambda tree: jax.tree.map(lambda x: x[0], tree)
 
     def one(*args):
-        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        args = tuple(a if ax is None else take(a) for a, ax in zip(args, axes, strict=True))
+        args = tuple(a if ax is None else take(a) for a, ax in per_arg(args))
         return jax.tree.map(lambda x: x[None], fn(*args))
 
     return one
