@@ -1,7 +1,8 @@
 """neurosurgery: measure and restore the learning capacity of neurons in Equinox models.
 
-Anatomy (which parameter entries belong to which unit), metric plugins (GraMa, τ-dormant, ...),
-selection rules and resets of the model and its optax optimizer state.
+Anatomy (which parameter entries belong to which unit, read from the traced program), metric
+plugins (GraMa, τ-dormant, ...), selection rules, resets of the model and its optax optimizer
+state, and reset strategies that combine them on a schedule.
 """
 
 from ._anatomy import Anatomy as Anatomy
@@ -20,12 +21,16 @@ from ._init import orthogonal as orthogonal
 from ._init import uniform_fan_in as uniform_fan_in
 from ._init import xavier_uniform as xavier_uniform
 from ._metrics import Dormant as Dormant
+from ._metrics import EmptyState as EmptyState
 from ._metrics import GradientActivity as GradientActivity
 from ._metrics import GraMa as GraMa
 from ._metrics import Metric as Metric
 from ._metrics import Utility as Utility
+from ._metrics import UtilityState as UtilityState
 from ._metrics import WeightMagnitude as WeightMagnitude
+from ._metrics import per_unit_mean as per_unit_mean
 from ._metrics import unit_reduce as unit_reduce
+from ._observe import SITES as SITES
 from ._observe import Observation as Observation
 from ._observe import normalise as normalise
 from ._observe import observe as observe
@@ -33,17 +38,25 @@ from ._optstate import adam_per_entry as adam_per_entry
 from ._optstate import adamw_per_entry as adamw_per_entry
 from ._optstate import reset_optimizer_state as reset_optimizer_state
 from ._optstate import scale_by_adam_per_entry as scale_by_adam_per_entry
-from ._reset import Resetter as Resetter
-from ._reset import Schedule as Schedule
-from ._reset import Selection as Selection
-from ._reset import redo as redo
-from ._reset import regrama as regrama
+from ._presets import METRICS as METRICS
+from ._presets import STRATEGIES as STRATEGIES
+from ._presets import metric as metric
+from ._presets import strategy as strategy
+from ._presets import strategy_options as strategy_options
+from ._reset import ResetResult as ResetResult
 from ._reset import reset as reset
+from ._schedule import Schedule as Schedule
+from ._select import Selection as Selection
 from ._select import bottom_fraction as bottom_fraction
 from ._select import capped_threshold as capped_threshold
 from ._select import inactive_ratio as inactive_ratio
 from ._select import network_inactive_ratio as network_inactive_ratio
 from ._select import threshold as threshold
+from ._strategy import FullReset as FullReset
+from ._strategy import Resetter as Resetter
+from ._strategy import ShrinkPerturb as ShrinkPerturb
+from ._strategy import StepResult as StepResult
+from ._strategy import Strategy as Strategy
 from ._whole import full_reset as full_reset
 from ._whole import shrink_and_perturb as shrink_and_perturb
 

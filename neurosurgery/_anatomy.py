@@ -21,35 +21,36 @@ from ._trace import Trace
 
 
 @dataclasses.dataclass(frozen=True)
-class _Pool:
-    """How to average a tapped value down to one number per unit."""
+class _Layout:
+    """How a tapped value (leading batch axes, then the value's own shape) is laid out as
+    `(*batch, positions, *unit_shape)`: every unit's entries at one position each.
 
-    reduce_axes: tuple[int, ...]
-    segments: np.ndarray | None  # None: the kept positions already are the units, in order
+    `perm` moves the value's position axes before its unit axes (units already in order along
+    them); otherwise `gather[p, u]` is the flat index of unit `u`'s `p`-th entry.
+    """
+
+    perm: tuple[int, ...] | None
+    gather: np.ndarray | None
+    positions: int
     unit_shape: tuple[int, ...]
 
-    def __call__(self, x: Array, batch_ndim: int) -> Array:
-        axes = tuple(batch_ndim + a for a in self.reduce_axes)
-        m = jnp.mean(x, axis=axes) if axes else x
-        batch = m.shape[:batch_ndim]
-        if self.segments is None:
-            return m.reshape(*batch, *self.unit_shape)
-        flat = m.reshape(*batch, -1)
-        seg = jnp.asarray(self.segments)
-        n = int(np.prod(self.unit_shape, dtype=int))
-        counts = np.bincount(self.segments[self.segments >= 0], minlength=n)
-        onehot = jax.nn.one_hot(seg, n, dtype=flat.dtype)  # -1 rows are all zero
-        pooled = flat @ onehot / jnp.asarray(np.maximum(counts, 1), flat.dtype)
-        return pooled.reshape(*batch, *self.unit_shape)
+    def __call__(self, x: Array, batch_ndim: int = 1) -> Array:
+        batch = x.shape[:batch_ndim]
+        if self.perm is not None:
+            axes = (*range(batch_ndim), *(batch_ndim + a for a in self.perm))
+            x = jnp.transpose(x, axes) if axes != tuple(range(x.ndim)) else x
+            return x.reshape(*batch, self.positions, *self.unit_shape)
+        assert self.gather is not None
+        flat = x.reshape(*batch, -1)[..., jnp.asarray(self.gather)]
+        return flat.reshape(*batch, self.positions, *self.unit_shape)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Taps:
     pre: int  # value id where the gradient enters the unit's activation (after per-unit norms)
     post: int  # value id of the unit's output as its consumers read it
-    pre_pool: _Pool
-    post_pool: _Pool
-    pre_shape: tuple[int, ...]
+    pre_layout: _Layout
+    post_layout: _Layout
 
 
 def _compress(owner: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
@@ -85,20 +86,30 @@ class Anatomy:
     """The neuron groups of a model, with the traced program they were read from.
 
     Build one with [`neurosurgery.anatomy`][]. Groups are plain values: iterate, count, index by
-    name or position, filter, print [`summary`][neurosurgery.Anatomy.summary].
+    name or position, filter, print [`summary`][neurosurgery.Anatomy.summary]. Before changing
+    anything, [`element_masks`][neurosurgery.Anatomy.element_masks] shows which parameter entries
+    a set of unit masks would touch.
     """
 
-    def __init__(self, groups: tuple[NeuronGroup, ...], graph: Graph, taps: tuple[_Taps | None, ...],
-                 leaf_paths: tuple[str, ...], leaf_shapes: tuple[tuple[int, ...], ...],
-                 params_def: Any, n_params: int, model_type: str):  # fmt: skip
+    def __init__(
+        self,
+        groups: tuple[NeuronGroup, ...],
+        graph: Graph,
+        taps: tuple[_Taps | None, ...],
+        leaf_paths: tuple[str, ...],
+        leaf_shapes: tuple[tuple[int, ...], ...],
+        params_def: Any,
+        example: tuple[tuple[int, ...], ...],
+        model_type: str,
+    ):
         self.groups = groups
-        self._graph = graph
-        self._taps = taps
         self.leaf_paths = leaf_paths
         self.leaf_shapes = leaf_shapes
-        self._params_def = params_def
-        self._n_params = n_params
         self.model_type = model_type
+        self._graph = graph
+        self._taps = taps
+        self._params_def = params_def
+        self._example = example  # shapes of the example's array leaves, in call order
 
     # ---- looking ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -129,9 +140,20 @@ class Anatomy:
         """Groups reset by default: hidden and not residual-stream channels."""
         return tuple(g for g in self.groups if g.resettable)
 
-    def filter(self, path: str | None = None, layer_type: type | tuple[type, ...] | None = None,
-               *, hidden: bool | None = None, shared: bool | None = None,
-               output: bool | None = None) -> tuple[NeuronGroup, ...]:  # fmt: skip
+    @property
+    def observed(self) -> tuple[NeuronGroup, ...]:
+        """Groups whose activations and gradients an observation records (all but declared)."""
+        return tuple(g for g, t in zip(self.groups, self._taps, strict=True) if t is not None)
+
+    def filter(
+        self,
+        path: str | None = None,
+        layer_type: type | tuple[type, ...] | None = None,
+        *,
+        hidden: bool | None = None,
+        shared: bool | None = None,
+        output: bool | None = None,
+    ) -> tuple[NeuronGroup, ...]:
         """Groups matching every given criterion.
 
         Args:
@@ -170,58 +192,50 @@ class Anatomy:
         """A readable table of every group: units, kind and the leaves it owns."""
         rows = [("#", "group", "layer", "units", "kind", "incoming", "per-unit", "outgoing")]
         for g in self.groups:
-            rows.append((
-                str(g.index), g.name, g.layer_type.__name__, "×".join(map(str, g.unit_shape)),
-                g.kind(), ", ".join(map(repr, g.incoming)) or "-",
-                ", ".join(map(repr, g.per_unit)) or "-", ", ".join(map(repr, g.outgoing)) or "-",
-            ))  # fmt: skip
+            rows.append(
+                (
+                    str(g.index),
+                    g.name,
+                    g.layer_type.__name__,
+                    "×".join(map(str, g.unit_shape)),
+                    g.kind(),
+                    ", ".join(map(repr, g.incoming)) or "-",
+                    ", ".join(map(repr, g.per_unit)) or "-",
+                    ", ".join(map(repr, g.outgoing)) or "-",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                 for r in rows]  # fmt: skip
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         n_hidden = sum(g.n_units for g in self.hidden)
-        head = (f"{self.model_type}: {len(self.groups)} neuron groups, {n_hidden} hidden units "
-                f"({sum(g.n_units for g in self.resettable)} resettable by default)")  # fmt: skip
+        head = (
+            f"{self.model_type}: {len(self.groups)} neuron groups, {n_hidden} hidden units "
+            f"({sum(g.n_units for g in self.resettable)} resettable by default)"
+        )
         return head + "\n" + "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"Anatomy({self.model_type}, groups={list(self.names)})"
 
     # ---- masks -----------------------------------------------------------------------------
-    def check_model(self, model: PyTree) -> list[Array]:
-        """The model's array leaves, after checking that they match this anatomy."""
-        params = eqx.filter(model, eqx.is_array)
-        leaves = jax.tree_util.tree_leaves(params)
-        shapes = tuple(tuple(x.shape) for x in leaves)
-        if shapes != self.leaf_shapes:
-            raise AnatomyError(
-                f"The model does not match this anatomy (built for a {self.model_type} with "
-                f"{len(self.leaf_shapes)} array leaves, got {len(shapes)} leaves"
-                + (f"; first mismatch at {self.leaf_paths[i]}" if (i := _first_diff(
-                    shapes, self.leaf_shapes)) is not None and i < len(self.leaf_paths) else "")
-                + "). Build the anatomy from this model: `ns.anatomy(model, *example_args)`."
-            )  # fmt: skip
-        return leaves
-
     def unit_masks(self, value: bool = False) -> dict[str, Bool[Array, "..."]]:
         """A mask of every group's units, all `value`."""
         return {g.name: jnp.full(g.unit_shape, value) for g in self.groups}
 
-    def element_masks(self, unit_masks: Mapping[str, Bool[Array, "..."]],
-                      roles: tuple[str, ...] = ("incoming", "per_unit", "outgoing"),
-                      ) -> list[Bool[Array, "..."] | None]:  # fmt: skip
+    def element_masks(
+        self,
+        unit_masks: Mapping[str, Array],
+        roles: tuple[str, ...] = ("incoming", "per_unit", "outgoing"),
+    ) -> list[Bool[Array, "..."] | None]:
         """Per-leaf entry masks (leaf order, `None`: untouched) for flagged units.
 
-        `unit_masks` maps group names to boolean arrays of the group's `unit_shape`.
+        `unit_masks` maps group names to boolean arrays of the group's `unit_shape`; `roles`
+        chooses which of each group's entries count. Use it to look at what a reset would
+        change before changing anything.
         """
-        for name, mask in unit_masks.items():
-            group = self[name]
-            if tuple(jnp.shape(mask)) != group.unit_shape:
-                raise AnatomyError(
-                    f"The mask for group {name!r} has shape {tuple(jnp.shape(mask))} but the group "
-                    f"has units {group.unit_shape}. Build masks with `anatomy.unit_masks()` or from "
-                    "scores of this anatomy."
-                )
+        _check_unit_masks(self, unit_masks)
         out: list[Any] = [None] * len(self.leaf_shapes)
         for name, mask in unit_masks.items():
             group = self[name]
@@ -236,57 +250,72 @@ class Anatomy:
                     out[s.leaf] = sel if out[s.leaf] is None else out[s.leaf] | sel
         return out
 
-    def to_tree(self, leaves: list[Any]) -> PyTree:
+    # ---- internals used by observe and reset ------------------------------------------------
+    def _leaves(self, model: PyTree) -> list[Any]:
+        """The model's array leaves, after checking that they match this anatomy."""
+        params = eqx.filter(model, _is_array_or_shape)
+        leaves = jax.tree_util.tree_leaves(params)
+        shapes = tuple(tuple(x.shape) for x in leaves)
+        if shapes != self.leaf_shapes:
+            i = _first_diff(shapes, self.leaf_shapes)
+            where = (
+                f"; first mismatch at {self.leaf_paths[i]}"
+                if i is not None and i < len(self.leaf_paths)
+                else ""
+            )
+            raise AnatomyError(
+                f"The model does not match this anatomy (built for a {self.model_type} with "
+                f"{len(self.leaf_shapes)} array leaves, got {len(shapes)} leaves{where}). Build "
+                "the anatomy from this model: `ns.anatomy(model, *example_args)`."
+            )
+        return leaves
+
+    def _tree(self, leaves: list[Any]) -> PyTree:
         """Arrange a per-leaf list (leaf order) as the model's parameter tree."""
         return jax.tree_util.tree_unflatten(self._params_def, leaves)
 
-    # ---- probes ----------------------------------------------------------------------------
-    def zeros(self, batch_shape: tuple[int, ...] = (), sites: tuple[str, ...] = ("pre", "post")
-              ) -> dict[str, dict[str, Array]]:  # fmt: skip
-        """Zero perturbations for [`tapped`][neurosurgery.Anatomy.tapped].
-
-        Returns `{"pre": {group: zeros}, "post": {group: zeros}}`: `pre` is each group's
-        pre-activation (after any per-unit norm, before the activation), `post` its activation as
-        the next layer reads it. Groups declared by hand (see
-        [`DeclaredGroup`][neurosurgery.DeclaredGroup]) are not observed.
-        """
+    def _zeros(
+        self, batch_shape: tuple[int, ...], sites: tuple[str, ...]
+    ) -> dict[str, dict[str, Array]]:
+        """Zero perturbations at each observed group's probe sites (`{site: {group: zeros}}`)."""
         out: dict[str, dict[str, Array]] = {}
         for site in sites:
-            if site not in ("pre", "post"):
-                raise ValueError(f"unknown probe site {site!r}; use 'pre' and/or 'post'")
             out[site] = {}
             for g, t in zip(self.groups, self._taps, strict=True):
                 if t is None:
                     continue
-                vid = t.pre if site == "pre" else t.post
+                vid = t.pre if site == "preactivation" else t.post
                 shape = self._graph.shapes[vid]
                 out[site][g.name] = jnp.zeros((*batch_shape, *shape), self._graph.dtypes[vid])
         return out
 
-    def tapped(self, model: PyTree, perturb: Mapping[str, Mapping[str, Array]] | None,
-               *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Array]]:  # fmt: skip
+    def _tapped(
+        self,
+        model: PyTree,
+        perturb: Mapping[str, Mapping[str, Array]] | None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, Array]]:
         """Run the model on one example with perturbations added at the probe sites.
 
-        `perturb` is `None` or has the form of [`zeros()`][neurosurgery.Anatomy.zeros]. Returns the
-        model's output and each observed group's activation. The gradient of a loss with respect
-        to `perturb["pre"]` (`["post"]`) is the gradient at the pre-activations (activations);
-        vmap over a batch with per-sample perturbations to get per-sample gradients from the same
-        backward pass as the weights'. Static (non-array) arguments must equal the example's.
+        Returns the model's output and each observed group's activation (the value's own
+        layout). The gradient of a loss with respect to `perturb["preactivation"]`
+        (`["activation"]`) is the gradient at the pre-activations (activations).
         """
-        leaves = self.check_model(model)
+        leaves = self._leaves(model)
         dyn_args = jax.tree_util.tree_leaves(eqx.filter((args, kwargs), eqx.is_array))
         pairs = [(g.name, t) for g, t in zip(self.groups, self._taps, strict=True) if t is not None]
-        pre = dict(perturb.get("pre", {})) if perturb is not None else {}
-        post = dict(perturb.get("post", {})) if perturb is not None else {}
+        pre = dict(perturb.get("preactivation", {})) if perturb is not None else {}
+        post = dict(perturb.get("activation", {})) if perturb is not None else {}
         edits: dict[int, list[tuple[str, str]]] = {}
         for name, t in pairs:
-            edits.setdefault(t.pre, []).append(("pre", name))
-            edits.setdefault(t.post, []).append(("post", name))
+            edits.setdefault(t.pre, []).append(("preactivation", name))
+            edits.setdefault(t.post, []).append(("activation", name))
         acts: dict[str, Array] = {}
 
         def edit(vid: int, value: Any) -> Any:
-            for site, name in edits[vid]:  # pre before post where they coincide
-                if site == "pre":
+            for site, name in edits[vid]:  # the pre-activation first where the two coincide
+                if site == "preactivation":
                     if name in pre:
                         value = value + pre[name].astype(value.dtype)
                 else:
@@ -298,16 +327,46 @@ class Anatomy:
         outs = evaluate(self._graph, [*leaves, *dyn_args], edit, frozenset(edits))
         return jax.tree_util.tree_unflatten(self._graph.out_tree, outs), acts
 
-    def pool(self, name: str, values: Array, where: str = "post", batch_ndim: int = 1) -> Array:
-        """Average `values` (a tapped value, leading batch axes) to one number per unit."""
+    def _layout(self, name: str, values: Array, site: str, batch_ndim: int = 1) -> Array:
+        """A tapped value (leading batch axes) as `(*batch, positions, *unit_shape)`."""
         taps = self._taps[self.names.index(name)]
-        if taps is None:
+        assert taps is not None
+        layout = taps.pre_layout if site == "preactivation" else taps.post_layout
+        return layout(values, batch_ndim)
+
+
+def _is_array_or_shape(x: Any) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _check_unit_masks(anatomy: Anatomy, unit_masks: Any) -> None:
+    """Masks must name this anatomy's groups, have their unit shapes and be boolean."""
+    if isinstance(unit_masks, tuple):
+        raise AnatomyError(
+            "Got a tuple where a dict of unit masks was expected; a metric's `score` returns "
+            "`(scores, state)`: select from the scores, `masks = select(scores)`."
+        )
+    unknown = [name for name in unit_masks if name not in anatomy.names]
+    if unknown:
+        raise AnatomyError(
+            f"Masks name groups {unknown} that this anatomy does not have; its groups are "
+            f"{list(anatomy.names)}. Build masks from scores of this anatomy."
+        )
+    for name, mask in unit_masks.items():
+        group = anatomy[name]
+        if tuple(jnp.shape(mask)) != group.unit_shape:
             raise AnatomyError(
-                f"Group {name!r} was declared by hand, so its activations are not observed; "
-                "score it with a weight-based metric."
+                f"The mask for group {name!r} has shape {tuple(jnp.shape(mask))} but the group "
+                f"has units {group.unit_shape}. Build masks with `anatomy.unit_masks()` or from "
+                "scores of this anatomy."
             )
-        pooler = taps.post_pool if where == "post" else taps.pre_pool
-        return pooler(values, batch_ndim)
+        dtype = getattr(mask, "dtype", None)
+        if dtype is None or jnp.dtype(dtype) != jnp.bool_:
+            raise AnatomyError(
+                f"The mask for group {name!r} is not boolean (dtype {dtype}); masks say which "
+                "units to reset, True or False: build them with a selection rule "
+                "(`ns.threshold(scores, tau)`) or compare, e.g. `mask > 0.5`."
+            )
 
 
 def _first_diff(a: tuple, b: tuple) -> int | None:
@@ -317,14 +376,24 @@ def _first_diff(a: tuple, b: tuple) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _make_pool(trace: Trace, vid: int, first: int, unit_shape: tuple[int, ...]) -> _Pool:
+def _make_layout(trace: Trace, vid: int, first: int, unit_shape: tuple[int, ...]) -> _Layout:
+    """The layout of value `vid`, whose unit labels run from `first` for `unit_shape` units."""
     labels = trace.values[vid].units
     assert labels is not None
     n = int(np.prod(unit_shape, dtype=int))
     local = np.where((labels >= first) & (labels < first + n), labels - first, -1)
     axes, reduced = _compress(local)
-    reduce_axes = tuple(a for a in range(local.ndim) if a not in axes)
-    flat = reduced.ravel()
-    if flat.size == n and np.array_equal(flat, np.arange(n)):
-        return _Pool(reduce_axes, None, unit_shape)
-    return _Pool(reduce_axes, flat, unit_shape)
+    positions = [a for a in range(local.ndim) if a not in axes]
+    if reduced.size == n and np.array_equal(reduced.ravel(), np.arange(n)):
+        count = int(np.prod([local.shape[a] for a in positions], dtype=int))
+        return _Layout((*positions, *axes), None, count, unit_shape)
+    flat = local.ravel()
+    counts = np.bincount(flat[flat >= 0], minlength=n)
+    if (flat < 0).any() or not (counts == counts[0]).all():
+        raise AnatomyError(
+            f"A group of {unit_shape} units is read at a value of shape {local.shape} where its "
+            "units do not appear equally often; its activations cannot be laid out per unit. "
+            "Declare the module's groups explicitly (`__neuron_groups__`)."
+        )
+    order = np.argsort(flat, kind="stable")
+    return _Layout(None, order.reshape(n, -1).T.copy(), int(counts[0]), unit_shape)

@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._anatomy import Anatomy, _compress, _make_pool, _owner_type, _Taps
+from ._anatomy import Anatomy, _compress, _make_layout, _owner_type, _Taps
 from ._declare import declared_groups, declaring_modules, make_opaque
 from ._errors import AnatomyError
 from ._graph import build_graph
@@ -84,13 +84,24 @@ def anatomy(
     if not any(g.hidden for g in groups):
         raise AnatomyError(
             f"{type(model).__name__} has no hidden units: "
-            + ("no dense or convolution layer with parameter weights was found in its computation"
-               if not groups else "every layer feeds the output directly")
+            + (
+                "no dense or convolution layer with parameter weights was found in its computation"
+                if not groups
+                else "every layer feeds the output directly"
+            )
             + ". There is nothing to score or reset; map a model with at least one hidden layer."
-        )  # fmt: skip
-    return Anatomy(tuple(groups), graph, tuple(taps), tuple(paths),
-                   tuple(tuple(x.shape) for x in leaves), params_def, n,
-                   type(model).__name__)  # fmt: skip
+        )
+    example = tuple(tuple(np.shape(x)) for x in flat_args)
+    return Anatomy(
+        tuple(groups),
+        graph,
+        tuple(taps),
+        tuple(paths),
+        tuple(shapes),
+        params_def,
+        example,
+        type(model).__name__,
+    )
 
 
 def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
@@ -120,8 +131,14 @@ def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
     return np.concatenate(out_u), np.concatenate(out_e)
 
 
-def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
-             shapes: list[tuple[int, ...]], owners: dict[int, type]):  # fmt: skip
+def _resolve(
+    trace: Trace,
+    tracer: Tracer,
+    offsets: list,
+    paths: list[str],
+    shapes: list[tuple[int, ...]],
+    owners: dict[int, type],
+):
     offsets_arr = np.asarray(offsets, np.int64)
     unit_group = np.full(tracer.next_label, -1, np.int64)
     for u, g in tracer.unit_group.items():
@@ -184,13 +201,21 @@ def _resolve(trace: Trace, tracer: Tracer, offsets: list, paths: list[str],
     names = _names(trace.groups, paths)
     groups, taps = [], []
     for i, raw in enumerate(trace.groups):
-        groups.append(NeuronGroup(
-            names[i], i, raw.unit_shape, owners.get(raw.weight_leaf, object),
-            tuple(incoming.get(i, ())), tuple(per_unit.get(i, ())), tuple(outgoing.get(i, ())),
-            shared=bool(mixed_units.get(i)), output=i in output_groups,
-            shared_with=tuple(sorted(names[j] for j in mixed_units.get(i, ()))),
-            normalized=raw.normalized,
-        ))  # fmt: skip
+        groups.append(
+            NeuronGroup(
+                names[i],
+                i,
+                raw.unit_shape,
+                owners.get(raw.weight_leaf, object),
+                tuple(incoming.get(i, ())),
+                tuple(per_unit.get(i, ())),
+                tuple(outgoing.get(i, ())),
+                shared=bool(mixed_units.get(i)),
+                output=i in output_groups,
+                shared_with=tuple(sorted(names[j] for j in mixed_units.get(i, ()))),
+                normalized=raw.normalized,
+            )
+        )
         taps.append(_taps(trace, i, raw))
     return groups, taps
 
@@ -247,12 +272,9 @@ def _taps(trace: Trace, index: int, raw: RawGroup) -> _Taps:
     candidates = [v for v in ancestors if kind(v) in ("producer", "pre")]
     dominating = [v for v in candidates if v == raw.output or not reaches_start(v)]
     pre = max(dominating)
-    return _Taps(pre, post, _make_pool(trace, pre, raw.first, raw.unit_shape),
-                 _make_pool(trace, post, raw.first, raw.unit_shape),
-                 trace_shape(trace, pre))  # fmt: skip
-
-
-def trace_shape(trace: Trace, vid: int) -> tuple[int, ...]:
-    units = trace.values[vid].units
-    assert units is not None
-    return tuple(units.shape)
+    return _Taps(
+        pre,
+        post,
+        _make_layout(trace, pre, raw.first, raw.unit_shape),
+        _make_layout(trace, post, raw.first, raw.unit_shape),
+    )

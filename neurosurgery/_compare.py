@@ -15,12 +15,24 @@ from ._metrics import Metric, Scores
 from ._observe import Observation
 
 
-def score_all(metrics: Sequence[Metric], anatomy: Anatomy, observation: Observation,
-              states: Mapping[str, Any] | None = None) -> dict[str, Scores]:  # fmt: skip
-    """Scores of every metric for one observation, keyed by metric name."""
+def score_all(
+    anatomy: Anatomy,
+    metrics: Sequence[Metric],
+    observation: Observation,
+    states: Mapping[str, Any] | None = None,
+) -> dict[str, Scores]:
+    """Scores of every metric for one observation, keyed by metric name.
+
+    `states` maps metric names to their states (each metric's `init(anatomy)` where missing);
+    use the metrics' own `score` to carry states forward.
+    """
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics must have distinct names to be told apart, got {names}")
     out = {}
     for metric in metrics:
-        state = states[metric.name] if states is not None else metric.init(anatomy)
+        state = (states or {}).get(metric.name)
+        state = metric.init(anatomy) if state is None else state
         out[metric.name] = metric.score(anatomy, observation, state)[0]
     return out
 
@@ -69,18 +81,26 @@ class Comparison:
             rows.append(row)
         rows.append(["network", *[f"{100 * self.network[m]:.1f}" for m in metrics]])
         widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(head))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
-                         for r in rows)  # fmt: skip
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows
+        )
 
 
-def compare(anatomy: Anatomy, scores: Mapping[str, Scores], tau: float | Mapping[str, float] = 0.0,
-            *, hidden_only: bool = True,
-            quadrant_metrics: tuple[str, str] | None = ("dormant", "grama")) -> Comparison:  # fmt: skip
+def compare(
+    anatomy: Anatomy,
+    scores: Mapping[str, Scores],
+    tau: float | Mapping[str, float] = 0.0,
+    *,
+    hidden_only: bool = True,
+    quadrant_metrics: tuple[str, str] | None = ("dormant", "grama"),
+) -> Comparison:
     """Compare metrics on the same units: inactive ratios, Jaccard agreement and quadrants.
 
     Args:
         anatomy: the anatomy the scores belong to.
         scores: metric name → group → scores (see [`score_all`][neurosurgery.score_all]).
+            Groups some metric does not score (declared groups for activation metrics) are left
+            out.
         tau: the threshold, one for all metrics or one per metric name.
         hidden_only: leave output groups out.
         quadrant_metrics: (activation metric, gradient metric) for the quadrant counts, as in the
@@ -106,7 +126,12 @@ def compare(anatomy: Anatomy, scores: Mapping[str, Scores], tau: float | Mapping
         for g in names:
             hi_a = _top_quarter(np.asarray(jnp.asarray(scores[act_m][g])))
             hi_g = _top_quarter(np.asarray(jnp.asarray(scores[grad_m][g])))
-            quadrants[g] = (int((hi_a & hi_g).sum()), int((hi_a & ~hi_g).sum()),
-                            int((~hi_a & hi_g).sum()), int((~hi_a & ~hi_g).sum()))  # fmt: skip
-    return Comparison(inactive, network, jaccard, quadrants,
-                      quadrant_metrics if quadrants else None)  # fmt: skip
+            quadrants[g] = (
+                int((hi_a & hi_g).sum()),
+                int((hi_a & ~hi_g).sum()),
+                int((~hi_a & hi_g).sum()),
+                int((~hi_a & ~hi_g).sum()),
+            )
+    return Comparison(
+        inactive, network, jaccard, quadrants, quadrant_metrics if quadrants else None
+    )

@@ -98,8 +98,12 @@ def make_opaque(model: Any, found: list[tuple[tuple, Any]]) -> Any:
     return model
 
 
-def declared_groups(found: list[tuple[tuple, Any]], paths: list[str], shapes: list[tuple[int, ...]],
-                    first_index: int) -> list[NeuronGroup]:  # fmt: skip
+def declared_groups(
+    found: list[tuple[tuple, Any]],
+    paths: list[str],
+    shapes: list[tuple[int, ...]],
+    first_index: int,
+) -> list[NeuronGroup]:
     """Turn declarations into neuron groups with leaf slices in the whole model's terms."""
     groups = []
     for path, module in found:
@@ -134,14 +138,30 @@ def declared_groups(found: list[tuple[tuple, Any]], paths: list[str], shapes: li
                             f"Declared group {decl.name!r}: {full} has {size} entries along axis "
                             f"{axis}, but the group has {width} units."
                         )
-                    slices[role].append(LeafSlice(full, leaf, shape, (axis % len(shape),),
-                                                  np.arange(size, dtype=np.int32), kind))  # fmt: skip
+                    slices[role].append(
+                        LeafSlice(
+                            full,
+                            leaf,
+                            shape,
+                            (axis % len(shape),),
+                            np.arange(size, dtype=np.int32),
+                            kind,
+                        )
+                    )
             if width is None:
                 raise AnatomyError(f"Declared group {decl.name!r} names no incoming leaf.")
             name = f"{prefix.lstrip('.')}.{decl.name}" if prefix else decl.name
-            groups.append(NeuronGroup(
-                name, first_index + len(groups), (width,), type(module),
-                tuple(slices["incoming"]), tuple(slices["per_unit"]), tuple(slices["outgoing"]),
-                shared=decl.shared, output=decl.output,
-            ))  # fmt: skip
+            groups.append(
+                NeuronGroup(
+                    name,
+                    first_index + len(groups),
+                    (width,),
+                    type(module),
+                    tuple(slices["incoming"]),
+                    tuple(slices["per_unit"]),
+                    tuple(slices["outgoing"]),
+                    shared=decl.shared,
+                    output=decl.output,
+                )
+            )
     return groups

@@ -1,30 +1,29 @@
-"""Named initializers for re-drawing the weights of reset units.
+"""Named distributions for re-drawn weights, on `jax.nn.initializers`.
 
-A reset re-draws a revived unit's incoming weights from an initial distribution. The layer's own
-initializer is the default elsewhere in the toolkit; these are the named alternatives. Each factory
-returns an `Initializer`: a frozen, hashable callable `init(key, shape, dtype)` that returns a full
-fresh array; the caller keeps the rows it resets with `jnp.where(mask, fresh, old)`.
-
-Fans follow Equinox's layout: a `Linear` weight is `(out, in)` and a `Conv` weight is
-`(out, in, *kernel)`, so by default axis 1 is the fan-in axis, axis 0 the fan-out axis, and every
-other axis is the receptive field, which multiplies both fans (as in `jax.nn.initializers`).
-A bias carries no fan information in its shape (an Equinox conv bias is `(out, 1, ..., 1)`): draw it
-with the `fan_in`/`fan_out` of its layer's weight, passed explicitly.
+A reset re-draws a revived unit's incoming weights. The usual source is the model's own
+constructor (each layer's own initializer); an [`Initializer`][neurosurgery.Initializer] is the
+alternative: a `jax.nn.initializers` factory with its options, to which the anatomy supplies the
+axes of each leaf it re-draws. The units' axes are the fan-out axes; for a matrix the other axis
+is the fan-in; for a weight with more axes (Equinox's convolutions, `(out, in, *kernel)`) the
+first other axis is the fan-in and the rest are the receptive field, which multiplies both fans,
+as `jax.nn.initializers` counts them. Stacked members (ensembles) are drawn one by one.
 """
 
+from __future__ import annotations
+
 import dataclasses
+import inspect
 import math
-from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 __all__ = [
     "Initializer",
-    "fan_in_and_out",
     "kaiming_normal",
     "lecun_normal",
     "orthogonal",
@@ -32,94 +31,34 @@ __all__ = [
     "xavier_uniform",
 ]
 
-Axes = int | Sequence[int]
 
+@dataclasses.dataclass(frozen=True)
+class Initializer:
+    """A `jax.nn.initializers` factory and its options, e.g.
+    `ns.Initializer(jax.nn.initializers.he_uniform)` or
+    `ns.Initializer(jax.nn.initializers.variance_scaling, scale=2.0, mode="fan_avg",
+    distribution="uniform")`.
 
-@runtime_checkable
-class Initializer(Protocol):
-    """A named distribution for a parameter array (what the factories in this module return)."""
-
-    def __call__(
-        self,
-        key: PRNGKeyArray,
-        shape: tuple[int, ...],
-        dtype: DTypeLike = jnp.float32,
-        *,
-        fan_in_axes: Axes = 1,
-        fan_out_axes: Axes = 0,
-        fan_in: int | None = None,
-        fan_out: int | None = None,
-    ) -> Float[Array, "..."]:
-        """Draw a fresh array of `shape`; explicit `fan_in`/`fan_out` override the axes."""
-        ...
-
-
-def _normalise_axes(name: str, axes: Axes, shape: tuple[int, ...]) -> tuple[int, ...]:
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    out = []
-    for axis in axes:
-        if not -len(shape) <= axis < len(shape):
-            raise ValueError(
-                f"{name}={axes} does not fit shape {shape}: axis {axis} does not exist; for a "
-                "bias or another 1-D parameter pass fan_in= (and fan_out=) of its layer's weight"
-            )
-        out.append(axis % len(shape))
-    return tuple(out)
-
-
-def fan_in_and_out(
-    shape: tuple[int, ...], fan_in_axes: Axes = 1, fan_out_axes: Axes = 0
-) -> tuple[int, int]:
-    """Fan-in and fan-out of a weight array, each multiplied by its receptive field size.
-
-    Args:
-        shape: The weight's shape, e.g. `(out, in)` or `(out, in, *kernel)` for Equinox layers.
-        fan_in_axes: Axes holding the inputs of a unit.
-        fan_out_axes: Axes holding the units (the outputs).
-
-    Returns:
-        `(fan_in, fan_out)`; with Equinox's conv layout `(8, 4, 3, 3)` gives `(36, 72)`.
-
-    Raises:
-        ValueError: If an axis does not exist or is listed as both fan-in and fan-out.
+    Calling it draws a full array for one leaf; the axes come from the anatomy (see the module
+    docstring). Factories that take `in_axis`/`out_axis` get them; `orthogonal` makes the units'
+    weight vectors orthonormal.
     """
-    ins = _normalise_axes("fan_in_axes", fan_in_axes, shape)
-    outs = _normalise_axes("fan_out_axes", fan_out_axes, shape)
-    if set(ins) & set(outs):
-        raise ValueError(
-            f"fan_in_axes={ins} and fan_out_axes={outs} overlap for shape {shape}: an axis is "
-            "either a unit's inputs or the units themselves; pass disjoint axes"
-        )
-    receptive = math.prod(d for axis, d in enumerate(shape) if axis not in ins + outs)
-    return (
-        math.prod(shape[a] for a in ins) * receptive,
-        math.prod(shape[a] for a in outs) * receptive,
-    )
 
+    factory: Callable[..., Callable[..., Array]]
+    options: tuple[tuple[str, Any], ...] = ()
 
-def _compute_dtype(dtype: DTypeLike) -> jnp.dtype:
-    """Draw in float64 only for float64 parameters; low-precision floats are drawn in float32."""
-    return jnp.dtype(jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class _FanInitializer:
-    """Shared argument handling: resolve the fans, draw, cast to the parameter's dtype."""
-
-    scale: float = 1.0
-    _uses_fan_out: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        try:
-            scale = float(self.scale)
-        except (TypeError, ValueError):
-            scale = math.nan
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(
-                f"scale={self.scale!r} is invalid: it multiplies the standard deviation (or bound) "
-                "of the distribution, so it must be a finite number > 0"
+    def __init__(self, factory: Callable[..., Callable[..., Array]], **options: Any):
+        if not callable(factory):
+            raise TypeError(f"Initializer needs a jax.nn.initializers factory, got {factory!r}")
+        object.__setattr__(self, "factory", factory)
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+        params = _parameters(factory)
+        unknown = [k for k in options if params is not None and k not in params]
+        if unknown:
+            raise TypeError(
+                f"{getattr(factory, '__name__', factory)} takes no option(s) {unknown}; its "
+                f"parameters are {sorted(params or ())}"
             )
-        object.__setattr__(self, "scale", scale)
 
     def __call__(
         self,
@@ -127,124 +66,98 @@ class _FanInitializer:
         shape: tuple[int, ...],
         dtype: DTypeLike = jnp.float32,
         *,
-        fan_in_axes: Axes = 1,
-        fan_out_axes: Axes = 0,
-        fan_in: int | None = None,
-        fan_out: int | None = None,
-    ) -> Float[Array, "..."]:
-        shape = tuple(int(d) for d in shape)
-        if fan_in is None or (fan_out is None and self._uses_fan_out):
-            computed_in, computed_out = fan_in_and_out(shape, fan_in_axes, fan_out_axes)
-            fan_in = computed_in if fan_in is None else fan_in
-            fan_out = computed_out if fan_out is None else fan_out
-        fan_out = 0 if fan_out is None else fan_out
-        draw_dtype = _compute_dtype(dtype)
-        return self._draw(key, shape, draw_dtype, fan_in, fan_out).astype(dtype)
-
-    def _draw(
-        self, key: PRNGKeyArray, shape: tuple[int, ...], dtype: jnp.dtype, fan_in: int, fan_out: int
+        unit_axes: tuple[int, ...] = (0,),
     ) -> Array:
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class _LecunNormal(_FanInitializer):
-    def _draw(self, key, shape, dtype, fan_in, fan_out):
-        std = self.scale / math.sqrt(max(fan_in, 1))
-        return std * jax.random.normal(key, shape, dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class _KaimingNormal(_FanInitializer):
-    def _draw(self, key, shape, dtype, fan_in, fan_out):
-        std = self.scale * math.sqrt(2.0 / max(fan_in, 1))
-        return std * jax.random.normal(key, shape, dtype)
-
-
-@dataclasses.dataclass(frozen=True)
-class _XavierUniform(_FanInitializer):
-    _uses_fan_out: ClassVar[bool] = True
-
-    def _draw(self, key, shape, dtype, fan_in, fan_out):
-        bound = self.scale * math.sqrt(6.0 / max(fan_in + fan_out, 1))
-        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-
-@dataclasses.dataclass(frozen=True)
-class _UniformFanIn(_FanInitializer):
-    def _draw(self, key, shape, dtype, fan_in, fan_out):
-        bound = self.scale / math.sqrt(fan_in) if fan_in > 0 else self.scale
-        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Orthogonal(_FanInitializer):
-    def __call__(
-        self,
-        key: PRNGKeyArray,
-        shape: tuple[int, ...],
-        dtype: DTypeLike = jnp.float32,
-        *,
-        fan_in_axes: Axes = 1,
-        fan_out_axes: Axes = 0,
-        fan_in: int | None = None,
-        fan_out: int | None = None,
-    ) -> Float[Array, "..."]:
-        del fan_in_axes, fan_in, fan_out  # orthogonality is between the units' weight vectors
+        """A fresh array of `shape` whose units lie along `unit_axes`."""
         shape = tuple(int(d) for d in shape)
-        if len(shape) < 2:
-            raise ValueError(
-                f"orthogonal needs a weight with at least 2 axes, got shape {shape}; biases and "
-                "norm parameters are not drawn orthogonally (reset them to 0 or to their identity)"
-            )
-        outs = _normalise_axes("fan_out_axes", fan_out_axes, shape)
-        rest = tuple(a for a in range(len(shape)) if a not in outs)
-        rows = math.prod(shape[a] for a in outs)
-        cols = math.prod(shape[a] for a in rest)
-        big, small = max(rows, cols), min(rows, cols)
-        gaussian = jax.random.normal(key, (big, small), _compute_dtype(dtype))
-        q, r = jnp.linalg.qr(gaussian)
-        # Fix the signs so that the result is Haar-distributed rather than biased by QR's choice.
-        q = q * jnp.sign(jnp.diagonal(r))[None, :]
-        matrix = q if rows >= cols else q.T  # (rows, cols), orthonormal along the shorter side
-        perm = outs + rest
-        stacked = (self.scale * matrix).reshape(tuple(shape[a] for a in perm))
-        return jnp.transpose(stacked, tuple(perm.index(a) for a in range(len(shape)))).astype(dtype)
+        unit_axes = tuple(a % len(shape) for a in unit_axes) if shape else ()
+        params = _parameters(self.factory) or {}
+        options = dict(self.options)
+        if "column_axis" in params:  # orthogonal: units last, flattened, orthonormal columns
+            rest = tuple(a for a in range(len(shape)) if a not in unit_axes)
+            if not rest or not unit_axes:
+                raise ValueError(
+                    f"orthogonal needs a weight with units and inputs, got shape {shape}; biases "
+                    "and norm parameters are not drawn orthogonally"
+                )
+            perm = (*rest, *unit_axes)
+            rows = math.prod(shape[a] for a in rest)
+            cols = math.prod(shape[a] for a in unit_axes)
+            matrix = self.factory(**options, column_axis=-1)(key, (rows, cols), dtype)
+            moved = matrix.reshape(tuple(shape[a] for a in perm))
+            return jnp.transpose(moved, tuple(perm.index(a) for a in range(len(shape))))
+        if "in_axis" in params and "out_axis" in params:
+            rest = [a for a in range(len(shape)) if a not in unit_axes]
+            if not rest:
+                raise ValueError(
+                    f"{getattr(self.factory, '__name__', 'this initializer')} needs a weight with "
+                    f"a fan-in axis; shape {shape} has only units (draw biases as zeros)"
+                )
+            options.update(in_axis=rest[0], out_axis=unit_axes)
+        return self.factory(**options)(key, shape, dtype)
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options)
+        return f"Initializer({getattr(self.factory, '__name__', repr(self.factory))}{opts})"
+
+
+def _parameters(factory: Callable[..., Any]) -> dict[str, Any] | None:
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
 
 
 def lecun_normal(scale: float = 1.0) -> Initializer:
-    """LeCun normal: `N(0, scale² / fan_in)` (an untruncated normal).
-
-    `jax.nn.initializers.lecun_normal` draws a truncated normal with the same variance.
-    """
-    return _LecunNormal(scale)
+    """LeCun normal, `jax.nn.initializers.lecun_normal` (a truncated normal of variance
+    `scale² / fan_in`)."""
+    _check_scale(scale)
+    return _variance(scale**2, "fan_in", "truncated_normal")
 
 
 def kaiming_normal(scale: float = 1.0) -> Initializer:
-    """He/Kaiming normal for ReLU layers, fan-in mode: `N(0, 2·scale² / fan_in)` (untruncated)."""
-    return _KaimingNormal(scale)
+    """He/Kaiming normal for ReLU layers, `jax.nn.initializers.he_normal` (variance
+    `2·scale² / fan_in`, truncated normal)."""
+    _check_scale(scale)
+    return _variance(2.0 * scale**2, "fan_in", "truncated_normal")
 
 
 def xavier_uniform(scale: float = 1.0) -> Initializer:
-    """Glorot/Xavier uniform: `U(-b, b)` with `b = scale·sqrt(6 / (fan_in + fan_out))`."""
-    return _XavierUniform(scale)
+    """Glorot/Xavier uniform, `jax.nn.initializers.glorot_uniform`:
+    `U(-b, b)`, `b = scale·sqrt(6 / (fan_in + fan_out))`."""
+    _check_scale(scale)
+    return _variance(scale**2, "fan_avg", "uniform")
 
 
 def uniform_fan_in(scale: float = 1.0) -> Initializer:
-    """Equinox's default for `Linear` and `Conv`: `U(-b, b)` with `b = scale / sqrt(fan_in)`.
-
-    With `scale=1` this is the distribution `eqx.nn.Linear`/`eqx.nn.Conv` draw their weights and
-    biases from (Equinox uses the weight's fan-in, `in_features · prod(kernel)`, for both; pass
-    `fan_in=` when drawing a bias).
-    """
-    return _UniformFanIn(scale)
+    """Equinox's default for `Linear` and `Conv`: `U(-b, b)` with `b = scale / sqrt(fan_in)`."""
+    _check_scale(scale)
+    return _variance(scale**2 / 3.0, "fan_in", "uniform")
 
 
 def orthogonal(scale: float = 1.0) -> Initializer:
-    """Orthogonal (Saxe et al. 2014): the units' weight vectors are orthonormal, times `scale`.
+    """Orthogonal (Saxe et al. 2014), `jax.nn.initializers.orthogonal`: the units' weight vectors
+    are orthonormal (or as close as the shape allows), times `scale`. BRO's BroNet uses √2."""
+    _check_scale(scale)
+    return Initializer(jax.nn.initializers.orthogonal, scale=float(scale))
 
-    The fan-out axes (axis 0, the units, by default) index rows and every other axis is flattened
-    into columns; rows are orthonormal when there are no more rows than columns, columns otherwise.
-    BRO's BroNet uses `scale = sqrt(2)`.
-    """
-    return _Orthogonal(scale)
+
+def _variance(scale: float, mode: str, distribution: str) -> Initializer:
+    return Initializer(
+        jax.nn.initializers.variance_scaling,
+        scale=float(scale),
+        mode=mode,
+        distribution=distribution,
+    )
+
+
+def _check_scale(scale: Any) -> None:
+    try:
+        ok = math.isfinite(float(scale)) and float(scale) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"scale={scale!r} is invalid: it multiplies the standard deviation (or bound) of the "
+            "distribution, so it must be a finite number > 0"
+        )

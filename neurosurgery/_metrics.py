@@ -1,8 +1,8 @@
 """Metric plugins: per-unit scores, normalised by the layer mean (higher = more active).
 
-A metric is a frozen config with two pure functions, the optax way:
+A metric is a frozen config with a `name` and two pure functions, the optax way:
 
-* `init(anatomy) -> state` (most metrics keep none: `()`),
+* `init(anatomy) -> state` (`EmptyState()` for a metric that keeps none),
 * `score(anatomy, observation, state) -> (scores, state)` where `scores` maps group names to
   arrays of the group's `unit_shape`.
 
@@ -13,7 +13,7 @@ see the "Write your own metric" page.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,10 @@ from ._groups import LeafSlice, NeuronGroup
 from ._observe import Observation, normalise
 
 Scores = dict[str, Array]
+
+
+class EmptyState(NamedTuple):
+    """The state of a metric (or strategy) that keeps nothing between calls."""
 
 
 @runtime_checkable
@@ -41,19 +45,26 @@ class Metric(Protocol):
     ) -> tuple[Scores, Any]: ...
 
 
-def unit_reduce(group: NeuronGroup, slices: tuple[LeafSlice, ...], leaves: list[Array],
-                how: Literal["mean", "sum"]) -> Array:  # fmt: skip
+def unit_reduce(
+    group: NeuronGroup,
+    slices: tuple[LeafSlice, ...],
+    leaves: list[Array],
+    how: Literal["mean", "sum"],
+) -> Array:
     """Sum or average leaf entries per unit, over all `slices` together.
 
-    `leaves` is the model's array leaves in anatomy order (e.g. gradients or weights).
+    `leaves` is the model's array leaves in anatomy order (e.g. gradients or weights). The
+    result has the leaves' floating dtype (float32 for lower precisions).
     """
     n = group.n_units
-    total = jnp.zeros(n, jnp.float32)
+    wide = any(leaves[s.leaf].dtype == jnp.float64 for s in slices)
+    dtype = jnp.float64 if wide else jnp.float32
+    total = jnp.zeros(n, dtype)
     count = np.zeros(n, np.int64)
     for s in slices:
-        values = leaves[s.leaf]
+        values = leaves[s.leaf].astype(dtype)
         other = tuple(a for a in range(len(s.shape)) if a not in s.axes)
-        per_pos = _sum_axes(values.astype(jnp.float32), other) if other else values
+        per_pos = _sum_axes(values, other) if other else values
         units = s.units.reshape(-1)
         if units.size == n and (units == np.arange(n)).all():
             total = total + jnp.reshape(per_pos, -1)  # the usual layout: no scatter needed
@@ -66,7 +77,7 @@ def unit_reduce(group: NeuronGroup, slices: tuple[LeafSlice, ...], leaves: list[
             np.prod([s.shape[a] for a in other], dtype=int)
         )
     if how == "mean":
-        total = total / jnp.asarray(np.maximum(count, 1), jnp.float32)
+        total = total / jnp.asarray(np.maximum(count, 1), dtype)
     return total.reshape(group.unit_shape)
 
 
@@ -75,7 +86,7 @@ def _sum_axes(values: Array, axes: tuple[int, ...]) -> Array:
 
     Same result as `jnp.sum(values, axis=axes)`, but a matrix-vector product: XLA's CPU backend
     runs it at memory speed, 3-4× faster than a reduction over a weight matrix's rows, which is
-    what keeps GraMa(weight) cheap inside an update. Full float32 precision on every backend.
+    what keeps GraMa(weight) cheap inside an update. Full precision on every backend.
     """
     ones = jnp.ones([values.shape[a] for a in axes], values.dtype)
     return jnp.tensordot(
@@ -83,14 +94,13 @@ def _sum_axes(values: Array, axes: tuple[int, ...]) -> Array:
     )
 
 
-def _leaves(anatomy: Anatomy, tree: Any) -> list[Array]:
-    return jax.tree_util.tree_leaves(tree)
+def per_unit_mean(values: dict[str, Array]) -> dict[str, Array]:
+    """Average each group's `(batch, positions, *unit_shape)` record over samples and positions."""
+    return {name: jnp.mean(v, axis=(0, 1)) for name, v in values.items()}
 
 
-def _observed(anatomy: Anatomy, values: dict[str, Array] | None) -> list[NeuronGroup]:
-    if values is None:
-        return []
-    return [g for g in anatomy.groups if g.name in values]
+#: what each GraMa source is called in scores and logs
+GRAMA_NAMES = {"preactivation": "grama", "activation": "grama_activation", "weight": "grama_weight"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,89 +109,86 @@ class GraMa:
 
     Sources (see the metrics page for what each can and cannot see):
 
-    * `"preactivation"` (default): E_x|∂L(x)/∂z_i| at the pre-activation, after any per-unit
-      norm — sees dead ReLU units.
-    * `"activation"`: the same at the activation (the literal reading of Eq. 2); blind to dead
-      ReLU units, because ∂L/∂h does not pass through the unit's own activation derivative.
-    * `"weight"`: the released code's rule, mean_j |∂L/∂W_ij| over the unit's incoming weights
-      (the batch gradient); a unit with per-unit scale parameters (a norm layer) is also scored
-      by |∂L/∂γ_i| on its own, and keeps the lower of the two scores.
+    * `"preactivation"` (default, name `grama`): E_x|∂L(x)/∂z_i| at the pre-activation, after
+      any per-unit norm — sees dead ReLU units.
+    * `"activation"` (`grama_activation`): the same at the activation (the literal reading of
+      Eq. 2); blind to dead ReLU units, because ∂L/∂h does not pass through the unit's own
+      activation derivative.
+    * `"weight"` (`grama_weight`): the released code's rule, mean_j |∂L/∂W_ij| over the unit's
+      incoming weights (the batch gradient); a unit with per-unit scale parameters (a norm
+      layer) is also scored by |∂L/∂γ_i| on its own, and keeps the lower of the two scores.
+
+    `eps` is added to the layer mean (see [`normalise`][neurosurgery.normalise]).
     """
 
     source: str = "preactivation"
-    eps: float = 1e-9
+    eps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.source not in ("preactivation", "activation", "weight"):
+        if self.source not in GRAMA_NAMES:
             raise ValueError(
-                f"GraMa source {self.source!r} is unknown; use 'preactivation', 'activation' or "
-                "'weight'."
+                f"GraMa source {self.source!r} is unknown; use one of {list(GRAMA_NAMES)}."
             )
 
     @property
     def name(self) -> str:
-        return {"preactivation": "grama", "activation": "grama_act", "weight": "grama_weight"}[
-            self.source
-        ]
+        return GRAMA_NAMES[self.source]
 
-    def init(self, anatomy: Anatomy) -> tuple:
-        return ()
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
 
     def score(
-        self, anatomy: Anatomy, observation: Observation, state: tuple
-    ) -> tuple[Scores, tuple]:
-        if self.source == "weight":
-            grads = _leaves(anatomy, observation.weight_grads)
-            absg = [jnp.abs(g) for g in grads]
-            out = {}
-            for g in anatomy.groups:
-                rows = tuple(s for s in g.incoming if s.kind == "weight")
-                score = normalise(unit_reduce(g, rows, absg, "mean"), self.eps)
-                scales = tuple(s for s in g.per_unit if s.kind == "scale")
-                if scales:
-                    score = jnp.minimum(
-                        score, normalise(unit_reduce(g, scales, absg, "mean"), self.eps)
-                    )
-                out[g.name] = score
-            return out, state
-        site, grads = (
-            ("pre", observation.pre_grads)
-            if self.source == "preactivation"
-            else ("post", observation.post_grads)
-        )
-        if grads is None:
-            raise ValueError(
-                f"GraMa(source={self.source!r}) needs per-sample gradients at the '{site}' site; "
-                f"observe with sites including {site!r}."
-            )
+        self, anatomy: Anatomy, observation: Observation, state: EmptyState
+    ) -> tuple[Scores, EmptyState]:
+        if self.source != "weight":
+            grads = observation.grads(self.source)
+            return _normalised(per_unit_mean(_abs(grads)), self.eps), state
+        absg = [jnp.abs(g) for g in jax.tree_util.tree_leaves(observation.weight_grads)]
         out = {}
-        for g in _observed(anatomy, grads):
-            per_sample = anatomy.pool(g.name, jnp.abs(grads[g.name]), where=site)
-            out[g.name] = normalise(jnp.mean(per_sample, axis=0), self.eps)
+        for g in anatomy.groups:
+            rows = tuple(s for s in g.incoming if s.kind == "weight")
+            score = normalise(unit_reduce(g, rows, absg, "mean"), self.eps)
+            scales = tuple(s for s in g.per_unit if s.kind == "scale")
+            if scales:
+                score = jnp.minimum(
+                    score, normalise(unit_reduce(g, scales, absg, "mean"), self.eps)
+                )
+            out[g.name] = score
         return out, state
+
+
+def _abs(values: dict[str, Array]) -> dict[str, Array]:
+    return {k: jnp.abs(v) for k, v in values.items()}
+
+
+def _normalised(values: dict[str, Array], eps: float) -> Scores:
+    return {k: normalise(v, eps) for k, v in values.items()}
 
 
 @dataclasses.dataclass(frozen=True)
 class Dormant:
     """τ-dormant score (ReDo, Sokar et al. 2023): E_x|h_i(x)| over the layer mean."""
 
-    eps: float = 1e-9
+    eps: float = 0.0
 
     @property
     def name(self) -> str:
         return "dormant"
 
-    def init(self, anatomy: Anatomy) -> tuple:
-        return ()
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
 
     def score(
-        self, anatomy: Anatomy, observation: Observation, state: tuple
-    ) -> tuple[Scores, tuple]:
-        out = {}
-        for g in _observed(anatomy, observation.acts):
-            per_sample = anatomy.pool(g.name, jnp.abs(observation.acts[g.name]))
-            out[g.name] = normalise(jnp.mean(per_sample, axis=0), self.eps)
-        return out, state
+        self, anatomy: Anatomy, observation: Observation, state: EmptyState
+    ) -> tuple[Scores, EmptyState]:
+        return _normalised(per_unit_mean(_abs(observation.activations)), self.eps), state
+
+
+class UtilityState(NamedTuple):
+    """Running averages of `Utility`, per group, and how many updates they have seen."""
+
+    averages: dict[str, Array]
+    seen: Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,32 +201,30 @@ class Utility:
     """
 
     decay: float = 0.99
-    eps: float = 1e-9
+    eps: float = 0.0
 
     @property
     def name(self) -> str:
         return "utility"
 
-    def init(self, anatomy: Anatomy) -> dict[str, Array]:
-        state = {g.name: jnp.zeros(g.unit_shape) for g in anatomy.groups}
-        state["__count__"] = jnp.zeros((), jnp.int32)
-        return state
+    def init(self, anatomy: Anatomy) -> UtilityState:
+        averages = {g.name: jnp.zeros(g.unit_shape) for g in anatomy.observed}
+        return UtilityState(averages, jnp.zeros((), jnp.int32))
 
-    def score(self, anatomy: Anatomy, observation: Observation, state: dict[str, Array]
-              ) -> tuple[Scores, dict[str, Array]]:  # fmt: skip
-        weights = [jnp.abs(w) for w in _leaves(anatomy, observation.params)]
-        count = state["__count__"] + 1
-        new: dict[str, Array] = {"__count__": count}
-        out = {}
-        for g in _observed(anatomy, observation.acts):
-            act = jnp.mean(anatomy.pool(g.name, jnp.abs(observation.acts[g.name])), axis=0)
+    def score(
+        self, anatomy: Anatomy, observation: Observation, state: UtilityState
+    ) -> tuple[Scores, UtilityState]:
+        weights = [jnp.abs(w) for w in jax.tree_util.tree_leaves(observation.params)]
+        seen = state.seen + 1
+        acts = per_unit_mean(_abs(observation.activations))
+        averages, out = dict(state.averages), {}
+        for name, act in acts.items():
+            g = anatomy[name]
             fan_out = unit_reduce(g, g.outgoing, weights, "sum") if g.outgoing else 1.0
-            new[g.name] = self.decay * state[g.name] + (1 - self.decay) * act * fan_out
-            corrected = new[g.name] / (1 - self.decay ** count.astype(jnp.float32))
-            out[g.name] = normalise(corrected, self.eps)
-        for name, value in state.items():
-            new.setdefault(name, value)
-        return out, new
+            averages[name] = self.decay * state.averages[name] + (1 - self.decay) * act * fan_out
+            corrected = averages[name] / (1 - self.decay ** seen.astype(jnp.float32))
+            out[name] = normalise(corrected, self.eps)
+        return out, UtilityState(averages, seen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,25 +235,23 @@ class GradientActivity:
     """
 
     tol: float = 0.0
-    eps: float = 1e-9
+    eps: float = 0.0
 
     @property
     def name(self) -> str:
         return "grad_activity"
 
-    def init(self, anatomy: Anatomy) -> tuple:
-        return ()
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
 
     def score(
-        self, anatomy: Anatomy, observation: Observation, state: tuple
-    ) -> tuple[Scores, tuple]:
-        if observation.pre_grads is None:
-            raise ValueError("GradientActivity needs pre-activation gradients; observe with 'pre'.")
+        self, anatomy: Anatomy, observation: Observation, state: EmptyState
+    ) -> tuple[Scores, EmptyState]:
         out = {}
-        for g in _observed(anatomy, observation.pre_grads):
-            per_sample = anatomy.pool(g.name, jnp.abs(observation.pre_grads[g.name]), where="pre")
+        for name, g in observation.grads("preactivation").items():
+            per_sample = jnp.mean(jnp.abs(g), axis=1)  # over positions
             active = jnp.mean((per_sample > self.tol).astype(jnp.float32), axis=0)
-            out[g.name] = normalise(active, self.eps)
+            out[name] = normalise(active, self.eps)
         return out, state
 
 
@@ -256,19 +259,19 @@ class GradientActivity:
 class WeightMagnitude:
     """Mean |W_ij| of each unit's incoming weights over the layer mean."""
 
-    eps: float = 1e-9
+    eps: float = 0.0
 
     @property
     def name(self) -> str:
         return "weight_norm"
 
-    def init(self, anatomy: Anatomy) -> tuple:
-        return ()
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
 
     def score(
-        self, anatomy: Anatomy, observation: Observation, state: tuple
-    ) -> tuple[Scores, tuple]:
-        weights = [jnp.abs(w) for w in _leaves(anatomy, observation.params)]
+        self, anatomy: Anatomy, observation: Observation, state: EmptyState
+    ) -> tuple[Scores, EmptyState]:
+        weights = [jnp.abs(w) for w in jax.tree_util.tree_leaves(observation.params)]
         out = {}
         for g in anatomy.groups:
             rows = tuple(s for s in g.incoming if s.kind == "weight")

@@ -1,276 +1,201 @@
-"""Resets of flagged units in a model and its optimizer state, and the strategies built on them."""
+"""Resets of flagged units in a model and its optimizer state."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
 
-from ._anatomy import Anatomy
+from ._anatomy import Anatomy, _check_unit_masks
 from ._errors import AnatomyError
+from ._groups import LeafSlice, NeuronGroup
 from ._init import Initializer
-from ._metrics import Metric, Scores
-from ._observe import Observation
 from ._optstate import Initable, reset_optimizer_state
-from ._select import (
-    _check_fraction,
-    _check_tau,
-    bottom_fraction,
-    capped_threshold,
-    inactive_ratio,
-    threshold,
-)
+
+#: where re-drawn weights come from: the model's constructor `make(key) -> model` (each layer's
+#: own initializer), or a named distribution
+Init = Callable[[PRNGKeyArray], Any] | Initializer
 
 
-def _resettable_masks(anatomy: Anatomy, masks: Mapping[str, Array], include_shared: bool
-                      ) -> dict[str, Array]:  # fmt: skip
-    unknown = [name for name in masks if name not in anatomy.names]
-    if unknown:
-        raise AnatomyError(
-            f"Masks name groups {unknown} that this anatomy does not have; its groups are "
-            f"{list(anatomy.names)}. Build masks from scores of this anatomy."
-        )
+class ResetResult(NamedTuple):
+    """What [`reset`][neurosurgery.reset] returns.
+
+    Attributes:
+        model: the model with the flagged units reset.
+        opt_state: the optimizer state with their entries reset (`None` when none was given).
+        applied: the unit masks that were applied: output groups (never reset) and shared
+            groups (unless `include_shared`) left out.
+    """
+
+    model: PyTree
+    opt_state: PyTree | None
+    applied: dict[str, Bool[Array, "..."]]
+
+
+def applied_masks(
+    anatomy: Anatomy, masks: Mapping[str, Array], include_shared: bool
+) -> dict[str, Array]:
+    """The masks a reset applies: outputs never, residual-stream channels only on request."""
+    _check_unit_masks(anatomy, masks)
     out = {}
     for name, mask in masks.items():
         group = anatomy[name]
         if group.output or (group.shared and not include_shared):
-            continue  # outputs are never reset; residual-stream channels only on request
-        out[name] = jnp.asarray(mask, bool)
+            continue
+        out[name] = jnp.asarray(mask)
     return out
 
 
-def _draw_named(init: Initializer, key: PRNGKeyArray, leaf: Array, slices: list, anatomy: Anatomy
-                ) -> Array:  # fmt: skip
-    """A fresh leaf from a named initializer (weights) or zeros (biases)."""
-    s = slices[0]
-    if s.kind != "weight":
-        return jnp.zeros_like(leaf)
-    group = next(g for g in anatomy.groups if s in g.incoming)
-    n_members = len(group.members)
-    shape = leaf.shape[n_members:]
-    unit_axes = tuple(a - n_members for a in s.axes if a >= n_members)
-    fan_in_axes = tuple(a for a in range(len(shape)) if a not in unit_axes)
-    draw = lambda k: init(k, shape, leaf.dtype, fan_in_axes=fan_in_axes, fan_out_axes=unit_axes)
-    if n_members:
-        keys = jax.random.split(key, int(np.prod(leaf.shape[:n_members])))
-        return jax.vmap(draw)(keys).reshape(leaf.shape)
-    return draw(key)
+def fresh_model(anatomy: Anatomy, init: Any, key: PRNGKeyArray) -> PyTree:
+    """`init(key)`, checked to be a model of this anatomy's shapes (for a constructor)."""
+    try:
+        inspect.signature(init).bind(key)
+    except TypeError as err:
+        raise TypeError(
+            f"init={init!r} cannot be called as init(key) ({err}). Pass the model's constructor, "
+            "`init=lambda key: make_model(key)`, or a named distribution, e.g. "
+            "`init=ns.lecun_normal()` or `init=ns.Initializer(jax.nn.initializers.he_uniform)`."
+        ) from err
+    except ValueError:  # no signature to check (a builtin): the call below will tell
+        pass
+    anatomy._leaves(eqx.filter_eval_shape(init, key))
+    return init(key)
 
 
 def reset(
     anatomy: Anatomy,
     model: PyTree,
-    masks: Mapping[str, Bool[Array, "..."]],
+    masks: Mapping[str, Array],
     key: PRNGKeyArray,
     *,
-    fresh: PyTree | None = None,
-    init: Initializer | None = None,
+    init: Init,
     outgoing: str = "zero",
     outgoing_scale: float = 0.02,
     include_shared: bool = False,
     optimizer: Initable | None = None,
     opt_state: PyTree | None = None,
     reset_count: bool = False,
-) -> tuple[PyTree, PyTree | None]:
+) -> ResetResult:
     """Reset the flagged units of `model` (and their entries of `opt_state`).
 
-    For each flagged unit: incoming weights and bias re-drawn (from `fresh`, a freshly initialised
-    model of the same architecture — each layer's own initializer — or from the named `init`, with
-    biases zeroed); per-unit parameters back to their initial values (from `fresh`, else scales to
-    1 and shifts to 0); outgoing weights zeroed (`"zero"`: the re-drawn incoming weights cannot
-    reach the outputs, so a unit that was dormant — zero activation — leaves the model's function
-    unchanged at the moment of reset; a live unit's contribution is removed) or set to small random
-    values (`"small"`: `outgoing_scale` × the consumer
-    leaf's standard deviation × N(0, 1)). Output groups are never reset; residual-stream (shared)
-    groups only with `include_shared=True`.
+    For each flagged unit: incoming weights and bias re-drawn (`init`: the model's constructor,
+    `make(key) -> model`, whose layers use their own initializers; or an
+    [`Initializer`][neurosurgery.Initializer], with biases zeroed); per-unit parameters back to
+    their initial values (from the constructor; with an initializer, scales to 1 and shifts to
+    0); outgoing weights zeroed (`"zero"`: the re-drawn incoming weights cannot reach the
+    outputs, so a unit that was dormant — zero activation — leaves the model's function
+    unchanged at the moment of reset; a live unit's contribution is removed) or set to small
+    random values (`"small"`: `outgoing_scale` × the consumer leaf's standard deviation ×
+    N(0, 1)). Output groups are never reset; residual-stream (shared) groups only with
+    `include_shared=True`. `key` is split once for the draw and the outgoing noise.
 
     Every entry of `opt_state` that belongs to a touched parameter entry is zeroed (Adam's moments,
     momentum, ...), found generically in any optax state; `reset_count=True` also restarts per-entry
     step counts (see [`adam_per_entry`][neurosurgery.adam_per_entry]). Unflagged entries stay
     bit-identical. Runs under `jax.jit` and `jax.vmap`: masks are arrays.
 
-    Returns:
-        `(model, opt_state)`; `opt_state` is `None` when none was given.
+    Raises:
+        AnatomyError: a mask names a group the anatomy lacks, has the wrong shape or is not
+            boolean; `model` (or the constructor's model) does not match the anatomy.
     """
     if outgoing not in ("zero", "small"):
         raise ValueError(f"outgoing={outgoing!r} is unknown; use 'zero' or 'small'.")
-    if fresh is None and init is None:
-        raise ValueError(
-            "reset() needs the initial distribution of the weights it re-draws: pass "
-            "fresh=make_model(key) (each layer's own initializer) or init=ns.lecun_normal() (or "
-            "another named initializer)."
-        )
     if (optimizer is None) != (opt_state is None):
         raise ValueError("Pass optimizer and opt_state together (or neither).")
-    masks = _resettable_masks(anatomy, masks, include_shared)
-    leaves = anatomy.check_model(model)
-    fresh_leaves = anatomy.check_model(fresh) if fresh is not None else None
+    masks = applied_masks(anatomy, masks, include_shared)
+    leaves = anatomy._leaves(model)
+    k_init, k_noise = jax.random.split(key)
+    roles = ("incoming", "per_unit", "outgoing")
+    by_role = {role: anatomy.element_masks(masks, (role,)) for role in roles}
+    if isinstance(init, Initializer):
+        touched = {i for i, m in enumerate(by_role["incoming"]) if m is not None}
+        source = _named_source(anatomy, init, k_init, leaves, touched)
+    else:
+        source = anatomy._leaves(fresh_model(anatomy, init, k_init))
     params, static = eqx.partition(model, eqx.is_array)
-    in_masks = anatomy.element_masks(masks, ("incoming",))
-    pu_masks = anatomy.element_masks(masks, ("per_unit",))
-    out_masks = anatomy.element_masks(masks, ("outgoing",))
-    slices: dict[int, dict[str, list]] = {}
-    for g in anatomy.groups:
-        for role in ("incoming", "per_unit", "outgoing"):
-            for s in getattr(g, role):
-                slices.setdefault(s.leaf, {}).setdefault(role, []).append(s)
-    keys = jax.random.split(key, 2 * len(leaves))
+    noise_keys = jax.random.split(k_noise, len(leaves))
     new_leaves = []
     for i, leaf in enumerate(leaves):
         new = leaf
-        in_mask, pu_mask, out_mask = in_masks[i], pu_masks[i], out_masks[i]
-        if in_mask is not None:
-            source = fresh_leaves[i] if fresh_leaves is not None else _draw_named(
-                init, keys[2 * i], leaf, slices[i]["incoming"], anatomy)  # type: ignore[arg-type]  # fmt: skip
-            new = jnp.where(in_mask, source, new)
-        if pu_mask is not None:
-            if fresh_leaves is not None:
-                source = fresh_leaves[i]
-            else:
-                one = slices[i]["per_unit"][0].kind == "scale"
-                source = jnp.ones_like(leaf) if one else jnp.zeros_like(leaf)
-            new = jnp.where(pu_mask, source, new)
+        for role in ("incoming", "per_unit"):
+            mask = by_role[role][i]
+            if mask is not None:
+                new = jnp.where(mask, source[i], new)
+        out_mask = by_role["outgoing"][i]
         if out_mask is not None:
             if outgoing == "zero":
-                source = jnp.zeros_like(leaf)
+                replacement = jnp.zeros_like(leaf)
             else:
-                noise = jax.random.normal(keys[2 * i + 1], leaf.shape, leaf.dtype)
-                source = outgoing_scale * jnp.std(leaf) * noise
-            new = jnp.where(out_mask, source, new)
+                noise = jax.random.normal(noise_keys[i], leaf.shape, leaf.dtype)
+                replacement = outgoing_scale * jnp.std(leaf) * noise
+            new = jnp.where(out_mask, replacement, new)
         new_leaves.append(new)
-    new_model = eqx.combine(anatomy.to_tree(new_leaves), static)
+    new_model = eqx.combine(anatomy._tree(new_leaves), static)
     if optimizer is None:
-        return new_model, None
+        return ResetResult(new_model, None, masks)
     union = []
     for i, leaf in enumerate(leaves):
-        parts = [m for m in (in_masks[i], pu_masks[i], out_masks[i]) if m is not None]
         mask = jnp.zeros(leaf.shape, bool)
-        for m in parts:
-            mask = mask | m
+        for role in roles:
+            part = by_role[role][i]
+            if part is not None:
+                mask = mask | part
         union.append(mask)
-    new_state = reset_optimizer_state(optimizer, opt_state, params, anatomy.to_tree(union),
-                                      reset_count=reset_count)  # fmt: skip
-    return new_model, new_state
+    new_state = reset_optimizer_state(
+        optimizer, opt_state, params, anatomy._tree(union), reset_count=reset_count
+    )
+    return ResetResult(new_model, new_state, masks)
 
 
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    """Which units a score flags: `"threshold"` (score ≤ τ), `"fraction"` (the lowest
-    `fraction` of each layer) or `"capped"` (score ≤ τ, at most `max_fraction` of each layer)."""
-
-    mode: str = "threshold"
-    tau: float = 0.0
-    fraction: float = 0.0
-    max_fraction: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("threshold", "fraction", "capped"):
-            raise ValueError(
-                f"selection mode {self.mode!r} is unknown; use threshold, fraction or capped"
-            )
-        _check_tau(self.tau)
-        _check_fraction("fraction", self.fraction)
-        _check_fraction("max_fraction", self.max_fraction)
-
-    def __call__(self, scores: Scores) -> dict[str, Array]:
-        if self.mode == "threshold":
-            return {k: threshold(v, self.tau) for k, v in scores.items()}
-        if self.mode == "fraction":
-            return {k: bottom_fraction(v, self.fraction) for k, v in scores.items()}
-        return {k: capped_threshold(v, self.tau, self.max_fraction) for k, v in scores.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Every `every` updates, from update `start` (inclusive) to `end` (exclusive, `None`: never)."""
-
-    every: int = 1000
-    start: int = 0
-    end: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.every < 1 or self.start < 0 or (self.end is not None and self.end <= self.start):
-            raise ValueError(
-                f"Schedule(every={self.every}, start={self.start}, end={self.end}) is empty or "
-                "invalid: every must be >= 1, start >= 0 and end > start."
-            )
-
-    def due(self, step: Int[Array, ""] | int) -> Bool[Array, ""]:
-        step = jnp.asarray(step)
-        ok = (step > self.start) & ((step - self.start) % self.every == 0)
-        return ok if self.end is None else ok & (step < self.end)
+def _named_source(
+    anatomy: Anatomy,
+    init: Initializer,
+    key: PRNGKeyArray,
+    leaves: list[Array],
+    draw: set[int] | None = None,
+) -> list[Any]:
+    """Per leaf, the values re-drawn entries take with a named initializer: a fresh draw for
+    incoming weights (of the leaves in `draw`; all by default), zeros for biases and shifts,
+    ones for scales."""
+    owners: dict[int, tuple[NeuronGroup, LeafSlice]] = {}
+    kinds: dict[int, str] = {}
+    for g in anatomy.groups:
+        for s in g.incoming:
+            if s.kind == "weight":
+                owners.setdefault(s.leaf, (g, s))
+            kinds.setdefault(s.leaf, s.kind)
+        for s in g.per_unit:
+            kinds.setdefault(s.leaf, s.kind)
+    keys = jax.random.split(key, len(leaves))
+    out: list[Any] = []
+    for i, leaf in enumerate(leaves):
+        if i in owners and (draw is None or i in draw):
+            group, s = owners[i]
+            out.append(_draw(init, keys[i], leaf, s, len(group.members), anatomy.leaf_paths[i]))
+        elif kinds.get(i) == "scale":
+            out.append(jnp.ones_like(leaf))
+        else:
+            out.append(jnp.zeros_like(leaf))
+    return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Resetter:
-    """A reset strategy: a metric, a selection rule, a schedule and how to reset.
-
-    `init(anatomy)` gives the metric's state; `step(...)` scores an observation, flags units and
-    resets them when the schedule is due (masks are emptied otherwise, so model and optimizer
-    state stay bit-identical): one pure function, usable inside `jax.jit` and `jax.vmap`.
-    """
-
-    metric: Metric
-    select: Selection = Selection()
-    schedule: Schedule = Schedule()
-    outgoing: str = "zero"
-    outgoing_scale: float = 0.02
-    init_weights: Initializer | None = None
-    include_shared: bool = False
-    reset_count: bool = False
-
-    def init(self, anatomy: Anatomy) -> Any:
-        return self.metric.init(anatomy)
-
-    def step(self, anatomy: Anatomy, model: PyTree, observation: Observation, state: Any,
-             key: PRNGKeyArray, step: Int[Array, ""] | int, *, fresh: PyTree | None = None,
-             optimizer: Initable | None = None, opt_state: PyTree | None = None,
-             ) -> tuple[PyTree, PyTree | None, Any, dict[str, Array]]:  # fmt: skip
-        """Score, select, reset if due. Returns `(model, opt_state, state, info)`.
-
-        `info` holds flat slash-keyed figures: `reset/<group>` (fraction of the group's units
-        reset now) and `inactive/<group>` (fraction flagged, due or not).
-        """
-        scores, state = self.metric.score(anatomy, observation, state)
-        flagged = self.select(scores)
-        due = self.schedule.due(step)
-        masks = {k: m & due for k, m in flagged.items()}
-        model, opt_state = reset(
-            anatomy, model, masks, key, fresh=fresh, init=self.init_weights,
-            outgoing=self.outgoing, outgoing_scale=self.outgoing_scale,
-            include_shared=self.include_shared, optimizer=optimizer, opt_state=opt_state,
-            reset_count=self.reset_count,
-        )  # fmt: skip
-        applied = _resettable_masks(anatomy, masks, self.include_shared)
-        info = {f"inactive/{k}": jnp.mean(inactive_ratio(m)) for k, m in flagged.items()}
-        info.update({f"reset/{k}": jnp.mean(inactive_ratio(m)) for k, m in applied.items()})
-        return model, opt_state, state, info
-
-
-def redo(tau: float = 0.0, every: int = 1000, **options: Any) -> Resetter:
-    """ReDo (Sokar et al. 2023): reset τ-dormant units every `every` updates."""
-    from ._metrics import Dormant
-
-    return _strategy(Dormant(), tau, every, options)
-
-
-def regrama(tau: float = 0.0, every: int = 1000, source: str = "preactivation", **options: Any
-            ) -> Resetter:  # fmt: skip
-    """ReGraMa (Liu et al. 2025): reset GraMa-inactive units every `every` updates."""
-    from ._metrics import GraMa
-
-    return _strategy(GraMa(source), tau, every, options)  # type: ignore[arg-type]
-
-
-def _strategy(metric: Metric, tau: float, every: int, options: dict[str, Any]) -> Resetter:
-    max_fraction = options.pop("max_fraction", None)
-    start, end = options.pop("start", 0), options.pop("end", None)
-    select = Selection("capped", tau, max_fraction=max_fraction) if max_fraction is not None else (
-        Selection("threshold", tau))  # fmt: skip
-    return Resetter(metric, select, Schedule(every, start, end), **options)
+def _draw(
+    init: Initializer, key: PRNGKeyArray, leaf: Array, s: LeafSlice, n_members: int, path: str
+) -> Array:
+    """A fresh draw of a weight leaf whose units lie along `s.axes` (members drawn one by one)."""
+    shape = leaf.shape[n_members:]
+    unit_axes = tuple(a - n_members for a in s.axes if a >= n_members)
+    try:
+        draw = lambda k: init(k, shape, leaf.dtype, unit_axes=unit_axes)
+        if not n_members:
+            return draw(key)
+        keys = jax.random.split(key, int(np.prod(leaf.shape[:n_members])))
+        return jax.vmap(draw)(keys).reshape(leaf.shape)
+    except (ValueError, TypeError) as err:
+        raise AnatomyError(f"{init!r} cannot draw {path} (shape {leaf.shape}): {err}") from err

@@ -1,12 +1,16 @@
 """Selection of flagged units from per-unit scores.
 
 Scores are normalised per layer along the last axis (higher = more active); any leading axes are
-ensemble members (or seeds), each selected on its own. Every function returns a boolean mask of the
-scores' shape, `True` where a unit is flagged. All of them are jittable and vmappable: the number of
+ensemble members (or seeds), each selected on its own. Every rule takes one layer's scores or a
+dict of them (group name → scores, as a metric's `score` returns) and returns boolean masks of the
+same form, `True` where a unit is flagged. All of them are jittable and vmappable: the number of
 units to flag is computed with array operations, never by branching on values in Python.
 """
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree, Real, ScalarLike
 
 __all__ = [
+    "Selection",
     "bottom_fraction",
     "capped_threshold",
     "inactive_ratio",
@@ -23,6 +28,8 @@ __all__ = [
 
 Scores = Float[Array | np.ndarray, "*members n"]
 Mask = Bool[Array, "*members n"]
+ScoresOrDict = Scores | Mapping[str, Scores]
+MaskOrDict = Mask | dict[str, Mask]
 
 # Relative slack when turning `fraction * n` into a count, so that a fraction written as a decimal
 # (0.29 of 100 units: 28.999999999999996 in floating point) still flags floor(29) = 29 units.
@@ -71,14 +78,34 @@ def _count(fraction: ScalarLike, n: int) -> Array:
     return jnp.floor(exact * jnp.float32(1.0 + _COUNT_SLACK)).astype(jnp.int32)
 
 
-def threshold(scores: Scores, tau: Real[ScalarLike, ""]) -> Mask:
+def _per_layer(rule: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply a one-layer rule to each entry of a dict of scores, and refuse a `(scores, state)`
+    pair with the fix."""
+
+    @functools.wraps(rule)
+    def apply(scores: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(scores, tuple):
+            raise TypeError(
+                f"{rule.__name__} got a tuple where scores were expected; a metric's `score` "
+                "returns `(scores, state)`: unpack it first, `scores, state = "
+                "metric.score(anatomy, observation, state)`."
+            )
+        if isinstance(scores, Mapping):
+            return {name: rule(value, *args, **kwargs) for name, value in scores.items()}
+        return rule(scores, *args, **kwargs)
+
+    return apply
+
+
+@_per_layer
+def threshold(scores: ScoresOrDict, tau: Real[ScalarLike, ""]) -> MaskOrDict:
     """Flag the units whose score is at most `tau` (ReDo's and GraMa's rule, `s_i <= tau`).
 
     `tau = 0` is allowed and flags exactly the units with a zero score. NaN scores are never
     flagged.
 
     Args:
-        scores: Per-unit scores, normalised per layer along the last axis.
+        scores: Per-unit scores, normalised per layer along the last axis (or a dict of them).
         tau: Threshold, `>= 0`. Checked when given as a Python or NumPy number; a traced value
             (inside `jit`/`vmap`) cannot be checked and is used as is.
 
@@ -93,14 +120,16 @@ def threshold(scores: Scores, tau: Real[ScalarLike, ""]) -> Mask:
     return scores <= jnp.asarray(tau, dtype=scores.dtype)
 
 
-def bottom_fraction(scores: Scores, fraction: Real[ScalarLike, ""]) -> Mask:
+@_per_layer
+def bottom_fraction(scores: ScoresOrDict, fraction: Real[ScalarLike, ""]) -> MaskOrDict:
     """Flag the `floor(fraction * n)` lowest-scoring units of each layer (per member row).
 
     Equal scores are broken by index (the lower index is flagged first), so the result is
     deterministic. NaN scores sort last, so they are flagged only when every other unit is.
 
     Args:
-        scores: Per-unit scores, normalised per layer along the last axis (`n` units).
+        scores: Per-unit scores, normalised per layer along the last axis (`n` units), or a
+            dict of them.
         fraction: Fraction of each layer's units to flag, in `[0, 1]`. Checked when given as a
             Python or NumPy number; a traced value is used as is.
 
@@ -115,9 +144,10 @@ def bottom_fraction(scores: Scores, fraction: Real[ScalarLike, ""]) -> Mask:
     return _ranks(scores) < _count(fraction, scores.shape[-1])
 
 
+@_per_layer
 def capped_threshold(
-    scores: Scores, tau: Real[ScalarLike, ""], max_fraction: Real[ScalarLike, ""]
-) -> Mask:
+    scores: ScoresOrDict, tau: Real[ScalarLike, ""], max_fraction: Real[ScalarLike, ""]
+) -> MaskOrDict:
     """Flag units with score `<= tau`, keeping at most `floor(max_fraction * n)` per layer.
 
     This is the released GraMa code's "hybrid" mode (the paper caps SAC-Humanoid resets at 5%):
@@ -125,7 +155,8 @@ def capped_threshold(
     by index.
 
     Args:
-        scores: Per-unit scores, normalised per layer along the last axis (`n` units).
+        scores: Per-unit scores, normalised per layer along the last axis (`n` units), or a
+            dict of them.
         tau: Threshold, `>= 0`.
         max_fraction: Largest fraction of each layer's units that may be flagged, in `[0, 1]`.
 
@@ -172,3 +203,35 @@ def network_inactive_ratio(
     flagged = sum(jnp.sum(jnp.asarray(m).astype(jnp.float32), axis=-1) for m in leaves)
     units = sum(jnp.shape(m)[-1] for m in leaves)
     return jnp.asarray(flagged / jnp.float32(units))
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """A selection rule as a value: which units a score flags.
+
+    `"threshold"` (score ≤ τ), `"fraction"` (the lowest `fraction` of each layer) or `"capped"`
+    (score ≤ τ, at most `max_fraction` of each layer). Calling it applies the rule to a dict of
+    scores (or one layer's). Any callable from scores to masks can stand in for it, e.g.
+    `lambda scores: ns.bottom_fraction(scores, 0.05)`.
+    """
+
+    mode: str = "threshold"
+    tau: float = 0.0
+    fraction: float = 0.0
+    max_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("threshold", "fraction", "capped"):
+            raise ValueError(
+                f"selection mode {self.mode!r} is unknown; use threshold, fraction or capped"
+            )
+        _check_tau(self.tau)
+        _check_fraction("fraction", self.fraction)
+        _check_fraction("max_fraction", self.max_fraction)
+
+    def __call__(self, scores: Any) -> Any:
+        if self.mode == "threshold":
+            return threshold(scores, self.tau)
+        if self.mode == "fraction":
+            return bottom_fraction(scores, self.fraction)
+        return capped_threshold(scores, self.tau, self.max_fraction)

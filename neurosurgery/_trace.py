@@ -28,26 +28,112 @@ from ._errors import AnatomyError
 from ._graph import DECLARED_PREFIX, Const, Graph, Op
 
 UNARY = {
-    "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan",
-    "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "abs", "sign", "floor",
-    "ceil", "round", "sqrt", "rsqrt", "cbrt", "square", "integer_pow", "erf", "erfc", "erf_inv",
-    "lgamma", "digamma", "is_finite", "not", "population_count", "clz", "imag", "real", "conj",
-}  # fmt: skip
-PASS = {"convert_element_type", "copy", "copy_p", "reduce_precision", "stop_gradient",
-        "optimization_barrier"}  # fmt: skip
+    "neg",
+    "exp",
+    "exp2",
+    "log",
+    "log1p",
+    "expm1",
+    "tanh",
+    "logistic",
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "sinh",
+    "cosh",
+    "asinh",
+    "acosh",
+    "atanh",
+    "abs",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "sqrt",
+    "rsqrt",
+    "cbrt",
+    "square",
+    "integer_pow",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "lgamma",
+    "digamma",
+    "is_finite",
+    "not",
+    "population_count",
+    "clz",
+    "imag",
+    "real",
+    "conj",
+}
+PASS = {
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "reduce_precision",
+    "stop_gradient",
+    "optimization_barrier",
+}
 BINARY = {
-    "add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "and", "or",
-    "xor", "eq", "ne", "lt", "le", "gt", "ge", "nextafter", "select_n", "clamp",
-    "shift_left", "shift_right_logical", "shift_right_arithmetic",
-}  # fmt: skip
-STRUCTURAL = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "rev",
-              "slice", "concatenate", "pad", "dynamic_slice", "gather", "split",
-              "dynamic_update_slice", "scatter"}  # fmt: skip
+    "add",
+    "add_any",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "pow",
+    "atan2",
+    "rem",
+    "and",
+    "or",
+    "xor",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "nextafter",
+    "select_n",
+    "clamp",
+    "shift_left",
+    "shift_right_logical",
+    "shift_right_arithmetic",
+}
+STRUCTURAL = {
+    "reshape",
+    "transpose",
+    "broadcast_in_dim",
+    "squeeze",
+    "expand_dims",
+    "rev",
+    "slice",
+    "concatenate",
+    "pad",
+    "dynamic_slice",
+    "gather",
+    "split",
+    "dynamic_update_slice",
+    "scatter",
+}
 #: operands whose elements move into the result (default: the first); the others must be constant
 LABEL_OPERANDS = {"dynamic_update_slice": (0, 1), "scatter": (0, 2)}
 CHAIN_STRUCTURAL = {"reshape", "transpose", "squeeze", "expand_dims"}
-REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
-              "reduce_or", "argmax", "argmin"}  # fmt: skip
+REDUCTIONS = {
+    "reduce_sum",
+    "reduce_max",
+    "reduce_min",
+    "reduce_prod",
+    "reduce_and",
+    "reduce_or",
+    "argmax",
+    "argmin",
+}
 
 NONE = -1
 
@@ -99,8 +185,9 @@ class Trace:
 class Tracer:
     """Propagates labels through a flat graph; see the module docstring."""
 
-    def __init__(self, graph: Graph, leaf_offsets: list[int], n_param_leaves: int,
-                 leaf_paths: list[str]):  # fmt: skip
+    def __init__(
+        self, graph: Graph, leaf_offsets: list[int], n_param_leaves: int, leaf_paths: list[str]
+    ):
         self.graph = graph
         self.leaf_offsets = leaf_offsets
         self.leaf_paths = leaf_paths
@@ -217,8 +304,18 @@ class Tracer:
             if isinstance(atom, int) and atom in self.chain_of:
                 sinks[self.chain_of[atom]].append(atom)
         values = [v if v is not None else Value(None, None, False, False) for v in self.values]
-        return Trace(self.groups, self.incoming, self.bias, self.per_unit, self.scale, self.outgoing,
-                     self.mixes, outputs, values, sinks)  # fmt: skip
+        return Trace(
+            self.groups,
+            self.incoming,
+            self.bias,
+            self.per_unit,
+            self.scale,
+            self.outgoing,
+            self.mixes,
+            outputs,
+            values,
+            sinks,
+        )
 
     def fold(self, op: Op, ins: list[Value]) -> bool:
         """Evaluate an operation on constants (index arithmetic, masks) at trace time."""
@@ -378,8 +475,9 @@ class Tracer:
         out_shape = self.graph.shapes[op.outputs[0]]
         shape = [1] * len(out_shape)
         shape[out_spec[1]] = n_out
-        units = np.broadcast_to(group.first + np.arange(n_out, dtype=np.int32).reshape(shape),
-                                out_shape).copy()  # fmt: skip
+        units = np.broadcast_to(
+            group.first + np.arange(n_out, dtype=np.int32).reshape(shape), out_shape
+        ).copy()
         self.values[op.outputs[0]] = Value(units, None, True, False)
 
     def elementwise(self, op: Op, ins: list[Value]) -> None:
@@ -444,10 +542,11 @@ class Tracer:
         pair = (units[keep].copy(), params[keep].copy())
         # A parameter added right after the unit-creating operation is the unit's bias.
         producer_fed = any(
-            isinstance(a, int) and a in self.chain_of
+            isinstance(a, int)
+            and a in self.chain_of
             and self.groups[self.chain_of[a]].chain[a][0] in ("producer",)
             for a in op.inputs
-        )  # fmt: skip
+        )
         if op.name in ("add", "sub", "add_any") and producer_fed:
             self.bias.append(pair)
         elif op.name in ("mul", "div"):
@@ -464,8 +563,10 @@ class Tracer:
             if all(x is None for x in labs):
                 results[field] = [None] * len(op.outputs)
                 continue
-            filled = [x if x is not None else np.full(self.shape(a), NONE, np.int32)
-                      for a, x in zip(arrays, labs, strict=True)]  # fmt: skip
+            filled = [
+                x if x is not None else np.full(self.shape(a), NONE, np.int32)
+                for a, x in zip(arrays, labs, strict=True)
+            ]
             try:
                 results[field] = list(self.struct_apply(op, filled))
             except LookupError:
@@ -480,12 +581,17 @@ class Tracer:
         dep_param = any(v.dep_param for v in ins)
         for k, out in enumerate(op.outputs):
             units, params = results["units"][k], results["params"][k]
-            self.values[out] = Value(units, params if not dep_input else None, dep_input,
-                                     dep_param and not dep_input)  # fmt: skip
+            self.values[out] = Value(
+                units, params if not dep_input else None, dep_input, dep_param and not dep_input
+            )
         # Shape-only moves of a unit chain stay in the chain (e.g. squeeze after a conv).
         out = op.outputs[0]
-        if (op.name in CHAIN_STRUCTURAL and isinstance(first, int) and first in self.chain_of
-                and results["units"][0] is not None):  # fmt: skip
+        if (
+            op.name in CHAIN_STRUCTURAL
+            and isinstance(first, int)
+            and first in self.chain_of
+            and results["units"][0] is not None
+        ):
             g = self.chain_of[first]
             self.chain_of[out] = g
             kind = self.groups[g].chain[first][0]

@@ -145,3 +145,21 @@ def test_jit_and_vmap_with_traced_parameters(getkey):
     np.testing.assert_array_equal(per_member.sum(axis=-1), [0, 4, 16])
     taus = jnp.array([0.0, 0.5, 2.0], dtype=jnp.float32)
     np.testing.assert_array_equal(jax.vmap(threshold)(scores, taus), scores <= taus[:, None])
+
+
+def test_rules_apply_to_dicts_of_scores_and_refuse_the_score_pair():
+    import neurosurgery as ns
+
+    scores = {"a": jnp.asarray([0.0, 0.5, 2.0]), "b": jnp.asarray([[1.0, 0.0], [0.2, 0.1]])}
+    masks = ns.threshold(scores, 0.2)
+    np.testing.assert_array_equal(masks["a"], [True, False, False])
+    np.testing.assert_array_equal(masks["b"], [[False, True], [True, True]])
+    np.testing.assert_array_equal(
+        ns.bottom_fraction(scores, 0.5)["b"], [[False, True], [False, True]]
+    )
+    np.testing.assert_array_equal(ns.capped_threshold(scores, 1.0, 0.34)["a"], [True, False, False])
+    assert ns.Selection("fraction", fraction=0.5)(scores).keys() == scores.keys()
+    with pytest.raises(TypeError, match=r"\(scores, state\)`: unpack it first"):
+        ns.threshold((scores, ns.EmptyState()), 0.1)
+    with pytest.raises(TypeError, match=r"\(scores, state\)"):
+        ns.Selection()((scores, ns.EmptyState()))

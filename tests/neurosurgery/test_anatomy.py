@@ -42,8 +42,10 @@ def test_mlp(activation, getkey):
     assert anatomy.names == ("layers[0]", "layers[1]", "layers[2]")
     g0, g1, g2 = anatomy
     assert (g0.unit_shape, g1.unit_shape, g2.unit_shape) == ((5,), (5,), (2,))
-    assert_owners(owners(g0, "incoming"), {
-        ".layers[0].weight": rows(5, (5, 3)), ".layers[0].bias": np.arange(5)})  # fmt: skip
+    assert_owners(
+        owners(g0, "incoming"),
+        {".layers[0].weight": rows(5, (5, 3)), ".layers[0].bias": np.arange(5)},
+    )
     assert_owners(owners(g0, "outgoing"), {".layers[1].weight": cols(5, (5, 5))})
     assert_owners(owners(g1, "outgoing"), {".layers[2].weight": cols(5, (2, 5))})
     assert owners(g0, "per_unit") == {}
@@ -60,8 +62,9 @@ def test_mlp_with_learnable_activation(getkey):
     assert_owners(
         owners(g0, "per_unit"), {".activation.negative_slope": np.array([list(range(4)), [-1] * 4])}
     )
-    assert_owners(owners(g1, "per_unit"), {".activation.negative_slope": np.array(
-        [[-1] * 4, list(range(4))])})  # fmt: skip
+    assert_owners(
+        owners(g1, "per_unit"), {".activation.negative_slope": np.array([[-1] * 4, list(range(4))])}
+    )
     assert_owners(owners(g0, "outgoing"), {".layers[1].weight": cols(4, (4, 4))})
 
 
@@ -105,49 +108,34 @@ def test_learnable_activation_parameters_are_per_unit(getkey):
 
 def test_sequential_with_lambda(getkey):
     k1, k2, k3 = jax.random.split(getkey(), 3)
-    seq = eqx.nn.Sequential([
-        eqx.nn.Linear(3, 6, key=k1), eqx.nn.Lambda(jax.nn.relu),
-        eqx.nn.Linear(6, 4, key=k2), eqx.nn.Lambda(jax.nn.sigmoid),
-        eqx.nn.Linear(4, 1, key=k3),
-    ])  # fmt: skip
+    seq = eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(3, 6, key=k1),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Linear(6, 4, key=k2),
+            eqx.nn.Lambda(jax.nn.sigmoid),
+            eqx.nn.Linear(4, 1, key=k3),
+        ]
+    )
     g0, g1, g2 = ns.anatomy(seq, jnp.zeros(3))
     assert (g0.name, g1.name, g2.name) == ("layers[0]", "layers[2]", "layers[4]")
     assert_owners(owners(g0, "outgoing"), {".layers[2].weight": cols(6, (4, 6))})
-    assert_owners(owners(g1, "incoming"), {
-        ".layers[2].weight": rows(4, (4, 6)), ".layers[2].bias": np.arange(4)})  # fmt: skip
+    assert_owners(
+        owners(g1, "incoming"),
+        {".layers[2].weight": rows(4, (4, 6)), ".layers[2].bias": np.arange(4)},
+    )
     assert g2.output and g1.layer_type is eqx.nn.Linear
 
 
-class Inline(eqx.Module):
-    """Parameters as raw arrays, activations called inline, weights used as x @ W."""
-
-    w1: jax.Array
-    w2: jax.Array
-    b2: jax.Array
-    w3: jax.Array
-
-    def __init__(self, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.w1 = jax.random.normal(k1, (3, 5))
-        self.w2 = jax.random.normal(k2, (5, 4))
-        self.b2 = jnp.zeros(4)
-        self.w3 = jax.random.normal(k3, (4, 2))
-
-    def __call__(self, x):
-        h = jax.nn.leaky_relu(x @ self.w1)
-        h = jax.nn.silu(h @ self.w2 + self.b2)
-        return h @ self.w3
-
-
-def test_custom_module_with_inline_functions(getkey):
-    g0, g1, g2 = ns.anatomy(Inline(getkey()), jnp.zeros(3))
+def test_custom_module_with_inline_functions(getkey, zoo):
+    g0, g1, g2 = ns.anatomy(zoo.Inline(getkey()), jnp.zeros(3))
     assert (g0.name, g1.name, g2.name) == ("w1", "w2", "w3")
     # Flax-style (in, out) kernels: units own columns, consumers read rows.
     assert_owners(owners(g0, "incoming"), {".w1": cols(5, (3, 5))})
     assert_owners(owners(g0, "outgoing"), {".w2": rows(5, (5, 4))})
     assert_owners(owners(g1, "incoming"), {".w2": cols(4, (5, 4)), ".b2": np.arange(4)})
     assert_owners(owners(g1, "outgoing"), {".w3": rows(4, (4, 2))})
-    assert g2.output and g1.layer_type is Inline
+    assert g2.output and g1.layer_type is zoo.Inline
 
 
 def test_bro_residual_network(getkey):
@@ -159,16 +147,24 @@ def test_bro_residual_network(getkey):
     assert_owners(
         owners(stem, "incoming"), {".stem.weight": rows(w, (w, 4)), ".stem.bias": np.arange(w)}
     )
-    assert_owners(owners(stem, "per_unit"), {
-        ".stem_norm.weight": np.arange(w), ".stem_norm.bias": np.arange(w)})  # fmt: skip
+    assert_owners(
+        owners(stem, "per_unit"),
+        {".stem_norm.weight": np.arange(w), ".stem_norm.bias": np.arange(w)},
+    )
     # The stem writes the residual stream: read by the block and, through the skip, by the head.
-    assert_owners(owners(stem, "outgoing"), {
-        ".blocks[0].dense1.weight": cols(w, (w, w)), ".head.weight": cols(w, (3, w))})  # fmt: skip
-    assert_owners(owners(d1, "per_unit"), {
-        ".blocks[0].norm1.weight": np.arange(w), ".blocks[0].norm1.bias": np.arange(w)})  # fmt: skip
+    assert_owners(
+        owners(stem, "outgoing"),
+        {".blocks[0].dense1.weight": cols(w, (w, w)), ".head.weight": cols(w, (3, w))},
+    )
+    assert_owners(
+        owners(d1, "per_unit"),
+        {".blocks[0].norm1.weight": np.arange(w), ".blocks[0].norm1.bias": np.arange(w)},
+    )
     assert_owners(owners(d1, "outgoing"), {".blocks[0].dense2.weight": cols(w, (w, w))})
-    assert_owners(owners(d2, "per_unit"), {
-        ".blocks[0].norm2.weight": np.arange(w), ".blocks[0].norm2.bias": np.arange(w)})  # fmt: skip
+    assert_owners(
+        owners(d2, "per_unit"),
+        {".blocks[0].norm2.weight": np.arange(w), ".blocks[0].norm2.bias": np.arange(w)},
+    )
     assert_owners(owners(d2, "outgoing"), {".head.weight": cols(w, (3, w))})
     assert stem.shared and d2.shared and not d1.shared and head.output
     assert stem.shared_with == ("blocks[0].dense2",) and d2.shared_with == ("stem",)
@@ -181,7 +177,10 @@ def test_bro_critic_two_blocks_stream(getkey):
     stream = anatomy.filter(shared=True)
     assert [g.name for g in stream] == ["net.stem", "net.blocks[0].dense2", "net.blocks[1].dense2"]
     assert set(owners(anatomy["net.stem"], "outgoing")) == {
-        ".net.blocks[0].dense1.weight", ".net.blocks[1].dense1.weight", ".net.head.weight"}  # fmt: skip
+        ".net.blocks[0].dense1.weight",
+        ".net.blocks[1].dense1.weight",
+        ".net.head.weight",
+    }
     assert set(owners(anatomy["net.blocks[1].dense2"], "outgoing")) == {".net.head.weight"}
     assert len(anatomy.filter(path="net.blocks[*].dense1")) == 2
 
@@ -190,8 +189,14 @@ def test_dacer_denoiser(getkey):
     obs, act, emb = 5, 2, 16
     den = Denoiser(obs, act, width=8, key=getkey())
     anatomy = ns.anatomy(den, jnp.zeros(obs), jnp.zeros(act), jnp.float32(0.3))
-    assert anatomy.names == ("time1", "time2", "mlp.layers[0]", "mlp.layers[1]", "mlp.layers[2]",
-                             "mlp.layers[3]")  # fmt: skip
+    assert anatomy.names == (
+        "time1",
+        "time2",
+        "mlp.layers[0]",
+        "mlp.layers[1]",
+        "mlp.layers[2]",
+        "mlp.layers[3]",
+    )
     t1, t2, m0, _, m2, out = anatomy
     assert t1.unit_shape == (32,) and t2.unit_shape == (emb,)
     assert_owners(owners(t1, "outgoing"), {".time2.weight": cols(32, (emb, 32))})
@@ -200,33 +205,19 @@ def test_dacer_denoiser(getkey):
         owners(t2, "outgoing"),
         {".mlp.layers[0].weight": cols(emb, (8, obs + act + emb), obs + act)},
     )
-    assert_owners(owners(m0, "incoming"), {
-        ".mlp.layers[0].weight": rows(8, (8, obs + act + emb)), ".mlp.layers[0].bias": np.arange(8)})  # fmt: skip
+    assert_owners(
+        owners(m0, "incoming"),
+        {
+            ".mlp.layers[0].weight": rows(8, (8, obs + act + emb)),
+            ".mlp.layers[0].bias": np.arange(8),
+        },
+    )
     assert_owners(owners(m2, "outgoing"), {".mlp.layers[3].weight": cols(8, (act, 8))})
     assert out.output and all(g.hidden for g in (t1, t2, m0, m2))
 
 
-class ConvNet(eqx.Module):
-    c1: eqx.nn.Conv2d
-    c2: eqx.nn.Conv2d
-    fc: eqx.nn.Linear
-    out: eqx.nn.Linear
-
-    def __init__(self, key):
-        k = jax.random.split(key, 4)
-        self.c1 = eqx.nn.Conv2d(2, 3, 3, key=k[0])
-        self.c2 = eqx.nn.Conv2d(3, 4, 3, key=k[1])
-        self.fc = eqx.nn.Linear(4 * 2 * 2, 5, key=k[2])
-        self.out = eqx.nn.Linear(5, 1, key=k[3])
-
-    def __call__(self, x):
-        x = jax.nn.relu(self.c1(x))
-        x = jax.nn.relu(self.c2(x))
-        return self.out(jax.nn.relu(self.fc(x.reshape(-1))))
-
-
-def test_conv_then_flatten(getkey):
-    c1, c2, fc, _ = ns.anatomy(ConvNet(getkey()), jnp.zeros((2, 6, 6)))
+def test_conv_then_flatten(getkey, zoo):
+    c1, c2, fc, _ = ns.anatomy(zoo.ConvNet(getkey()), jnp.zeros((2, 6, 6)))
     assert c1.unit_shape == (3,) and c2.unit_shape == (4,) and c1.layer_type is eqx.nn.Conv2d
     kernel1 = np.broadcast_to(np.arange(3)[:, None, None, None], (3, 2, 3, 3))
     assert_owners(owners(c1, "incoming"), {".c1.weight": kernel1, ".c1.bias": rows(3, (3, 1, 1))})
@@ -238,26 +229,12 @@ def test_conv_then_flatten(getkey):
     assert_owners(owners(fc, "outgoing"), {".out.weight": cols(5, (1, 5))})
 
 
-class TwoHeads(eqx.Module):
-    trunk: eqx.nn.Linear
-    policy: eqx.nn.Linear
-    value: eqx.nn.Linear
-
-    def __init__(self, key):
-        k = jax.random.split(key, 3)
-        self.trunk = eqx.nn.Linear(3, 6, key=k[0])
-        self.policy = eqx.nn.Linear(6, 2, key=k[1])
-        self.value = eqx.nn.Linear(6, 1, key=k[2])
-
-    def __call__(self, x):
-        h = jax.nn.relu(self.trunk(x))
-        return self.policy(h), self.value(h)
-
-
-def test_two_heads_on_a_shared_trunk(getkey):
-    trunk, policy, value = ns.anatomy(TwoHeads(getkey()), jnp.zeros(3))
-    assert_owners(owners(trunk, "outgoing"), {
-        ".policy.weight": cols(6, (2, 6)), ".value.weight": cols(6, (1, 6))})  # fmt: skip
+def test_two_heads_on_a_shared_trunk(getkey, zoo):
+    trunk, policy, value = ns.anatomy(zoo.TwoHeads(getkey()), jnp.zeros(3))
+    assert_owners(
+        owners(trunk, "outgoing"),
+        {".policy.weight": cols(6, (2, 6)), ".value.weight": cols(6, (1, 6))},
+    )
     assert policy.output and value.output and trunk.hidden and not trunk.shared
 
 
@@ -270,21 +247,30 @@ def test_twin_critics_stacked_with_vmap(getkey):
     hidden, out = anatomy
     assert hidden.unit_shape == (members, w) and hidden.members == (members,) and hidden.width == w
     unit = np.arange(members * w).reshape(members, w)
-    assert_owners(owners(hidden, "incoming"), {
-        ".layers[0].weight": np.broadcast_to(unit[:, :, None], (members, w, 3)),
-        ".layers[0].bias": unit})  # fmt: skip
-    assert_owners(owners(hidden, "outgoing"), {
-        ".layers[1].weight": np.broadcast_to(unit[:, None, :], (members, 1, w))})  # fmt: skip
+    assert_owners(
+        owners(hidden, "incoming"),
+        {
+            ".layers[0].weight": np.broadcast_to(unit[:, :, None], (members, w, 3)),
+            ".layers[0].bias": unit,
+        },
+    )
+    assert_owners(
+        owners(hidden, "outgoing"),
+        {".layers[1].weight": np.broadcast_to(unit[:, None, :], (members, 1, w))},
+    )
     assert out.output and out.unit_shape == (members, 1)
 
 
 def test_filter_summary_and_indexing(getkey):
     anatomy = ns.anatomy(BroNet(3, 1, width=4, blocks=1, key=getkey()), jnp.zeros(3))
     assert len(anatomy) == 4 and anatomy[1] is anatomy["blocks[0].dense1"]
-    assert [g.name for g in anatomy.filter(layer_type=eqx.nn.Linear, hidden=True, shared=False)] == [
-        "blocks[0].dense1"]  # fmt: skip
+    assert [
+        g.name for g in anatomy.filter(layer_type=eqx.nn.Linear, hidden=True, shared=False)
+    ] == ["blocks[0].dense1"]
     assert [g.name for g in anatomy.filter(path="re:dense[12]$")] == [
-        "blocks[0].dense1", "blocks[0].dense2"]  # fmt: skip
+        "blocks[0].dense1",
+        "blocks[0].dense2",
+    ]
     text = anatomy.summary()
     assert (
         "blocks[0].dense1" in text and "shared" in text and ".blocks[0].norm1.weight[0:4]" in text
@@ -390,11 +376,13 @@ def test_declared_groups_override_inference(getkey):
     declared = anatomy["trunk.input"]
     assert declared.layer_type is Declaring and declared.unit_shape == (4,)
     assert_owners(owners(declared, "incoming"), {".trunk.inp": rows(4, (4, 3))})
-    assert_owners(owners(declared, "outgoing"), {
-        ".trunk.stack": np.broadcast_to(np.arange(4)[None, None, :], (2, 4, 4))})  # fmt: skip
-    y, acts = anatomy.tapped(model, anatomy.zeros(), jnp.ones(3))
-    np.testing.assert_allclose(y, model(jnp.ones(3)), rtol=1e-6)
-    assert set(acts) == {"head"}
+    assert_owners(
+        owners(declared, "outgoing"),
+        {".trunk.stack": np.broadcast_to(np.arange(4)[None, None, :], (2, 4, 4))},
+    )
+    value, obs = ns.observe(anatomy, model, jnp.sum, jnp.ones((1, 3)))
+    np.testing.assert_allclose(value, jnp.sum(model(jnp.ones(3))), rtol=1e-6)
+    assert set(obs.activations) == {"head"}  # declared groups are not observed
 
 
 def test_declaration_naming_a_missing_leaf(getkey):

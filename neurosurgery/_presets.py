@@ -1,0 +1,185 @@
+"""Named metrics and strategies: the registry a command line or a config file reads.
+
+`metric("grama")` and `strategy("regrama", tau=0.01, every=1000)` build the library's own; a
+name of the form `"package.module:attribute"` imports the user's own (a metric instance or a
+class or function that makes one with no arguments; a strategy instance, or a function that
+makes one from the options given).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ._metrics import Dormant, GradientActivity, GraMa, Metric, Utility, WeightMagnitude
+from ._schedule import Schedule
+from ._select import Selection
+from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy
+
+#: metrics by name (each one's `name` is its key)
+METRICS: dict[str, Callable[[], Metric]] = {
+    "grama": lambda: GraMa("preactivation"),
+    "grama_activation": lambda: GraMa("activation"),
+    "grama_weight": lambda: GraMa("weight"),
+    "dormant": Dormant,
+    "utility": Utility,
+    "grad_activity": GradientActivity,
+    "weight_norm": WeightMagnitude,
+}
+
+
+def _import(spec: str, what: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"{what} {spec!r}: module {module_name!r} cannot be imported ({err}); name an "
+            "importable module (`package.module:attribute`)"
+        ) from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attr!r}") from err
+
+
+def metric(name: str) -> Metric:
+    """The metric called `name` (see `METRICS`), or the one `"module:attribute"` names."""
+    if ":" in name:
+        found = _import(name, "metric")
+        found = found() if isinstance(found, type) or not isinstance(found, Metric) else found
+        if not isinstance(found, Metric):
+            raise ValueError(f"metric {name!r} is not a metric (name, init, score): {found!r}")
+        return found
+    if name not in METRICS:
+        raise ValueError(
+            f"unknown metric {name!r}; known: {', '.join(METRICS)} (or `package.module:attribute`"
+            " for your own)"
+        )
+    return METRICS[name]()
+
+
+def _unit_reset(metric_: Metric, name: str) -> Callable[..., Strategy]:
+    def make(
+        tau: float = 0.0,
+        every: int = 1000,
+        start: int = 0,
+        end: int | None = None,
+        max_fraction: float | None = None,
+        outgoing: str = "zero",
+        outgoing_scale: float = 0.02,
+        include_shared: bool = False,
+        reset_count: bool = False,
+    ) -> Strategy:
+        select = (
+            Selection("threshold", tau)
+            if max_fraction is None
+            else Selection("capped", tau, max_fraction=max_fraction)
+        )
+        return Resetter(
+            metric_,
+            select,
+            Schedule(every, start, end),
+            outgoing,
+            outgoing_scale,
+            include_shared,
+            reset_count,
+            label=name,
+        )
+
+    make.__name__ = name
+    make.__doc__ = (
+        f"{name}: reset units whose {metric_.name} score is <= tau every `every` updates "
+        "(at most `max_fraction` of a layer at once)."
+    )
+    return make
+
+
+def _shrink_perturb(
+    shrink: float = 0.8,
+    perturb: float = 0.2,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+    reset_optimizer: bool = False,
+) -> Strategy:
+    """shrink_perturb: θ ← shrink·θ + perturb·θ_fresh every `every` updates."""
+    return ShrinkPerturb(shrink, perturb, Schedule(every, start, end), reset_optimizer)
+
+
+def _full_reset(
+    every: int | None = None,
+    at: tuple[int, ...] = (),
+    start: int = 0,
+    end: int | None = None,
+    reset_optimizer: bool = True,
+) -> Strategy:
+    """full_reset: fresh initial weights every `every` updates or at the update counts `at`."""
+    if (every is None) == (not at):
+        raise ValueError("full_reset: give either every (updates between resets) or at (counts)")
+    schedule = Schedule.at(*at) if at else Schedule(every, start, end)
+    return FullReset(schedule, reset_optimizer)
+
+
+#: strategy presets by name: each takes keyword options (see `strategy_options`)
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "redo": _unit_reset(Dormant(), "redo"),
+    "regrama": _unit_reset(GraMa("preactivation"), "regrama"),
+    "regrama_activation": _unit_reset(GraMa("activation"), "regrama_activation"),
+    "regrama_weight": _unit_reset(GraMa("weight"), "regrama_weight"),
+    "shrink_perturb": _shrink_perturb,
+    "full_reset": _full_reset,
+}
+
+
+def strategy_options(name: str) -> dict[str, Any]:
+    """The options a named strategy takes, with their defaults."""
+    factory = _strategy_factory(name)
+    if _is_instance(factory):
+        return {}
+    return {
+        p.name: p.default
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def _is_instance(found: Any) -> bool:
+    """A ready strategy (not a class or a function that makes one)."""
+    return isinstance(found, Strategy) and not isinstance(found, type)
+
+
+def _strategy_factory(name: str) -> Any:
+    if ":" in name:
+        return _import(name, "strategy")
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"unknown reset strategy {name!r}; known: {', '.join(STRATEGIES)} (or "
+            "`package.module:attribute` for your own)"
+        )
+    return STRATEGIES[name]
+
+
+def strategy(name: str, **options: Any) -> Strategy:
+    """The strategy preset `name` with `options` (each must be one the preset takes)."""
+    factory = _strategy_factory(name)
+    if _is_instance(factory):
+        if options:
+            raise ValueError(
+                f"strategy {name!r} is a ready strategy; it takes no options "
+                f"({', '.join(sorted(options))} given)"
+            )
+        return factory
+    known = strategy_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"option(s) {', '.join(unknown)} do not apply to the {name} strategy; its options "
+            f"are {', '.join(known) or 'none'}"
+        )
+    made = factory(**options)
+    if not isinstance(made, Strategy):
+        raise ValueError(f"strategy {name!r} made {made!r}, which is not a strategy")
+    return made

@@ -1,0 +1,289 @@
+"""Strategies: what to reset and when, as frozen configs with pure `init` and `step`.
+
+A strategy acts on one network. `init(anatomy)` gives its state; `step(...)` scores the update's
+observation (if it needs one), decides, and acts only when its schedule is due: the fresh weights
+are drawn and the reset runs inside a `lax.cond`, so a training step that is not due pays for
+neither. Everything runs under `jax.jit` and `jax.vmap` (pass the update count unbatched, so the
+branch stays a branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+
+from ._anatomy import Anatomy
+from ._init import Initializer
+from ._metrics import EmptyState, Metric, Scores
+from ._observe import Observation
+from ._optstate import Initable
+from ._reset import Init, _named_source, applied_masks, fresh_model, reset
+from ._schedule import Schedule
+from ._select import Selection, inactive_ratio, network_inactive_ratio
+from ._whole import full_reset, shrink_and_perturb
+
+Count = Int[Array, ""] | int
+
+
+class StepResult(NamedTuple):
+    """What a strategy's `step` returns.
+
+    Attributes:
+        model: the network after the step.
+        opt_state: its optimizer state (`None` when none was given).
+        state: the strategy's new state.
+        info: flat slash-keyed figures of this step (see each strategy).
+    """
+
+    model: PyTree
+    opt_state: PyTree | None
+    state: Any
+    info: dict[str, Array]
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What a reset strategy provides (see [`Resetter`][neurosurgery.Resetter])."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schedule(self) -> Schedule: ...
+
+    @property
+    def observes(self) -> bool:
+        """Whether `step` reads the observation (a trainer skips observing when none does)."""
+        ...
+
+    def init(self, anatomy: Anatomy) -> Any: ...
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        model: PyTree,
+        observation: Observation | None,
+        state: Any,
+        key: PRNGKeyArray,
+        step: Count,
+        *,
+        init: Init,
+        optimizer: Initable | None = None,
+        opt_state: PyTree | None = None,
+        since: Count | None = None,
+    ) -> StepResult: ...
+
+
+def _when(
+    due: Array, act: Callable[[PyTree, Any], tuple[PyTree, Any]], model: PyTree, opt_state: Any
+) -> tuple[PyTree, Any]:
+    """`act(model, opt_state)` if `due`, else both unchanged; only arrays cross the branch."""
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def run(params: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+        new, opt_state = act(eqx.combine(params, static), opt_state)
+        return eqx.filter(new, eqx.is_array), opt_state
+
+    params, opt_state = jax.lax.cond(due, run, lambda p, o: (p, o), params, opt_state)
+    return eqx.combine(params, static), opt_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Resetter:
+    """Unit resets guided by a metric: score, select, and reset the flagged units when due.
+
+    Attributes:
+        metric: any [`Metric`][neurosurgery.Metric].
+        select: a callable from scores to masks (a [`Selection`][neurosurgery.Selection], or e.g.
+            `lambda s: ns.bottom_fraction(s, 0.05)`).
+        schedule: when to reset.
+        outgoing, outgoing_scale, include_shared, reset_count: as in
+            [`reset`][neurosurgery.reset].
+        label: the strategy's name in logs (default: `reset_<metric name>`).
+
+    `info` holds `flagged/<group>` (fraction of the group's units flagged, due or not),
+    `reset/<group>` (fraction reset now), and `flagged`/`reset` over the whole network (hidden
+    units, and resettable units, weighted by their number).
+    """
+
+    metric: Metric
+    select: Callable[[Scores], Mapping[str, Array]] = dataclasses.field(default_factory=Selection)
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    outgoing: str = "zero"
+    outgoing_scale: float = 0.02
+    include_shared: bool = False
+    reset_count: bool = False
+    label: str | None = None
+    observes: bool = dataclasses.field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, Metric):
+            raise TypeError(
+                f"Resetter needs a metric (with name, init and score), got {self.metric!r}"
+            )
+        if self.outgoing not in ("zero", "small"):
+            raise ValueError(f"outgoing={self.outgoing!r} is unknown; use 'zero' or 'small'.")
+
+    @property
+    def name(self) -> str:
+        return self.label or f"reset_{self.metric.name}"
+
+    def init(self, anatomy: Anatomy) -> Any:
+        return self.metric.init(anatomy)
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        model: PyTree,
+        observation: Observation | None,
+        state: Any,
+        key: PRNGKeyArray,
+        step: Count,
+        *,
+        init: Init,
+        optimizer: Initable | None = None,
+        opt_state: PyTree | None = None,
+        since: Count | None = None,
+    ) -> StepResult:
+        """Score, select, and reset when `schedule.due(step, since)`."""
+        if observation is None:
+            raise ValueError(f"{self.name} scores units: pass the observation of this update")
+        scores, state = self.metric.score(anatomy, observation, state)
+        flagged = dict(self.select(scores))
+        applied = applied_masks(anatomy, flagged, self.include_shared)
+        due = self.schedule.due(step, since)
+
+        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+            result = reset(
+                anatomy,
+                model,
+                applied,
+                key,
+                init=init,
+                outgoing=self.outgoing,
+                outgoing_scale=self.outgoing_scale,
+                include_shared=True,
+                optimizer=optimizer,
+                opt_state=opt_state,
+                reset_count=self.reset_count,
+            )
+            return result.model, result.opt_state
+
+        model, opt_state = _when(due, act, model, opt_state)
+        hidden = {k: m for k, m in flagged.items() if not anatomy[k].output}
+        info = {f"flagged/{k}": jnp.mean(inactive_ratio(m)) for k, m in hidden.items()}
+        now = {k: m & due for k, m in applied.items()}
+        info.update({f"reset/{k}": jnp.mean(inactive_ratio(m)) for k, m in now.items()})
+        if hidden:
+            info["flagged"] = jnp.mean(network_inactive_ratio(hidden))
+        info["reset"] = jnp.mean(network_inactive_ratio(now)) if now else jnp.zeros((), jnp.float32)
+        return StepResult(model, opt_state, state, info)
+
+
+def _fresh_params(anatomy: Anatomy, model: PyTree, init: Init, key: PRNGKeyArray) -> PyTree:
+    """A fresh copy of `model`'s arrays: from the constructor, or drawn by a named initializer."""
+    if isinstance(init, Initializer):
+        return anatomy._tree(_named_source(anatomy, init, key, anatomy._leaves(model)))
+    return eqx.filter(fresh_model(anatomy, init, key), eqx.is_array)
+
+
+def _optimizer_action(
+    optimizer: Initable | None, opt_state: Any, params: PyTree, reset_optimizer: bool
+) -> Any:
+    if optimizer is None or not reset_optimizer:
+        return opt_state
+    return optimizer.init(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkPerturb:
+    """Shrink-and-perturb on a schedule (Ash & Adams 2020): `θ ← shrink·θ + perturb·θ_fresh`
+    on every floating-point leaf, θ_fresh from `init`. The optimizer state is kept unless
+    `reset_optimizer` (then it starts afresh). `info["reset"]` is 1 where it acted."""
+
+    shrink: float = 0.8
+    perturb: float = 0.2
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    reset_optimizer: bool = False
+    name: str = "shrink_perturb"
+    observes: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        # the whole-network function checks its coefficients; run it once on scalars
+        shrink_and_perturb(jnp.zeros(()), jnp.zeros(()), self.shrink, self.perturb)
+
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        model: PyTree,
+        observation: Observation | None,
+        state: Any,
+        key: PRNGKeyArray,
+        step: Count,
+        *,
+        init: Init,
+        optimizer: Initable | None = None,
+        opt_state: PyTree | None = None,
+        since: Count | None = None,
+    ) -> StepResult:
+        due = self.schedule.due(step, since)
+
+        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+            params, static = eqx.partition(model, eqx.is_array)
+            fresh = _fresh_params(anatomy, model, init, key)
+            new = shrink_and_perturb(params, fresh, self.shrink, self.perturb)
+            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
+            return eqx.combine(new, static), opt_state
+
+        model, opt_state = _when(due, act, model, opt_state)
+        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)})
+
+
+@dataclasses.dataclass(frozen=True)
+class FullReset:
+    """Every floating-point leaf replaced by fresh initial weights on a schedule, as BRO does
+    (Nauman et al. 2024; BRO also resets its temperature and optimism, which are not part of a
+    network). The optimizer state starts afresh unless `reset_optimizer=False`.
+    `info["reset"]` is 1 where it acted."""
+
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    reset_optimizer: bool = True
+    name: str = "full_reset"
+    observes: bool = dataclasses.field(default=False, init=False)
+
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        model: PyTree,
+        observation: Observation | None,
+        state: Any,
+        key: PRNGKeyArray,
+        step: Count,
+        *,
+        init: Init,
+        optimizer: Initable | None = None,
+        opt_state: PyTree | None = None,
+        since: Count | None = None,
+    ) -> StepResult:
+        due = self.schedule.due(step, since)
+
+        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+            params, static = eqx.partition(model, eqx.is_array)
+            new = full_reset(params, _fresh_params(anatomy, model, init, key))
+            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
+            return eqx.combine(new, static), opt_state
+
+        model, opt_state = _when(due, act, model, opt_state)
+        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)})
