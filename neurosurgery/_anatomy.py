@@ -294,6 +294,15 @@ class Anatomy:
         each call site, ...)}}`)."""
         out: dict[str, dict[str, tuple[Array, ...]]] = {}
         graph = self._graph
+        loops = [op for op in graph.all_ops() if op.name == "while"]
+        if loops:
+            raise AnatomyError(
+                f"{self.model_type} runs a `lax.while_loop` ({loops[0].source}), which JAX "
+                "cannot differentiate in reverse mode, so `ns.observe` cannot compute the "
+                "loss's gradients. Use `lax.scan` (or `lax.fori_loop` with static bounds) in the "
+                "model, or score it by its weights alone (`ns.WeightMagnitude` reads only "
+                "`Observation.params`: build `ns.Observation({}, None, None, None, params)`)."
+            )
         for site in sites:
             out[site] = {}
             for g, t in zip(self.groups, self._taps, strict=True):

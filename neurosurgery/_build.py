@@ -80,7 +80,7 @@ def anatomy(
         graph = build_graph(flat_fn, [*leaves, *flat_args])
     except Exception as err:
         if "unbound axis name" in str(err):
-            raise collective_error(f"a collective ({err})") from err
+            raise collective_error(f"a collective (JAX: {err})") from err
         shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", x), example_args)
         raise AnatomyError(
             f"{type(model).__name__} rejects the example input {shapes}: "
@@ -97,6 +97,11 @@ def anatomy(
     owner_types = {i: _owner_type(model, p) for i, (p, _) in enumerate(path_leaves)}
     group_taps, why = taps(tracer, lm, finals)
     normalized = _normalized(tracer, lm, finals, graph, [*leaves, *flat_args])
+    index = {c: i for i, fg in enumerate(finals) for c in fg.comps}
+    for g, fg in enumerate(finals):  # a pair's reset goes through the partner's values
+        partner = {index[p] for c in fg.comps for p in partners.get(c, ()) if p in index}
+        if partner & normalized:
+            normalized.add(g)
     groups = _groups(tracer, lm, finals, owned, paths, shapes, owner_types, partners, normalized)
     declared = declared_groups(declaring, paths, shapes, len(groups))
     all_groups = groups + declared

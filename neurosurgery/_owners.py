@@ -135,7 +135,7 @@ def owners(t: Tracer, lm: LabelMap, finals: list[FinalGroup], partners: dict[int
         if role == "per_unit":
             own = np.where(own == SHARED, -1, own)  # a shared parameter is not per-unit
         elif (own == SHARED).any():
-            raise _double(t, finals[g], role, leaf, ops[key])
+            raise _double(t, lm, g, finals[g], role, leaf, ops[key])
         if (own >= 0).any():
             result[g][(role, kind, leaf)] = own
     _check_incoming(t, finals, result)
@@ -143,11 +143,13 @@ def owners(t: Tracer, lm: LabelMap, finals: list[FinalGroup], partners: dict[int
     return result
 
 
-def _double(t: Tracer, fg: FinalGroup, role: str, leaf: int, ops: list) -> AnatomyError:
+def _double(t: Tracer, lm: LabelMap, g: int, fg: FinalGroup, role: str, leaf: int, ops: list):
     path = t.leaf_paths[leaf]
     where = "; ".join(sorted({f"{t.where(op)}" for op in ops}))
-    meets = sorted({t.where(op) for _, _, _, op in t.meetings if op is not None})[:3]
-    how = f" Units of the group meet at {', '.join(meets)}." if meets else ""
+    meets = [
+        t.where(op) for _, a, b, op in t.meetings if g in lm.groups_of(a) and g in lm.groups_of(b)
+    ]
+    how = f" Units of the group meet at {', '.join(sorted(set(meets))[:3])}." if meets else ""
     return AnatomyError(
         f"Entries of `{path}` would belong to two units of group {fg.name!r} as their "
         f"{role} weights (read at {where}), so resetting one unit would change the other.{how} "

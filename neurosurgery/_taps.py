@@ -97,8 +97,8 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
     for vid, op in t.producer.items():
         v = t.values[vid]
         if id(op) in t.creators and v is not None and v.stage >= 0:
-            first = t.groups[v.stage].first
-            for g in lm.targets(first):
+            raw = t.groups[v.stage]
+            for g in lm.groups_of(np.arange(raw.first, raw.first + raw.size)):
                 starts[g].append(vid)
     out: list[_Taps | None] = []
     why: dict[int, str] = {}
@@ -107,11 +107,9 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
         preds: dict[int, list[int]] = defaultdict(list)
         sinks: set[int] = set()
         todo = []
-        for vid in starts.get(g, []):
-            loc = chains.of(vid, g)
-            if loc is not None:
-                local[vid] = loc
-                todo.append(vid)
+        for vid in _roots(starts.get(g, []), g, chains, consumers, t):
+            local[vid] = chains.of(vid, g)
+            todo.append(vid)
         while todo:
             vid = todo.pop()
             if vid in leaving:
@@ -152,6 +150,26 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
         if not found and g not in why:
             why[g] = "no value of the program carries its units alone"
     return out, why
+
+
+def _roots(starts: list[int], g: int, chains: Chains, consumers, t: Tracer) -> list[int]:
+    """The first values after the producers that carry the group's units alone (a fused
+    projection holds several groups until it is split)."""
+    found, todo, seen = [], list(starts), set()
+    while todo:
+        vid = todo.pop()
+        if vid in seen:
+            continue
+        seen.add(vid)
+        if chains.of(vid, g) is not None:
+            found.append(vid)
+            continue
+        for op in consumers[vid]:
+            if op.name in CONTROL or id(op) in t.creators or id(op) in t.residual_ops:
+                continue
+            if len(seen) < 64:
+                todo.extend(op.outputs)
+    return found
 
 
 def _components(nodes: dict[int, np.ndarray], preds: dict[int, list[int]]) -> list[list[int]]:

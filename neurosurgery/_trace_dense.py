@@ -233,9 +233,9 @@ class DenseOps(TracerCore):
         consumed = []
         for f in a.units:
             p = set(pattern(f))
-            if not p & set(ac):
+            if not p & set(ac) and p & set(af):  # units at positions the weight is shared by
                 units.append(place(f, a_pos, ndim))
-            elif p & set(af):
+            elif p & set(ac) and p & set(af):
                 raise self.cannot_follow(
                     op, f, "its units vary both along the contracted axes and along the others"
                 )
@@ -314,6 +314,11 @@ class DenseOps(TracerCore):
             if same.all():
                 self.reduced.append((self.labels_of([q]), op))
             else:
+                # The key side is the one already combined with values (linear attention's
+                # context = Kᵀ V carries V's units along); otherwise queries come first.
+                carries = [len(v.units) > len(c) for v, c in zip(ins, consumed, strict=True)]
+                if carries == [True, False]:
+                    q, k = k, q
                 pairs = np.unique(np.stack([q[~same], k[~same]]), axis=1)
                 self.pairs.append((pairs[0], pairs[1], op))
         self.set(out, Value(units=self.normal(units, ndim), dep_input=True, kind="act"))
@@ -350,7 +355,7 @@ class DenseOps(TracerCore):
             p = set(pattern(f))
             if p - {lhs_spec[0], lhs_spec[1]}:
                 raise self.cannot_follow(op, f, "its unit labels vary across positions")
-            if lhs_spec[1] not in p:
+            if lhs_spec[1] not in p and p:  # units along the batch axis pass through
                 units.append(place(f, {lhs_spec[0]: out_spec[0]}, ndim))
                 continue
             if lhs_spec[0] in p:

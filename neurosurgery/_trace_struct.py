@@ -255,10 +255,8 @@ class StructOps(DenseOps):
             if getattr(dn, "operand_batching_dims", ()):
                 raise self.cannot_follow(op, [], "reads a batched table")
             kept = [d for d in range(len(shape)) if d not in dn.collapsed_slice_dims]
-            where = dict(zip(kept, dn.offset_dims, strict=True))
-            indexed = sorted(set(dn.start_index_map) | set(dn.collapsed_slice_dims))
-            indexed = sorted(set(indexed) | {d for d in range(len(shape)) if sizes[d] < shape[d]})
-            where = {d: o for d, o in where.items() if d not in indexed}
+            indexed = [d for d in range(len(shape)) if sizes[d] < shape[d]]  # read in part
+            where = {d: o for d, o in zip(kept, dn.offset_dims, strict=True) if d not in indexed}
         self.lookup(op, ins[0], indexed, where)
 
     # ---- windows and axes --------------------------------------------------------------------
