@@ -108,7 +108,9 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
         sinks: set[int] = set()
         todo = []
         for vid in _roots(starts.get(g, []), g, chains, consumers, t):
-            local[vid] = chains.of(vid, g)
+            loc = chains.of(vid, g)
+            assert loc is not None
+            local[vid] = loc
             todo.append(vid)
         while todo:
             vid = todo.pop()
