@@ -93,6 +93,14 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
                 consumers[a].append(op)
         for body in op.bodies:
             leaving |= {a for a in body.outputs if isinstance(a, int)}
+    # sums of different groups' units (residual streams) end a chain; sums inside one merged
+    # unit (a recurrent cell's gates) do not
+    blocking = set()
+    for kind, a, b, op in t.meetings:
+        if kind in ("add", "either"):
+            met = lm.indicator(a, len(finals)).T.astype(int) @ lm.indicator(b, len(finals))
+            if (met - np.diag(np.diag(met))).any():
+                blocking.add(id(op))
     starts: dict[int, list[int]] = defaultdict(list)
     for vid, op in t.producer.items():
         v = t.values[vid]
@@ -107,7 +115,7 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
         preds: dict[int, list[int]] = defaultdict(list)
         sinks: set[int] = set()
         todo = []
-        for vid in _roots(starts.get(g, []), g, chains, consumers, t):
+        for vid in _roots(starts.get(g, []), g, chains, consumers, t, blocking):
             loc = chains.of(vid, g)
             assert loc is not None
             local[vid] = loc
@@ -117,7 +125,7 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
             if vid in leaving:
                 sinks.add(vid)
             for op in consumers[vid]:
-                if op.name in CONTROL or id(op) in t.creators or id(op) in t.residual_ops:
+                if op.name in CONTROL or id(op) in t.creators or id(op) in blocking:
                     sinks.add(vid)
                     continue
                 for o in op.outputs:
@@ -154,7 +162,9 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
     return out, why
 
 
-def _roots(starts: list[int], g: int, chains: Chains, consumers, t: Tracer) -> list[int]:
+def _roots(
+    starts: list[int], g: int, chains: Chains, consumers, t: Tracer, blocking: set[int]
+) -> list[int]:
     """The first values after the producers that carry the group's units alone (a fused
     projection holds several groups until it is split)."""
     found, todo, seen = [], list(starts), set()
@@ -167,7 +177,7 @@ def _roots(starts: list[int], g: int, chains: Chains, consumers, t: Tracer) -> l
             found.append(vid)
             continue
         for op in consumers[vid]:
-            if op.name in CONTROL or id(op) in t.creators or id(op) in t.residual_ops:
+            if op.name in CONTROL or id(op) in t.creators or id(op) in blocking:
                 continue
             if len(seen) < 64:
                 todo.extend(op.outputs)

@@ -133,7 +133,6 @@ class TracerCore:
         self.loop_index: tuple[int, ...] = ()
         self.producer: dict[int, Op] = {}
         self.creators: set[int] = set()  # ids of the operations that create units
-        self.residual_ops: set[int] = set()  # ids of the operations where layers' outputs add up
         n = len(leaf_shapes)
         for i, vid in enumerate(graph.inputs):
             shape = graph.shapes[vid]
@@ -239,8 +238,6 @@ class TracerCore:
         if m.any():
             pairs = np.unique(np.stack([a[m], b[m]]), axis=1)
             self.meetings.append((kind, pairs[0], pairs[1], op))
-            if kind in ("add", "either"):
-                self.residual_ops.add(id(op))
 
     # ---- messages ---------------------------------------------------------------------------
     def where(self, op: Op) -> str:

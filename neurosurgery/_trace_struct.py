@@ -38,14 +38,14 @@ def axis_map(op: Op, src: Sequence[Any], dst: Sequence[Any]) -> dict[int, int]:
     name, p = op.name, op.params
     if name in ("reshape", "squeeze", "expand_dims"):
         return {
-            ins[0]: outs[0]
+            int(ins[0]): int(outs[0])
             for ins, outs in L._blocks(src, dst)
             if len(ins) == 1 and len(outs) == 1 and src[ins[0]] == dst[outs[0]]
         }
     if name == "transpose":
-        return {a: i for i, a in enumerate(p["permutation"])}
+        return {int(a): i for i, a in enumerate(p["permutation"])}
     if name == "broadcast_in_dim":
-        return dict(enumerate(p["broadcast_dimensions"]))
+        return {i: int(d) for i, d in enumerate(p["broadcast_dimensions"])}
     if name == "gather":
         return {}
     return {d: d for d in range(len(src))}

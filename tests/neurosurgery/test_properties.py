@@ -123,14 +123,16 @@ def test_zero_outgoing_resets_preserve_the_function_and_cut_the_gradients(built,
         delta, scale, new, same, grads = arch.reset_check(
             model, arch.other, flagged, jax.random.key(seed)
         )
-        moved = [not np.array_equal(a, b) for a, b in zip(leaves(new), leaves(same))]
+        moved = [not np.array_equal(a, b) for a, b in zip(leaves(new), leaves(same), strict=True)]
         assert any(moved), name  # the incoming entries were re-drawn
         assert float(delta) <= 1e-6 * float(scale), (spec, name, float(delta), float(scale))
         # the re-drawn units cannot reach the outputs: their entries get no gradient
         cut = anatomy.element_masks({name: jnp.asarray(mask)}, ("incoming", "per_unit"))
         for i, (grad, m) in enumerate(zip(leaves(grads), cut, strict=True)):
             if m is not None:
-                assert float(jnp.max(jnp.abs(jnp.where(m, grad, 0.0)))) == 0.0, anatomy.leaf_paths[i]
+                assert float(jnp.max(jnp.abs(jnp.where(m, grad, 0.0)))) == 0.0, anatomy.leaf_paths[
+                    i
+                ]
     # the flagged units' activations depend on the flagged units' own entries only
     act_grads = arch.act_grads(model, {n: masks[n].astype(np.float32) for n in arch.names})
     for name in arch.names:
