@@ -135,7 +135,7 @@ class LinearAttention(eqx.Module):
 def test_linear_attention_in_a_unet():
     anatomy = ns.anatomy(draw(LinearAttention, 0), jnp.zeros((1, 8, 8)))
     q, k, v = anatomy["qkv:query"], anatomy["qkv:key"], anatomy["qkv:value"]
-    kernel = lambda start: np.broadcast_to(  # noqa: E731
+    kernel = lambda start: np.broadcast_to(
         np.where((np.arange(12) >= start) & (np.arange(12) < start + 4), np.arange(12) - start, -1)[
             :, None, None, None
         ],
@@ -192,7 +192,7 @@ class Iterated(eqx.Module):
 
     def __call__(self, x):
         h = jax.nn.relu(self.a(x))
-        body = lambda c: (c[0] + 1, jnp.tanh(self.r(c[1])))  # noqa: E731
+        body = lambda c: (c[0] + 1, jnp.tanh(self.r(c[1])))
         return self.d(jax.lax.while_loop(lambda c: c[0] < 3, body, (0, h))[1])
 
 

@@ -13,54 +13,49 @@ HERE = r"\S*test_anatomy_refusals\.py:\d+"
 WAY_OUT = r"__neuron_groups__.*fn="
 
 
-def linears(*sizes):
-    """Linear layers between consecutive sizes; a pair `(a, b)` stands for Linear(a, b)."""
-    pairs = [s if isinstance(s, tuple) else None for s in sizes]
-    if all(p is not None for p in pairs):
-        shapes = pairs
-    else:
-        shapes = list(zip(sizes[:-1], sizes[1:], strict=True))
+def linears(*shapes):
+    """`Linear(a, b)` for each `(a, b)`."""
     keys = jax.random.split(jax.random.key(0), len(shapes))
     return [eqx.nn.Linear(a, b, key=k) for (a, b), k in zip(shapes, keys, strict=True)]
 
 
 class Two(eqx.Module):
-    l: eqx.nn.Linear
+    a: eqx.nn.Linear
     o: eqx.nn.Linear
 
 
 class Pool(Two):
     def __call__(self, x):
-        return self.o(eqx.nn.MaxPool1d(2, 2)(jax.nn.relu(self.l(x))[None])[0])
+        return self.o(eqx.nn.MaxPool1d(2, 2)(jax.nn.relu(self.a(x))[None])[0])
 
 
 class Pick(Two):
     def __call__(self, x, i):
-        return self.o(jax.lax.dynamic_slice(jax.nn.relu(self.l(x)), (i,), (2,)))
+        return self.o(jax.lax.dynamic_slice(jax.nn.relu(self.a(x)), (i,), (2,)))
 
 
 class Callback(Two):
     def __call__(self, x):
         out = jax.ShapeDtypeStruct((4,), jnp.float32)
-        return self.o(jax.pure_callback(np.tanh, out, self.l(x)))
+        return self.o(jax.pure_callback(np.tanh, out, self.a(x)))
 
 
 class ParamCallback(Two):
     def __call__(self, x):
         out = jax.ShapeDtypeStruct((4, 3), jnp.float32)
-        w = jax.pure_callback(lambda a, b: a, out, self.l.weight, x)
+        w = jax.pure_callback(lambda a, b: a, out, self.a.weight, x)
         return self.o(jax.nn.relu(w @ x))
 
 
 class SelfGate(Two):
     def __call__(self, x):
-        h = jnp.tanh(self.l(x))
+        h = jnp.tanh(self.a(x))
         return self.o(h * h[0])  # unit 0 multiplied into every unit of its own layer
 
 
 class Hyper(Two):
     def __call__(self, x, w):
-        return self.o(jnp.tanh(w @ jax.nn.relu(self.l(x))))  # w computed from the input
+        return self.o(jnp.tanh(w @ jax.nn.relu(self.a(x))))  # w computed from the input
 
 
 @pytest.mark.parametrize(
@@ -77,9 +72,9 @@ class Hyper(Two):
             r"`dynamic_slice` at " + HERE + r".*indices computed from the input",
         ),
         (
-            Callback(*linears(3, 4, 1)),
+            Callback(*linears((3, 4), (4, 1))),
             (jnp.zeros(3),),
-            r"`pure_callback` at " + HERE + ".*`\\.l\\.weight`",
+            r"`pure_callback` at " + HERE + ".*`\\.a\\.weight`",
         ),
         (
             Hyper(*linears((3, 4), (1, 1))),
@@ -97,9 +92,9 @@ def test_operations_on_units_that_cannot_be_followed(model, inputs, message):
 def test_a_parameter_consumed_by_an_unknown_operation_is_an_error():
     with pytest.raises(
         ns.AnatomyError,
-        match=r"`pure_callback` at " + HERE + r".*parameter\(s\) `\.l\.weight`.*no neuron group",
+        match=r"`pure_callback` at " + HERE + r".*parameter\(s\) `\.a\.weight`.*no neuron group",
     ):
-        ns.anatomy(ParamCallback(*linears(3, 4, 1)), jnp.zeros(3))
+        ns.anatomy(ParamCallback(*linears((3, 4), (4, 1))), jnp.zeros(3))
 
     class Orthogonal(eqx.Module):
         w: jax.Array
@@ -120,47 +115,47 @@ def test_a_parameter_consumed_by_an_unknown_operation_is_an_error():
 def test_an_entry_with_two_owners_in_one_group_is_an_error():
     with pytest.raises(
         ns.AnatomyError,
-        match=r"`\.o\.weight` would belong to two units of group 'l'.*`mul` at " + HERE,
+        match=r"`\.o\.weight` would belong to two units of group 'a'.*`mul` at " + HERE,
     ):
-        ns.anatomy(SelfGate(*linears(3, 4, 1)), jnp.zeros(3))
+        ns.anatomy(SelfGate(*linears((3, 4), (4, 1))), jnp.zeros(3))
 
 
 def test_a_weight_read_with_two_unit_structures_is_an_error():
     class Tied(eqx.Module):
         w: jax.Array
-        l: eqx.nn.Linear
+        a: eqx.nn.Linear
 
         def __call__(self, x):
-            return self.w.T @ jax.nn.relu(self.l(jax.nn.relu(self.w @ x)))
+            return self.w.T @ jax.nn.relu(self.a(jax.nn.relu(self.w @ x)))
 
     with pytest.raises(ns.AnatomyError, match=r"`\.w` is read as the incoming weight of two"):
         ns.anatomy(Tied(jnp.ones((4, 3)), eqx.nn.Linear(4, 4, key=jax.random.key(0))), jnp.zeros(3))
 
 
 class BNTrain(eqx.Module):
-    l: eqx.nn.Linear
+    a: eqx.nn.Linear
     bn: eqx.nn.BatchNorm
     o: eqx.nn.Linear
 
     def __call__(self, x, state):
-        h, state = self.bn(self.l(x), state)
+        h, state = self.bn(self.a(x), state)
         return self.o(h), state
 
 
 def test_batchnorm_in_training_mode_names_the_inference_mode_way():
     model, state = eqx.nn.make_with_state(BNTrain)(
-        *linears(3, 4)[:1], eqx.nn.BatchNorm(4, "batch", mode="batch"), *linears(4, 1)
+        *linears((3, 4)), eqx.nn.BatchNorm(4, "batch", mode="batch"), *linears((4, 1))
     )
     inference = r"over a batch axis.*BatchNorm.*training mode.*eqx\.nn\.inference_mode"
     with pytest.raises(ns.AnatomyError, match=inference):
         ns.anatomy(model, jnp.zeros(3), state, fn=lambda m, x, s: m(x, s)[0])
-    per_sample = lambda m, x, s: jax.vmap(lambda x: m(x, s)[0], axis_name="batch")(x)  # noqa: E731
+    per_sample = lambda m, x, s: jax.vmap(lambda x: m(x, s)[0], axis_name="batch")(x)
     with pytest.raises(ns.AnatomyError, match=r"`psum` at .*_batch_norm\.py:\d+.*" + inference):
         ns.anatomy(model, jnp.zeros((2, 3)), state, fn=per_sample)
     mapped = ns.anatomy(
         eqx.nn.inference_mode(model), jnp.zeros(3), state, fn=lambda m, x, s: m(x, s)[0]
     )
-    assert {s.path for s in mapped["l"].per_unit} == {".bn.weight", ".bn.bias"}
+    assert {s.path for s in mapped["a"].per_unit} == {".bn.weight", ".bn.bias"}
 
 
 class Flagged(eqx.Module):
@@ -184,7 +179,7 @@ def test_declared_groups_on_a_module_called_with_a_python_flag():
             return self.head(self.f(x, inference=True))
 
     anatomy = ns.anatomy(
-        Outer(Flagged(jnp.ones((4, 3)), jnp.ones((2, 4))), *linears(4, 1)), jnp.zeros(3)
+        Outer(Flagged(jnp.ones((4, 3)), jnp.ones((2, 4))), *linears((4, 1))), jnp.zeros(3)
     )
     assert anatomy.names == ("head", "f.input") and anatomy["f.input"].unit_shape == (4,)
 
