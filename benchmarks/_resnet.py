@@ -58,8 +58,12 @@ class ResNet(eqx.Module):
     stem_bn: eqx.nn.BatchNorm
     blocks: list[Bottleneck]
     fc: eqx.nn.Linear
+    stem_pool: bool = eqx.field(static=True)
 
-    def __init__(self, layers=(3, 4, 6, 3), classes: int = 1000, *, key: PRNGKeyArray):
+    def __init__(
+        self, layers=(3, 4, 6, 3), classes: int = 1000, stem_pool: bool = True, *, key: PRNGKeyArray
+    ):
+        self.stem_pool = stem_pool
         keys = iter(jax.random.split(key, sum(layers) + 2))
         self.stem = eqx.nn.Conv2d(3, 64, 7, 2, 3, use_bias=False, key=next(keys))
         self.stem_bn = _bn(64)
@@ -75,11 +79,13 @@ class ResNet(eqx.Module):
 
     def __call__(self, x: Float[Array, "3 h w"], state: eqx.nn.State):
         x, state = self.stem_bn(self.stem(x), state)
-        x = eqx.nn.MaxPool2d(3, 2, padding=1)(jax.nn.relu(x))
+        x = jax.nn.relu(x)
+        if self.stem_pool:  # (without it: the layout an anatomy that cannot pool can map)
+            x = eqx.nn.MaxPool2d(3, 2, padding=1)(x)
         for block in self.blocks:
             x, state = block(x, state)
         return self.fc(jnp.mean(x, axis=(1, 2))), state
 
 
-def resnet50(key: PRNGKeyArray) -> tuple[ResNet, eqx.nn.State]:
-    return eqx.nn.make_with_state(ResNet)(key=key)
+def resnet50(key: PRNGKeyArray, stem_pool: bool = True) -> tuple[ResNet, eqx.nn.State]:
+    return eqx.nn.make_with_state(ResNet)(stem_pool=stem_pool, key=key)
