@@ -22,9 +22,8 @@ from ._taps import taps
 from ._trace import Tracer, collective_error
 
 PAIRED = (
-    "attention query/key units: they act through the attention scores, paired with the "
-    "{partner} units of the same head and dimension; a reset re-draws them and zeroes their "
-    "partners' entries (their outgoing entries), changing which tokens attend to which"
+    "attention {side} units: they act through the scores, with the {partner} units of the "
+    "same head and dimension; a reset re-draws them and zeroes their partners' rows"
 )
 
 
@@ -165,7 +164,8 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
         paired = tuple(finals[h].name for h in partner_groups)
         note = weightless.get(g, "")
         if fg.role and not note:
-            note = PAIRED.format(partner="key" if fg.role == "query" else "query")
+            side, partner = ("query", "key") if fg.role == "query" else ("key", "query")
+            note = PAIRED.format(side=side, partner=partner)
         groups.append(
             NeuronGroup(
                 fg.name,

@@ -83,7 +83,7 @@ def test_attention_pairs_queries_with_keys_and_values_feed_the_output_projection
     assert_owners(owners(v, "outgoing"), {".attn.output_proj.weight": cols(8, (8, 8))})
     assert_owners(owners(o, "outgoing"), {".head.weight": cols(8, (1, 8))})
     assert q.paired_with == ("attn.key_proj",) and k.paired_with == ("attn.query_proj",)
-    assert q.kind() == "paired" and not q.resettable and "query/key" in q.no_reset
+    assert q.kind() == "paired" and not q.resettable and "attention query units" in q.no_reset
     assert [g.name for g in anatomy.resettable] == ["attn.value_proj", "attn.output_proj"]
     assert head.output and "not reset by default" in anatomy.summary()
     # by default a reset leaves the pairs alone; on request it re-draws the flagged query
