@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m agents.demo
-	$(BIN)/python -m agents.main_job --out runs/main
+	$(BIN)/python -m agents.experiments.demo
+	$(BIN)/python -m agents.experiments.main_job --out runs/main
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -53,8 +53,10 @@ def main() -> None:
             lambda m=model, e=example: jax.make_jaxpr(lambda *a: m(*a))(*e), args.repeats
         )
         med, ref = statistics.median(t_map), statistics.median(t_jaxpr)
-        print(f"{name:34s} {med * 1e3:15.0f}ms {min(t_map) * 1e3:6.0f}ms {max(t_map) * 1e3:6.0f}ms "
-              f"{ref * 1e3:9.1f}ms {med / ref:5.0f}×")  # fmt: skip
+        print(
+            f"{name:34s} {med * 1e3:15.0f}ms {min(t_map) * 1e3:6.0f}ms {max(t_map) * 1e3:6.0f}ms "
+            f"{ref * 1e3:9.1f}ms {med / ref:5.0f}×"
+        )
 
 
 if __name__ == "__main__":

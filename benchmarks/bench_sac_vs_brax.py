@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 from _timing import SegmentTimer
 
-from agents import TrainConfig, Trainer
+from agents import ResetConfig, SurgeryConfig, TrainConfig, Trainer
 
 TARGETS = {1: 1.5, 8: 1.0}
 
@@ -85,7 +85,7 @@ def update_flops(agent: Any) -> float:
     the soft target update) and, on average, one actor-and-temperature step. Counted per step,
     since XLA's cost analysis counts a loop body once."""
     from agents import Batch
-    from agents._sac import actor_and_alpha_step
+    from agents.algorithms._steps import actor_and_alpha_step
 
     b, o, a = agent.config.batch_size, agent.obs_size, agent.action_size
     batch = Batch(
@@ -94,7 +94,9 @@ def update_flops(agent: Any) -> float:
     state, key = agent.init(jax.random.key(0)), jax.random.key(1)
     opt_a, _, opt_t = agent._optimizers()
     critic = _flops(lambda s, bt, k: agent.update(s, bt, k, 1), state, batch, key)
-    actor = _flops(lambda s, bt, k: actor_and_alpha_step(agent, s, bt, k, opt_a, opt_t), state, batch, key)  # fmt: skip
+    actor = _flops(
+        lambda s, bt, k: actor_and_alpha_step(agent, s, bt, k, opt_a, opt_t), state, batch, key
+    )
     return critic + actor
 
 
@@ -140,8 +142,8 @@ def ours_timer(args: argparse.Namespace, rr: int) -> SegmentTimer:
         eval_every=0,
         progress=False,
         sinks=(),
-        reset="regrama",
-        reset_period=args.reset_period,
+        surgery=SurgeryConfig(every=args.reset_period),
+        reset=ResetConfig(method="regrama", every=args.reset_period),
     )
     return SegmentTimer(Trainer(config))
 
