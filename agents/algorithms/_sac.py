@@ -98,7 +98,13 @@ class TwinCritic(eqx.Module):
         self, obs_size: int, action_size: int, config: NetworkConfig, key: PRNGKeyArray, n: int = 2
     ):
         keys = jax.random.split(key, n)
-        self.members = tuple(Critic(obs_size, action_size, config, k) for k in keys)
+        # drawn together (the same draws as one by one), so that a program that builds fresh
+        # critics compiles each layer's draw once, not once per member
+        stacked = eqx.filter_vmap(lambda k: Critic(obs_size, action_size, config, k))(keys)
+        params, static = eqx.partition(stacked, eqx.is_array)
+        self.members = tuple(
+            eqx.combine(jax.tree.map(lambda x, i=i: x[i], params), static) for i in range(n)
+        )
 
     def __call__(self, obs: Float[Array, " o"], action: Float[Array, " a"]) -> Float[Array, " n"]:
         return jnp.stack([c(obs, action) for c in self.members])
