@@ -222,6 +222,12 @@ class DmcEnv(Env):
                 f"{self.name}: dm_control worker processes need a POSIX system (Linux, macOS), "
                 f"not {sys.platform}; pass num_workers=0 to step the environments in this process"
             )
+        if self.num_workers and not sys.executable:
+            raise RuntimeError(
+                f"{self.name}: dm_control worker processes run this Python interpreter, but "
+                "sys.executable is empty (an embedded Python); pass num_workers=0 to step the "
+                "environments in this process"
+            )
         if self.num_workers:
             try:  # refused here, not by each worker
                 pickle.dumps(self._task_kwargs)

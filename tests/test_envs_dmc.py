@@ -433,3 +433,9 @@ def test_unpicklable_task_kwargs_are_refused_before_starting_workers():
         _make(task_kwargs={"random": Local(3)})
     with _make(num_workers=0, task_kwargs={"random": Local(3)}) as local:  # in-process: fine
         local.reset()
+
+
+def test_no_interpreter_to_start_workers_names_the_fix(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "")
+    with pytest.raises(RuntimeError, match=r"sys\.executable is empty.*num_workers=0"):
+        _make()
