@@ -1,5 +1,6 @@
 """dm_control in worker processes: semantics, determinism and the fault paths."""
 
+import gc
 import os
 import signal
 import subprocess
@@ -333,6 +334,7 @@ def test_reset_refuses_a_number_and_handles_are_never_reused(env):
 # without a main guard works, read from a file, from standard input or given with `python -c`.
 # The script appends a line to a file each time its top level runs: once, not once per worker.
 _SCRIPT = """
+import gc
 import os
 import numpy as np
 import envs
@@ -348,6 +350,7 @@ print(*env.worker_pids, flush=True)
 """
 
 _GUARDED = """
+import gc
 import os
 import numpy as np
 import envs
@@ -439,3 +442,12 @@ def test_no_interpreter_to_start_workers_names_the_fix(monkeypatch):
     monkeypatch.setattr(sys, "executable", "")
     with pytest.raises(RuntimeError, match=r"sys\.executable is empty.*num_workers=0"):
         _make()
+
+
+def test_garbage_collected_env_stops_its_workers():
+    e = _make(num_envs=2)
+    e.reset()
+    pids = e.worker_pids
+    del e
+    gc.collect()
+    assert all(_gone(p) for p in pids)
