@@ -370,7 +370,7 @@ if __name__ == "__main__":
     main()
 """
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _run_python(tmp_path, code: str, how: str) -> subprocess.CompletedProcess:
