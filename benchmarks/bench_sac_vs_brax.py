@@ -66,6 +66,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from _timing import SegmentTimer
 
 from agents import ResetConfig, SurgeryConfig, TrainConfig, Trainer
@@ -148,7 +149,21 @@ def ours_timer(args: argparse.Namespace, rr: int) -> SegmentTimer:
     return SegmentTimer(Trainer(config))
 
 
+def _device_put_replicated(x: Any, devices: list) -> Any:
+    """`jax.device_put_replicated`, removed in JAX 0.10 and still called by Brax 0.14.2's SAC
+    trainer: every leaf of `x` stacked once per device along a new leading axis, one slice on
+    each device (what `jax.pmap` takes)."""
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), ("devices",)), jax.sharding.PartitionSpec("devices")
+    )
+    return jax.tree.map(
+        lambda a: jax.device_put(jnp.broadcast_to(a, (len(devices), *jnp.shape(a))), sharding), x
+    )
+
+
 def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
+    if jax.__version_info__ >= (0, 10, 0):
+        jax.device_put_replicated = _device_put_replicated
     from brax.training.agents.sac import train as brax_sac
     from mujoco_playground import registry, wrapper
 
