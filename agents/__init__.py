@@ -42,6 +42,7 @@ from .training import TensorBoardSink as TensorBoardSink
 from .training import TrainConfig as TrainConfig
 from .training import Trainer as Trainer
 from .training import TrainState as TrainState
+from .training import WandbConfig as WandbConfig
 from .training import grama_preset as grama_preset
 from .training import load_checkpoint as load_checkpoint
 from .training import load_run_config as load_run_config

@@ -7,6 +7,7 @@ from ._checkpoint import save_checkpoint as save_checkpoint
 from ._config import ResetConfig as ResetConfig
 from ._config import SurgeryConfig as SurgeryConfig
 from ._config import TrainConfig as TrainConfig
+from ._config import WandbConfig as WandbConfig
 from ._config import grama_preset as grama_preset
 from ._loop import TrainState as TrainState
 from ._replay import Replay as Replay

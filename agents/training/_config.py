@@ -5,7 +5,10 @@ surgery options were nested."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import importlib.util
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -15,10 +18,11 @@ import envs
 import neurosurgery as ns
 
 from ..algorithms import BROConfig, DACERConfig, SACConfig
-from ..networks import NetworkConfig
 
 AGENTS = ("sac", "bro", "dacer")
-SINKS = ("csv", "jsonl", "tensorboard", "console")
+SINKS = ("csv", "jsonl", "tensorboard", "console", "wandb")
+#: the sinks a run writes unless told otherwise
+DEFAULT_SINKS = ("csv", "jsonl", "tensorboard", "console")
 #: each agent's networks that surgery can score and reset
 NETWORKS = {
     "sac": ("critic", "actor"),
@@ -132,6 +136,18 @@ class ResetConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Where a run's records go in Weights & Biases (with `--sinks wandb`)."""
+
+    project: str = "neurosurgery"
+    """W&B project."""
+    group: str | None = None
+    """W&B group of the seeds' runs; default: the run folder's name."""
+    entity: str | None = None
+    """W&B entity (user or team); default: W&B's own default."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: agent, environment, budget, logging, checkpoints, surgery and resets."""
 
@@ -172,8 +188,10 @@ class TrainConfig:
     """Environment steps between checkpoints (rounded to log_every); the last step always saves."""
     run_dir: str = "runs/run"
     """Folder for config.json, metrics, TensorBoard events, checkpoint, plots, summary."""
-    sinks: tuple[str, ...] = SINKS
-    """Metric sinks: csv, jsonl, tensorboard, console."""
+    sinks: tuple[str, ...] = DEFAULT_SINKS
+    """Metric sinks: csv, jsonl, tensorboard, console, wandb (the wandb extra)."""
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig())
+    """Weights & Biases names (with --sinks wandb)."""
     progress: bool = True
     """Show a progress bar."""
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
@@ -206,6 +224,10 @@ class TrainConfig:
         for sink in self.sinks:
             if sink not in SINKS:
                 raise ValueError(f"unknown sink {sink!r} ({', '.join(SINKS)})")
+        if "wandb" in self.sinks and importlib.util.find_spec("wandb") is None:
+            from ._sinks import WANDB_MISSING
+
+            raise ValueError(WANDB_MISSING)
         self._validate_env_options()
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")
@@ -260,17 +282,34 @@ class TrainConfig:
         self.reset.strategy()  # unknown methods and options that do not apply raise here
 
 
-# ---- JSON form ------------------------------------------------------------------------------
-#: configuration classes written as plain dicts (anything else is written with its class)
-_CONFIGS: dict[str, type] = {
-    "surgery": SurgeryConfig,
-    "reset": ResetConfig,
-    "sac": SACConfig,
-    "bro": BROConfig,
-    "dacer": DACERConfig,
-    "actor": NetworkConfig,
-    "critic": NetworkConfig,
-}
+# ---- JSON form ----------------------------------------------------------------------------
+def _config_classes(cls: type) -> dict[str, type]:
+    """The fields of a configuration class that hold configurations themselves (by type)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+@functools.cache
+def _all_config_classes() -> frozenset[type]:
+    """TrainConfig and every configuration class nested in it, at any depth."""
+    found, todo = set(), [TrainConfig]
+    while todo:
+        cls = todo.pop()
+        if cls not in found:
+            found.add(cls)
+            todo.extend(_config_classes(cls).values())
+    return frozenset(found)
+
+
+def _is_config(value: Any) -> bool:
+    """A configuration of the run (written as a plain dict), not a user's object."""
+    return type(value) in _all_config_classes()
+
+
 #: options of configurations written before the surgery options were nested
 _FLAT_SURGERY = (
     "reset",
@@ -292,7 +331,7 @@ def _path(obj: Any) -> str:
 def encode(value: Any) -> Any:
     """A JSON-able form of a configuration value: config dataclasses as dicts, other objects
     (metrics, strategies, selections, schedules) as their class and fields, functions by name."""
-    if type(value) in (*_CONFIGS.values(), TrainConfig):
+    if _is_config(value):
         return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {
@@ -371,14 +410,15 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
     def build(cls: Any, values: dict[str, Any]) -> Any:
         kwargs = {}
+        nested = _config_classes(cls)
         for f in dataclasses.fields(cls):
             if f.name not in values:
                 continue
             v = values[f.name]
-            sub = _CONFIGS.get(f.name)
-            kwargs[f.name] = (
-                build(sub, v) if sub is not None and isinstance(v, dict) else _decode(v)
-            )
+            sub = nested.get(f.name)
+            if sub is not None and not isinstance(v, dict):
+                raise ValueError(f"{cls.__name__}.{f.name} must be a dict of options, got {v!r}")
+            kwargs[f.name] = build(sub, v) if sub is not None else _decode(v)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")

@@ -23,6 +23,7 @@ from ._sinks import (
     JSONLSink,
     Sink,
     TensorBoardSink,
+    WandbSink,
     plot_curves,
     replace_file,
 )
@@ -54,7 +55,7 @@ def _saved_steps(run_dir: Path) -> int | None:
 
 
 #: files a run writes into its folder besides the checkpoint
-RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb")
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "wandb")
 
 
 def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:
@@ -96,6 +97,12 @@ def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[S
             out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
         if "console" in config.sinks:
             out.append(ConsoleSink(extra_keys=tuple(_inactive_keys(config).values())))
+        if "wandb" in config.sinks:
+            w = config.wandb
+            group = w.group or run_dir.resolve().name
+            out.append(
+                WandbSink(run_dir, seeds, w.project, group, w.entity, config_to_dict(config))
+            )
     except BaseException:
         for sink in out:
             sink.close()

@@ -176,6 +176,70 @@ class TensorBoardSink:
             w.close()
 
 
+class WandbSink:
+    """One Weights & Biases run per seed, in the run's group (the `wandb` extra).
+
+    Project, group and names come from the run's configuration (`TrainConfig.wandb`); each
+    seed's run is named `<group>-seed<s>` and gets the whole configuration and its seed. The
+    runs' ids are kept in the run folder (`wandb.json`), so a resumed run continues the same W&B
+    runs; W&B's files go to `<run folder>/wandb` (with `WANDB_MODE=offline`, nothing leaves the
+    machine: `wandb sync` uploads them later). Records are logged at their env step; after a
+    resume W&B keeps what it had and ignores records at steps it has already seen.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        seeds: Sequence[int],
+        project: str,
+        group: str,
+        entity: str | None,
+        config: dict[str, Any],
+    ):
+        try:
+            import wandb
+        except ImportError as err:  # checked at validation; here for direct use
+            raise ValueError(WANDB_MISSING) from err
+        ids_path = run_dir / "wandb.json"
+        ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+        self.runs = {}
+        try:
+            for seed in seeds:
+                name = f"{group}-seed{seed}"
+                run = wandb.init(
+                    project=project,
+                    entity=entity,
+                    group=group,
+                    name=name,
+                    dir=str(run_dir),
+                    config={**config, "seed": seed},
+                    id=ids.get(str(seed)),
+                    resume="allow",
+                    reinit="create_new",
+                )
+                ids[str(seed)] = run.id
+                self.runs[seed] = run
+        except BaseException:
+            self.close()
+            raise
+        replace_file(ids_path, lambda f: f.write(json.dumps(ids, indent=2)))
+        self.seeds = list(seeds)
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            self.runs[seed].log(values, step=env_steps)
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.finish()
+        self.runs = {}
+
+
+WANDB_MISSING = (
+    "--sinks wandb needs Weights & Biases: install the wandb extra (pip install -e '.[wandb]')"
+)
+
+
 class ConsoleSink:
     """A line per record with seed means of the main metrics and of `extra_keys` (the trainer
     adds each network's inactive ratio)."""

@@ -21,7 +21,7 @@ import numpy as np
 import envs
 
 from ..algorithms import BRO, DACER, SAC, Agent
-from ._config import TrainConfig, config_to_dict
+from ._config import TrainConfig, WandbConfig, config_to_dict
 from ._loop import Loop, TrainState
 from ._surgery import Surgery
 
@@ -29,7 +29,7 @@ Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
 #: options that may differ between a run and its resumption (steps: a run can be extended;
 #: env_workers: dm_control trajectories do not depend on the worker count)
-RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers")
+RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers", "wandb")
 _JIT_CACHE: dict[Any, dict[str, Any]] = {}
 
 
@@ -45,7 +45,14 @@ def program_options(config: TrainConfig) -> dict[str, Any]:
 def _program_key(config: TrainConfig) -> Any:
     """The configuration as a program depends on it (seed values and runtime options aside):
     the config object itself, so that metric and strategy objects count by value or identity."""
-    runtime = {"run_dir": "", "sinks": (), "progress": False, "steps": 1, "env_workers": None}
+    runtime = {
+        "run_dir": "",
+        "sinks": (),
+        "progress": False,
+        "steps": 1,
+        "env_workers": None,
+        "wandb": WandbConfig(),
+    }
     return dataclasses.replace(config, seeds=tuple(range(len(config.seeds))), **runtime)
 
 

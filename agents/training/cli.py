@@ -46,7 +46,17 @@ def parse(args: Sequence[str]) -> TrainCommand:
 
 
 #: the options a resumed run takes from the command line (the rest come from its folder)
-RESUME_OPTIONS = ("steps", "sinks", "progress", "no-progress", "env-workers", "resume")
+RESUME_OPTIONS = (
+    "steps",
+    "sinks",
+    "progress",
+    "no-progress",
+    "env-workers",
+    "wandb.project",
+    "wandb.group",
+    "wandb.entity",
+    "resume",
+)
 #: flags of earlier versions and the options that replaced them
 RENAMED = {
     "reset": "--reset.method",
@@ -108,12 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "can). Start a new --run-dir to train with other options"
                 )
             progress = cmd.progress if given & {"progress", "no-progress"} else config.progress
+            wandb = {
+                k: getattr(cmd.wandb, k)
+                for k in ("project", "group", "entity")
+                if f"wandb.{k}" in given
+            }
             config = dataclasses.replace(
                 config,
                 steps=cmd.steps if "steps" in given else config.steps,
                 sinks=cmd.sinks if "sinks" in given else config.sinks,
                 progress=progress,
                 env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
+                wandb=dataclasses.replace(config.wandb, **wandb),
             )
             if not (Path(cmd.resume) / CHECKPOINT).exists():
                 print(
