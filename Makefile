@@ -12,12 +12,12 @@ export XLA_FLAGS ?= --xla_force_host_platform_device_count=1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,wandb]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m agents.demo
-	$(BIN)/python -m agents.main_job --out runs/main
+	$(BIN)/python -m agents.experiments.demo
+	$(BIN)/python -m agents.experiments.main_job --out runs/main
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,44 +1,54 @@
-"""Agents (SAC, BRO, DACER), their networks, and the shared trainer and run pipeline."""
+"""Agents (SAC, BRO, DACER), their networks, and the shared trainer and run pipeline.
 
-from ._bro import BRO as BRO
-from ._bro import BROConfig as BROConfig
-from ._bro import BROState as BROState
-from ._bro import grama_preset as grama_preset
-from ._checkpoint import CheckpointError as CheckpointError
-from ._checkpoint import load_checkpoint as load_checkpoint
-from ._checkpoint import save_checkpoint as save_checkpoint
-from ._config import TrainConfig as TrainConfig
-from ._dacer import DACER as DACER
-from ._dacer import DACERConfig as DACERConfig
-from ._dacer import DACERState as DACERState
-from ._diffusion import ddpm_sample as ddpm_sample
-from ._diffusion import ode_sample as ode_sample
-from ._diffusion import vp_schedule as vp_schedule
-from ._gmm import fit_gmm as fit_gmm
-from ._gmm import gmm_entropy as gmm_entropy
-from ._loop import TrainState as TrainState
-from ._mlp import ACTIVATIONS as ACTIVATIONS
-from ._mlp import MLP as MLP
-from ._mlp import NetworkConfig as NetworkConfig
-from ._replay import Replay as Replay
-from ._replay import replay_add as replay_add
-from ._replay import replay_init as replay_init
-from ._replay import replay_sample as replay_sample
-from ._run import load_run_config as load_run_config
-from ._run import train as train
-from ._sac import SAC as SAC
-from ._sac import Actor as Actor
-from ._sac import Batch as Batch
-from ._sac import Critic as Critic
-from ._sac import Probe as Probe
-from ._sac import SACConfig as SACConfig
-from ._sac import SACState as SACState
-from ._sac import TwinCritic as TwinCritic
-from ._sac import squashed_gaussian as squashed_gaussian
-from ._sinks import ConsoleSink as ConsoleSink
-from ._sinks import CSVSink as CSVSink
-from ._sinks import JSONLSink as JSONLSink
-from ._sinks import TensorBoardSink as TensorBoardSink
-from ._surgery import surgery_step as surgery_step
-from ._trainer import NonFiniteError as NonFiniteError
-from ._trainer import Trainer as Trainer
+`agents.algorithms` holds the algorithms behind one `Agent` protocol, `agents.networks` their
+networks, `agents.training` the trainer and the `neurosurgery` command, and
+`agents.experiments` the main job and the demonstrations.
+"""
+
+from .algorithms import BRO as BRO
+from .algorithms import DACER as DACER
+from .algorithms import SAC as SAC
+from .algorithms import Actor as Actor
+from .algorithms import Agent as Agent
+from .algorithms import Batch as Batch
+from .algorithms import BROConfig as BROConfig
+from .algorithms import BROState as BROState
+from .algorithms import Critic as Critic
+from .algorithms import DACERConfig as DACERConfig
+from .algorithms import DACERState as DACERState
+from .algorithms import Objective as Objective
+from .algorithms import SACConfig as SACConfig
+from .algorithms import SACState as SACState
+from .algorithms import TwinCritic as TwinCritic
+from .algorithms import ddpm_sample as ddpm_sample
+from .algorithms import fit_gmm as fit_gmm
+from .algorithms import gmm_entropy as gmm_entropy
+from .algorithms import ode_sample as ode_sample
+from .algorithms import squashed_gaussian as squashed_gaussian
+from .algorithms import vp_schedule as vp_schedule
+from .networks import ACTIVATIONS as ACTIVATIONS
+from .networks import MLP as MLP
+from .networks import NetworkConfig as NetworkConfig
+from .training import CheckpointError as CheckpointError
+from .training import ConsoleSink as ConsoleSink
+from .training import CSVSink as CSVSink
+from .training import History as History
+from .training import JSONLSink as JSONLSink
+from .training import NonFiniteError as NonFiniteError
+from .training import Replay as Replay
+from .training import ResetConfig as ResetConfig
+from .training import SurgeryConfig as SurgeryConfig
+from .training import TensorBoardSink as TensorBoardSink
+from .training import TrainConfig as TrainConfig
+from .training import Trainer as Trainer
+from .training import TrainState as TrainState
+from .training import WandbConfig as WandbConfig
+from .training import grama_preset as grama_preset
+from .training import load_checkpoint as load_checkpoint
+from .training import load_run_config as load_run_config
+from .training import read_metrics as read_metrics
+from .training import replay_add as replay_add
+from .training import replay_init as replay_init
+from .training import replay_sample as replay_sample
+from .training import save_checkpoint as save_checkpoint
+from .training import train as train

@@ -14,16 +14,24 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from agents._replay import replay_add, replay_init, replay_sample, transitions
-from agents.testing import PointMass
+import envs
+from agents.training._replay import replay_add, replay_init, replay_sample, transitions
 
 
 def train(
-    agent: Any, steps: int, *, updates_per_step: int = 1, learning_starts: int = 1000,
-    eval_every: int = 1000, eval_episodes: int = 16, seed: int = 0, buffer: int = 100_000,
-) -> list[tuple[int, float, float]]:  # fmt: skip
+    agent: Any,
+    steps: int,
+    *,
+    updates_per_step: int = 1,
+    learning_starts: int = 1000,
+    eval_every: int = 1000,
+    eval_episodes: int = 16,
+    seed: int = 0,
+    buffer: int = 100_000,
+) -> list[tuple[int, float, float]]:
     """Train on `test/point-mass` (one env); returns [(env steps, eval return, wall s)]."""
-    env, eval_env = PointMass(1), PointMass(eval_episodes)
+    env = envs.make("test/point-mass", num_envs=1, episode_length=50)
+    eval_env = envs.make("test/point-mass", num_envs=eval_episodes, episode_length=50)
     cycle = agent.update_cycle
     # env steps per body so that the updates of a body fill whole cycles
     per_body = max(1, cycle // updates_per_step)
@@ -54,7 +62,7 @@ def train(
             key, k_batch, k_update = jax.random.split(key, 3)
             batch = replay_sample(replay, k_batch, agent.config.batch_size)
             state, _metrics = agent.update(state, batch, k_update, i % cycle)
-            if i % cycle == cycle - 1 and hasattr(agent, "scheduled"):
+            if i % cycle == cycle - 1:
                 key, k_batch, k_s = jax.random.split(key, 3)
                 batch = replay_sample(replay, k_batch, agent.config.batch_size)
                 done = u + i + 1

@@ -16,10 +16,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from agents import Batch
-from agents._bro import BRO, BROConfig
-from agents._dacer import DACER, DACERConfig
-from agents._sac import _mean_loss_and_grad, _opt_update, _params, critic_step
+from agents import BRO, DACER, Batch, BROConfig, DACERConfig
+from agents.algorithms._steps import critic_step, objective_step
 
 
 def batch(key, size: int, obs: int, act: int) -> Batch:
@@ -64,12 +62,16 @@ def main() -> None:
     opt_c = bro._optimizers()[1]
 
     def critic_only(s, key):
-        return critic_step(opt_c, bro.critic_probe(s, b, key), s)[0]
+        return critic_step(opt_c, bro.critic_objective(s, b, key), s)[0]
 
     width = f"width {args.bro_width}, 100 quantiles, batch 128"
     timed(f"BRO critic update ({width})", critic_only, state, args.iters)
-    timed("BRO full update (critics, both actors, α, β, λ)",
-          lambda s, k: bro.update(s, b, k, 0)[0], state, args.iters)  # fmt: skip
+    timed(
+        "BRO full update (critics, both actors, α, β, λ)",
+        lambda s, k: bro.update(s, b, k, 0)[0],
+        state,
+        args.iters,
+    )
 
     dacer = DACER(DACERConfig(), o, a)
     b = batch(jax.random.key(1), dacer.config.batch_size, o, a)
@@ -77,10 +79,8 @@ def main() -> None:
     opt_a = dacer._optimizers()[0]
 
     def actor_only(s, key):
-        _loss, grads = _mean_loss_and_grad(dacer.actor_probe(s, b, key))
-        upd, opt = _opt_update(opt_a, grads, s.actor_opt, _params(s.actor))
-        return eqx.tree_at(lambda t: (t.actor, t.actor_opt), s,
-                           (eqx.apply_updates(s.actor, upd), opt))  # fmt: skip
+        actor, opt, _, _ = objective_step(opt_a, dacer.actor_objective(s, b, key), s.actor_opt)
+        return eqx.tree_at(lambda t: (t.actor, t.actor_opt), s, (actor, opt))
 
     timed("DACER actor update (20-step chain, batch 256)", actor_only, state, args.iters)
 

@@ -70,8 +70,9 @@ def variants(anat: ns.Anatomy, static, opt):
     def observed(metrics, sites):
         def update(params, opt_state, obs, act, target):
             model = eqx.combine(params, static)
-            loss, ob = ns.observe(anat, model, lambda q: quantile_huber(q, target), obs, act,
-                                  sites=sites)  # fmt: skip
+            loss, ob = ns.observe(
+                anat, model, lambda q: quantile_huber(q, target), obs, act, sites=sites
+            )
             scores = [m.score(anat, ob, m.init(anat))[0] for m in metrics]
             return *step(params, opt_state, ob.weight_grads), loss, scores
 
@@ -90,19 +91,24 @@ def variants(anat: ns.Anatomy, static, opt):
     def plus_dormant(params, opt_state, obs, act, target):
         out = plain(params, opt_state, obs, act, target)
         model = eqx.combine(params, static)
-        _, acts = jax.vmap(lambda o, a: anat.tapped(model, None, o, a))(obs, act)
-        ob = ns.Observation(acts=acts, pre_grads=None, post_grads=None, weight_grads=None,
-                            params=params)  # fmt: skip
-        return *out, ns.Dormant().score(anat, ob, ())[0]
+        # the probed forward pass alone (the anatomy's own evaluation), laid out as observe does
+        _, acts = jax.vmap(lambda o, a: anat._tapped(model, None, o, a))(obs, act)
+        acts = {k: anat._layout(k, v, "activation") for k, v in acts.items()}
+        ob = ns.Observation(
+            activations=acts,
+            preactivation_grads=None,
+            activation_grads=None,
+            weight_grads=None,
+            params=params,
+        )
+        return *out, ns.Dormant().score(anat, ob, ns.EmptyState())[0]
 
     fns = {
         "plain": plain,
         "weight": observed([ns.GraMa("weight")], ()),
         "|grad| read": plus_abs_read,
-        "probes": observed([], ("pre", "post")),
-        "preact+act": observed(
-            [ns.GraMa("preactivation"), ns.GraMa("activation")], ("pre", "post")
-        ),
+        "probes": observed([], ns.SITES),
+        "preact+act": observed([ns.GraMa("preactivation"), ns.GraMa("activation")], ns.SITES),
         "+forward": plus_forward,
         "+dormant": plus_dormant,
         "dormant in update": observed([ns.Dormant()], ()),
@@ -115,8 +121,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--quantiles", type=int, default=100)
     parser.add_argument("--calls", type=int, default=3, help="updates per timing sample")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="the clock the ratios and targets use")  # fmt: skip
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="the clock the ratios and targets use",
+    )
     args = parser.parse_args()
     key = jax.random.key(0)
     critic = BroCritic(OBS, ACT, width=512, blocks=2, n_quantiles=args.quantiles, key=key)
@@ -126,8 +136,11 @@ def main() -> None:
     with jax.numpy_dtype_promotion("standard"):
         opt_state = opt.init(params)
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
-    batch = (jax.random.normal(k1, (BATCH, OBS)), jax.random.normal(k2, (BATCH, ACT)),
-             jax.random.normal(k3, (BATCH, args.quantiles)))  # fmt: skip
+    batch = (
+        jax.random.normal(k1, (BATCH, OBS)),
+        jax.random.normal(k2, (BATCH, ACT)),
+        jax.random.normal(k3, (BATCH, args.quantiles)),
+    )
     fns = variants(anat, static, opt)
     for f in fns.values():  # compile and warm up
         for _ in range(2):
@@ -150,36 +163,51 @@ def main() -> None:
     med = {name: statistics.median(t) for name, t in times.items()}
     base = med["plain"]
     # load from other processes drifts: also the median of each round's ratio to its own plain
-    paired = {name: statistics.median(a / b for a, b in zip(t, times["plain"], strict=True))
-              for name, t in times.items()}  # fmt: skip
+    paired = {
+        name: statistics.median(a / b for a, b in zip(t, times["plain"], strict=True))
+        for name, t in times.items()
+    }
     other = "cpu" if args.clock == "wall" else "wall"
     other_med = {name: statistics.median(t) for name, t in samples[other].items()}
-    print(f"BRO critic: width 512, 2 blocks, input {OBS}+{ACT}, {args.quantiles} quantiles, batch "
-          f"{BATCH}, Adam; {args.repeats} interleaved repetitions; jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs visible, load average "
-          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"clock for ratios and targets: {args.clock} time per update ({args.calls} updates per "
-          f"sample); {other} time shown beside it")  # fmt: skip
-    print(f"{'variant':<20}{'median ms':>10}{'IQR ms':>16}{'vs plain':>10}{'paired':>10}"
-          f"{other + ' ms':>10}{'vs plain':>10}")  # fmt: skip
+    print(
+        f"BRO critic: width 512, 2 blocks, input {OBS}+{ACT}, {args.quantiles} quantiles, batch "
+        f"{BATCH}, Adam; {args.repeats} interleaved repetitions; jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs visible, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"clock for ratios and targets: {args.clock} time per update ({args.calls} updates per "
+        f"sample); {other} time shown beside it"
+    )
+    print(
+        f"{'variant':<20}{'median ms':>10}{'IQR ms':>16}{'vs plain':>10}{'paired':>10}"
+        f"{other + ' ms':>10}{'vs plain':>10}"
+    )
     for name, t in times.items():
         q = statistics.quantiles(t, n=4)
-        print(f"{name:<20}{1e3 * med[name]:>10.2f}{f'{1e3 * q[0]:.2f}-{1e3 * q[2]:.2f}':>16}"
-              f"{100 * (med[name] / base - 1):>+9.1f}%{100 * (paired[name] - 1):>+9.1f}%"
-              f"{1e3 * other_med[name]:>10.2f}"
-              f"{100 * (other_med[name] / other_med['plain'] - 1):>+9.1f}%")  # fmt: skip
+        print(
+            f"{name:<20}{1e3 * med[name]:>10.2f}{f'{1e3 * q[0]:.2f}-{1e3 * q[2]:.2f}':>16}"
+            f"{100 * (med[name] / base - 1):>+9.1f}%{100 * (paired[name] - 1):>+9.1f}%"
+            f"{1e3 * other_med[name]:>10.2f}"
+            f"{100 * (other_med[name] / other_med['plain'] - 1):>+9.1f}%"
+        )
     extra_fwd = med["+forward"] - base
     extra_dormant = med["+dormant"] - base
     checks = [
         ("GraMa(weight) in the update ≤ 2 %", med["weight"] / base - 1, 0.02),
-        ("GraMa(preactivation)+GraMa(activation) in the update ≤ 10 %",
-         med["preact+act"] / base - 1, 0.10),
-    ]  # fmt: skip
+        (
+            "GraMa(preactivation)+GraMa(activation) in the update ≤ 10 %",
+            med["preact+act"] / base - 1,
+            0.10,
+        ),
+    ]
     for label, value, target in checks:
         print(f"{label}: {100 * value:+.1f} % -> {'met' if value <= target else 'MISSED'}")
-    print(f"τ-dormant from an extra probed forward pass: {1e3 * extra_dormant:.2f} ms vs one plain "
-          f"forward pass {1e3 * extra_fwd:.2f} ms (ratio {extra_dormant / extra_fwd:.2f}) -> "
-          f"{'met' if extra_dormant <= extra_fwd * 1.05 else 'MISSED'} (5 % timing slack)")  # fmt: skip
+    print(
+        f"τ-dormant from an extra probed forward pass: {1e3 * extra_dormant:.2f} ms vs one plain "
+        f"forward pass {1e3 * extra_fwd:.2f} ms (ratio {extra_dormant / extra_fwd:.2f}) -> "
+        f"{'met' if extra_dormant <= extra_fwd * 1.05 else 'MISSED'} (5 % timing slack)"
+    )
     print(
         f"τ-dormant inside the update (observe, no probes): "
         f"{100 * (med['dormant in update'] / base - 1):+.1f} % over plain"

@@ -67,8 +67,18 @@ def main() -> None:
             timer.times.append(timer.step())
     one, many = (summary(t, n) for n, t in timers.items())
     ratio = many["wall_s"] / one["wall_s"]
-    print(json.dumps({"device": str(jax.devices()[0]), "env": args.env, "one": one,
-                      "many": many, "wall_ratio": ratio}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "device": str(jax.devices()[0]),
+                "env": args.env,
+                "one": one,
+                "many": many,
+                "wall_ratio": ratio,
+            },
+            indent=2,
+        )
+    )
     print(f"{args.seeds} seeds / 1 seed wall time: {ratio:.2f}× (target ≤ 2.5×)")
 
 

@@ -66,9 +66,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from _timing import SegmentTimer
 
-from agents import TrainConfig, Trainer
+from agents import ResetConfig, SurgeryConfig, TrainConfig, Trainer
 
 TARGETS = {1: 1.5, 8: 1.0}
 
@@ -85,7 +86,7 @@ def update_flops(agent: Any) -> float:
     the soft target update) and, on average, one actor-and-temperature step. Counted per step,
     since XLA's cost analysis counts a loop body once."""
     from agents import Batch
-    from agents._sac import actor_and_alpha_step
+    from agents.algorithms._steps import actor_and_alpha_step
 
     b, o, a = agent.config.batch_size, agent.obs_size, agent.action_size
     batch = Batch(
@@ -94,7 +95,9 @@ def update_flops(agent: Any) -> float:
     state, key = agent.init(jax.random.key(0)), jax.random.key(1)
     opt_a, _, opt_t = agent._optimizers()
     critic = _flops(lambda s, bt, k: agent.update(s, bt, k, 1), state, batch, key)
-    actor = _flops(lambda s, bt, k: actor_and_alpha_step(agent, s, bt, k, opt_a, opt_t), state, batch, key)  # fmt: skip
+    actor = _flops(
+        lambda s, bt, k: actor_and_alpha_step(agent, s, bt, k, opt_a, opt_t), state, batch, key
+    )
     return critic + actor
 
 
@@ -140,13 +143,27 @@ def ours_timer(args: argparse.Namespace, rr: int) -> SegmentTimer:
         eval_every=0,
         progress=False,
         sinks=(),
-        reset="regrama",
-        reset_period=args.reset_period,
+        surgery=SurgeryConfig(every=args.reset_period),
+        reset=ResetConfig(method="regrama", every=args.reset_period),
     )
     return SegmentTimer(Trainer(config))
 
 
+def _device_put_replicated(x: Any, devices: list) -> Any:
+    """`jax.device_put_replicated`, removed in JAX 0.10 and still called by Brax 0.14.2's SAC
+    trainer: every leaf of `x` stacked once per device along a new leading axis, one slice on
+    each device (what `jax.pmap` takes)."""
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), ("devices",)), jax.sharding.PartitionSpec("devices")
+    )
+    return jax.tree.map(
+        lambda a: jax.device_put(jnp.broadcast_to(a, (len(devices), *jnp.shape(a))), sharding), x
+    )
+
+
 def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
+    if jax.__version_info__ >= (0, 10, 0):
+        jax.device_put_replicated = _device_put_replicated
     from brax.training.agents.sac import train as brax_sac
     from mujoco_playground import registry, wrapper
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _learning import train
 
-from agents._bro import BRO, BROConfig
+from agents import BRO, BROConfig
 
 
 def main() -> None:
@@ -30,8 +30,13 @@ def main() -> None:
     args = p.parse_args()
     config = BROConfig(critic_width=args.critic_width, actor_width=args.actor_width)
     agent = BRO(config, 4, 2, replay_ratio=args.replay_ratio, learning_starts=args.learning_starts)
-    curve = train(agent, args.steps, updates_per_step=args.replay_ratio,
-                  learning_starts=args.learning_starts, seed=args.seed)  # fmt: skip
+    curve = train(
+        agent,
+        args.steps,
+        updates_per_step=args.replay_ratio,
+        learning_starts=args.learning_starts,
+        seed=args.seed,
+    )
     first, last = curve[0][1], max(r for _, r, _ in curve[-3:])
     print(f"BRO point-mass: eval return {first:.2f} -> {last:.2f} (best of the last three)")
 

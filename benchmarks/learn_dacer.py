@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _learning import train
 
-from agents._dacer import DACER, DACERConfig
+from agents import DACER, DACERConfig
 
 
 def main() -> None:
@@ -31,8 +31,9 @@ def main() -> None:
     config = DACERConfig(
         sampler=args.sampler, entropy_every=args.entropy_every, denoiser_width=args.width
     )
-    curve = train(DACER(config, 4, 2), args.steps, learning_starts=args.learning_starts,
-                  seed=args.seed)  # fmt: skip
+    curve = train(
+        DACER(config, 4, 2), args.steps, learning_starts=args.learning_starts, seed=args.seed
+    )
     first, last = curve[0][1], max(r for _, r, _ in curve[-3:])
     print(f"DACER point-mass: eval return {first:.2f} -> {last:.2f} (best of the last three)")
 

@@ -8,8 +8,8 @@ with envs.make("dmc/cartpole-swingup", num_envs=8, seed=0) as env:
     state, step = env.step(state, actions)  # float32 [8, env.action_size] in [-1, 1]
 ```
 
-Names are `brax/<name>`, `playground/<Name>` and `dmc/<domain>-<task>`; `envs.names()` lists
-them all. Brax and Playground environments are pure JAX (`env.jittable`), dm_control
+Names are `brax/<name>`, `playground/<Name>`, `dmc/<domain>-<task>` and the test task
+`test/point-mass`; `envs.names()` lists them all. Brax and Playground environments are pure JAX (`env.jittable`), dm_control
 environments run in worker processes.
 
 The public names are imported on first use: a dm_control worker process imports
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._dmc import WorkerError as WorkerError
     from ._jax import JaxEnv as JaxEnv
     from ._jax import JaxState as JaxState
+    from ._playground import PLAYGROUND_IMPLS as PLAYGROUND_IMPLS
     from ._registry import make as make
     from ._registry import names as names
 
@@ -38,6 +39,7 @@ _PUBLIC = {
     "WorkerError": "._dmc",
     "JaxEnv": "._jax",
     "JaxState": "._jax",
+    "PLAYGROUND_IMPLS": "._playground",
     "make": "._registry",
     "names": "._registry",
 }

@@ -4,9 +4,11 @@ Observations are dm_control's observation dicts flattened and concatenated in th
 key order (the order of `env.observation_spec()`, the same as dm_control's
 `flat_observation=True`); `DmcEnv.observation_keys` lists the keys and their slices.
 
-Workers are started with the `spawn` method (JAX is multithreaded, so forking after importing
-it is unsafe): a script that makes a dm_control environment at top level must guard its entry
-point with `if __name__ == "__main__":`.
+Each worker is a fresh interpreter (JAX is multithreaded, so forking after importing it is
+unsafe) that runs `envs._dmc_worker` and never imports the caller's `__main__` module: a script
+needs no `if __name__ == "__main__":` guard, and code read from standard input or given with
+`python -c` makes environments too. Workers need a POSIX system (Linux, macOS); elsewhere
+`num_workers=0` steps the environments in the calling process.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import dataclasses
 import functools
 import itertools
 import math
+import mmap
 import multiprocessing as mp
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 import weakref
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Any, NoReturn
 
 import jax
@@ -28,7 +35,7 @@ import numpy as np
 from jaxtyping import Float
 
 from ._core import Env, Step, check_action_layout, check_settings, host_step, typed_key
-from ._dmc_worker import Runner, buffer_size, load_task, shared_views, worker_main
+from ._dmc_worker import BOOTSTRAP, Runner, buffer_size, load_task, shared_views
 
 _ENV_IDS = itertools.count()
 
@@ -71,6 +78,48 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _shared_buffer(size: int) -> tuple[mmap.mmap, int]:
+    """`size` bytes of memory that worker processes map too, and a descriptor of it to hand
+    them: an anonymous file (Linux's memfd; elsewhere an unlinked temporary file)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("envs-dmc-buffer")
+    else:
+        fd, path = tempfile.mkstemp(prefix="envs-dmc-buffer-")
+        os.unlink(path)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size), fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _start_worker(buffer_fd: int) -> tuple[subprocess.Popen, Connection]:
+    """Start one worker interpreter (`BOOTSTRAP`), handing it its end of a pipe and the shared
+    buffer as inherited descriptors. Its first message must be `_worker_path()`."""
+    parent_end, child_end = mp.Pipe()
+    try:
+        fd = child_end.fileno()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BOOTSTRAP, str(fd), str(buffer_fd)],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(fd, buffer_fd),
+        )
+    except BaseException:
+        parent_end.close()
+        raise
+    finally:
+        child_end.close()  # the worker holds the only other end: its death reads as EOF
+    return proc, parent_end
+
+
+def _worker_path() -> list:
+    """This process's `sys.path`, for the workers: they import this package (and unpickle
+    `task_kwargs`) from where this process would. Relative entries ('' among them) resolved
+    here: the workers start in this working directory, but nothing should hinge on it."""
+    return [os.path.abspath(p) if isinstance(p, str) else p for p in sys.path]
+
+
 def _shutdown(procs: list, conns: list, local: list, timeout: float = 2.0) -> None:
     """Stop worker processes: ask politely, then terminate, then kill; always reap them.
     An in-process runner (`num_workers=0`) releases its environments."""
@@ -80,13 +129,15 @@ def _shutdown(procs: list, conns: list, local: list, timeout: float = 2.0) -> No
         with contextlib.suppress(OSError, ValueError):
             conn.send_bytes(b"close")
     for proc in procs:
-        proc.join(timeout)
-        if proc.is_alive():
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             proc.terminate()
-            proc.join(0.5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+            try:
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     for conn in conns:
         conn.close()
 
@@ -166,10 +217,32 @@ class DmcEnv(Env):
         else:
             workers = int(num_workers)
         self.num_workers = min(workers, self.num_envs)
+        if self.num_workers and os.name != "posix":
+            raise NotImplementedError(
+                f"{self.name}: dm_control worker processes need a POSIX system (Linux, macOS), "
+                f"not {sys.platform}; pass num_workers=0 to step the environments in this process"
+            )
+        if self.num_workers and not sys.executable:
+            raise RuntimeError(
+                f"{self.name}: dm_control worker processes run this Python interpreter, but "
+                "sys.executable is empty (an embedded Python); pass num_workers=0 to step the "
+                "environments in this process"
+            )
+        if self.num_workers:
+            try:  # refused here, not by each worker
+                pickle.dumps(self._task_kwargs)
+            except Exception as err:
+                raise TypeError(
+                    f"{self.name}: task_kwargs must be picklable to reach the worker processes "
+                    f"({err}); pass num_workers=0 to step the environments in this process"
+                ) from err
         sizes = (self.num_envs, self.observation_size, self.action_size)
-        ctx = mp.get_context("spawn")
         size = buffer_size(*sizes)
-        self._buffer = ctx.RawArray("b", size) if self.num_workers else bytearray(size)
+        buffer_fd = -1
+        if self.num_workers:
+            self._buffer, buffer_fd = _shared_buffer(size)
+        else:
+            self._buffer = bytearray(size)
         self._views = shared_views(self._buffer, *sizes)
         bounds = np.linspace(0, self.num_envs, self.num_workers + 1).round().astype(int)
         self._slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
@@ -185,23 +258,32 @@ class DmcEnv(Env):
             self._local.append(Runner(*local, self.episode_length, self._task_kwargs, self._buffer))
             return
         try:
+            path = _worker_path()
             for index, (start, stop) in enumerate(self._slices):
-                parent_end, child_end = ctx.Pipe()
-                args = (
-                    *(index, domain, task, start, stop, sizes, self.action_repeat),
-                    *(self.episode_length, self._task_kwargs, self._buffer, child_end),
-                )
-                proc = ctx.Process(
-                    target=worker_main, args=args, name=f"envs-{self.name}-{index}", daemon=True
-                )
-                proc.start()
-                child_end.close()
+                proc, conn = _start_worker(buffer_fd)
                 self._procs.append(proc)
-                self._conns.append(parent_end)
+                self._conns.append(conn)
+                conn.send(path)
+                conn.send(
+                    dict(
+                        index=index,
+                        domain=domain,
+                        task=task,
+                        start=start,
+                        stop=stop,
+                        sizes=sizes,
+                        action_repeat=self.action_repeat,
+                        episode_length=self.episode_length,
+                        task_kwargs=self._task_kwargs,
+                        buffer_size=size,
+                    )
+                )
             self._await_all(timeout=start_timeout)
         except BaseException:
             self.close()
             raise
+        finally:
+            os.close(buffer_fd)  # each worker mapped the buffer; the mapping here stays
 
     # ----------------------------------------------------------------- public API
     @property
@@ -319,34 +401,33 @@ class DmcEnv(Env):
             raise
 
     def _await_all(self, timeout: float) -> None:
-        """Wait for every worker's first answer, `timeout` seconds for all of them (start-up)."""
+        """Wait for every worker's first answer, `timeout` seconds for all of them (start-up).
+        A worker that dies reads as EOF on its pipe: it held the only other end."""
         pending = dict(enumerate(self._conns))
-        sentinels = {p.sentinel: i for i, p in enumerate(self._procs)}
         deadline = time.monotonic() + timeout
         while pending:
-            waitables = list(pending.values()) + [self._procs[i].sentinel for i in pending]
-            ready = wait(waitables, max(0.0, deadline - time.monotonic()))
+            ready = wait(list(pending.values()), max(0.0, deadline - time.monotonic()))
             if not ready:
                 self._fail(min(pending), f"it did not answer within {timeout} s")
-            for obj in ready:
-                if obj in sentinels:
-                    index = sentinels[obj]
-                    if index in pending and not self._conns[index].poll():
-                        self._procs[index].join(1.0)
-                        self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
-                    continue
-                index = self._conns.index(obj)
-                self._check_reply(index, obj)
-                pending.pop(index, None)
+            for conn in ready:
+                index = self._conns.index(conn)
+                self._check_reply(index, conn)
+                pending.pop(index)
 
     def _check_reply(self, index: int, conn: Any) -> None:
         try:
             reply = conn.recv_bytes()
         except (EOFError, OSError):
-            self._procs[index].join(1.0)
-            self._fail(index, f"it died (exit code {self._procs[index].exitcode})")
+            self._fail(index, f"it died (exit code {self._exit_code(index)})")
         if reply != b"ok":
             self._fail(index, "it raised:\n" + reply.removeprefix(b"error:").decode())
+
+    def _exit_code(self, index: int) -> int | None:
+        """The exit status of worker `index` (negative: the signal that ended it), waiting up
+        to a second for it to exit; None if it still runs."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._procs[index].wait(1.0)
+        return self._procs[index].returncode
 
     def _fail(self, index: int, what: str) -> NoReturn:
         start, stop = self._slices[index]

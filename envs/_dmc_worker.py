@@ -3,12 +3,19 @@
 A worker owns a contiguous slice of the environments. Per step the parent writes actions into
 shared memory and sends a few bytes (`b"step"`); the worker steps its environments, writes
 observations, rewards and flags into shared memory and answers `b"ok"`. No array is pickled.
+
+A worker is a fresh interpreter running `BOOTSTRAP` (`python -c`), handed two inherited file
+descriptors: its end of the pipe and the shared buffer. It never imports the parent's
+`__main__` module (multiprocessing's `spawn` does, to unpickle objects defined there), so a
+script needs no `if __name__ == "__main__":` guard, and code read from standard input or given
+with `python -c` works too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import signal
 import traceback
@@ -76,6 +83,51 @@ def load_task(domain: str, task: str, task_kwargs: dict) -> Any:
         return suite.load(domain, task, task_kwargs=kwargs)
     finally:
         absl_logging.set_verbosity(verbosity)
+
+
+# The program of a worker process. Until the parent's `sys.path` is in place it uses only the
+# standard library: the interpreter's own path may not lead to this package (a checkout that is
+# not installed, a directory the script added). SIGINT is ignored first thing: Ctrl-C in a
+# terminal reaches the workers too, and the parent alone handles it (it stops the workers).
+BOOTSTRAP = f"""\
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+try:
+    sys.path[:] = conn.recv()
+    from {__name__} import serve
+except BaseException:
+    import traceback
+    try:
+        conn.send_bytes(b"error:" + traceback.format_exc().encode())
+    except OSError:
+        pass
+    raise SystemExit(1)
+serve(conn, int(sys.argv[2]))
+"""
+
+
+def serve(conn: Any, buffer_fd: int) -> None:
+    """Body of a worker process: map the shared buffer (`buffer_fd`, an inherited descriptor),
+    read the settings the parent sends and serve its commands (`worker_main`)."""
+    try:
+        settings = conn.recv()
+        buffer = mmap.mmap(buffer_fd, settings.pop("buffer_size"))
+    except BaseException as err:
+        hint = ""
+        if "__main__" in str(err):
+            hint = (
+                "\nA worker does not import the script that made the environment (its "
+                "__main__ module): task_kwargs may hold only objects defined in an importable "
+                "module."
+            )
+        with contextlib.suppress(OSError):
+            conn.send_bytes(b"error:" + (traceback.format_exc() + hint).encode())
+        return
+    finally:
+        os.close(buffer_fd)
+    worker_main(**settings, buffer=buffer, conn=conn)
 
 
 def worker_main(

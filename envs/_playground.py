@@ -12,7 +12,7 @@ from typing import Any
 
 from ._jax import JaxEnv, from_mujoco
 
-IMPLS = ("jax", "warp")  # Playground's physics implementations: MJX, MuJoCo Warp
+PLAYGROUND_IMPLS = ("jax", "warp")  # Playground's physics implementations: MJX, MuJoCo Warp
 
 
 @functools.cache
@@ -46,9 +46,9 @@ def make_playground(
     """
     from mujoco_playground import registry
 
-    if impl not in IMPLS:
+    if impl not in PLAYGROUND_IMPLS:
         raise ValueError(
-            f"playground/{name}: impl must be one of {', '.join(map(repr, IMPLS))} "
+            f"playground/{name}: impl must be one of {', '.join(map(repr, PLAYGROUND_IMPLS))} "
             f"(MJX on any device, or MuJoCo Warp), got {impl!r}"
         )
     overrides = {"impl": impl, **(config_overrides or {})}

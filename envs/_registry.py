@@ -6,19 +6,21 @@ from typing import Any
 
 from ._core import Env, check_settings, unknown_name_error
 
-_PREFIXES = ("brax", "playground", "dmc")
+_PREFIXES = ("brax", "playground", "dmc", "test")
 
 
 def names() -> list[str]:
-    """All valid environment names: `brax/<name>`, `playground/<Name>`, `dmc/<domain>-<task>`.
+    """All valid environment names: `brax/<name>`, `playground/<Name>`, `dmc/<domain>-<task>`,
+    and the two test tasks `test/point-mass` (pure JAX) and `test/point-mass-host`.
 
     The first call imports the three backends (a few seconds); the list is cached.
     """
     from ._brax import brax_names
     from ._dmc import dmc_names
     from ._playground import playground_names
+    from ._testing import NAMES
 
-    return [*brax_names(), *playground_names(), *dmc_names()]
+    return [*brax_names(), *playground_names(), *dmc_names(), *NAMES]
 
 
 def make(
@@ -32,7 +34,8 @@ def make(
     """Build `num_envs` copies of the task `name` behind the common `Env` interface.
 
     Args:
-        name: `"brax/<name>"`, `"playground/<Name>"` or `"dmc/<domain>-<task>"`.
+        name: `"brax/<name>"`, `"playground/<Name>"`, `"dmc/<domain>-<task>"`, or
+            `"test/point-mass"` (`"test/point-mass-host"`), a tiny task for tests.
         num_envs: environments stepped together; every array has this leading dimension.
         seed: default seed: `reset()` without a key uses `jax.random.key(seed)`.
         action_repeat: simulator steps per `step` call, repeating the action; rewards are summed.
@@ -63,6 +66,10 @@ def make(
         from ._playground import make_playground
 
         return make_playground(rest, **settings, **backend_options)
+    if prefix == "test":
+        from ._testing import PointMass
+
+        return PointMass(name, **settings, **backend_options)
     from ._dmc import DmcEnv
 
     domain, _, task = rest.partition("-")
@@ -78,6 +85,10 @@ def _names_of(prefix: str) -> list[str]:
         from ._playground import playground_names
 
         return playground_names()
+    if prefix == "test":
+        from ._testing import NAMES
+
+        return list(NAMES)
     from ._dmc import dmc_names
 
     return dmc_names()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import agents
-from agents import BROConfig, DACERConfig, NetworkConfig, TrainConfig
-from agents._trainer import Trainer
-from agents.cli import main
+from agents import BROConfig, DACERConfig, NetworkConfig, ResetConfig, SurgeryConfig, TrainConfig
+from agents.training import Trainer
+from agents.training.cli import main
 
 BASE = TrainConfig(
     env="test/point-mass",
@@ -44,10 +44,8 @@ TINY = {
             gmm_iters=5,
         ),
         # the denoiser is scored per call of the chain and reset inside the compiled loop
-        reset="regrama",
-        reset_tau=0.5,
-        reset_period=50,
-        reset_networks=("critic", "actor"),
+        surgery=SurgeryConfig(every=50, networks=("critic", "actor")),
+        reset=ResetConfig(method="regrama", tau=0.5, every=50, networks=("critic", "actor")),
     ),
 }
 
@@ -87,8 +85,9 @@ def test_cli_lists_the_agents_options(capsys):
 
 
 def test_unknown_option_values_fail_before_work(tmp_path):
-    bad = dataclasses.replace(BASE, agent="dacer", run_dir=str(tmp_path),
-                              dacer=DACERConfig(sampler="sde"))  # fmt: skip
+    bad = dataclasses.replace(
+        BASE, agent="dacer", run_dir=str(tmp_path), dacer=DACERConfig(sampler="sde")
+    )
     with pytest.raises(ValueError, match="sampler"):
         agents.train(bad)
     assert not (tmp_path / "config.json").exists()

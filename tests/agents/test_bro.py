@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from agents._bro import (
-    ADJUST_LOG_MAX,
-    ADJUST_LOG_MIN,
-    BRO,
-    BROConfig,
-    gaussian_kl,
-    grama_preset,
-    quantile_huber,
-)
-from tests._batches import random_batch
+from agents import BRO, BROConfig, grama_preset
+from agents.algorithms._bro import ADJUST_LOG_MAX, ADJUST_LOG_MIN, gaussian_kl, quantile_huber
 
 CFG = BROConfig(batch_size=4, critic_width=8, actor_width=6, n_quantiles=5, gamma=0.9, tau=0.25)
 
@@ -45,7 +37,7 @@ def state(seeds):
 
 
 @pytest.fixture(scope="module")
-def batch():
+def batch(random_batch):
     return random_batch([0.0, 1.0, 0.0, 1.0])
 
 
@@ -96,15 +88,17 @@ def test_critic_target_by_hand(bro, state, batch):
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
 
 
-def test_critic_probe_is_the_quantile_loss_of_both_critics(bro, state, batch):
-    probe = bro.critic_probe(state, batch, jax.random.key(6))
-    obs, action, target = (x[0] for x in probe.inputs)
-    want = sum(
-        float(quantile_huber(member(state.critic, m)(obs, action), target)) for m in range(2)
-    )
-    np.testing.assert_allclose(
-        float(probe.loss(state.critic, obs, action, target)), want, rtol=1e-5
-    )
+def test_critic_objective_is_the_quantile_loss_of_both_critics(bro, state, batch):
+    objective = bro.critic_objective(state, batch, jax.random.key(6))
+    (obs, action), (target,) = objective.inputs, objective.targets
+    want = [
+        sum(
+            float(quantile_huber(member(state.critic, m)(obs[i], action[i]), target[i]))
+            for m in range(2)
+        )
+        for i in range(4)
+    ]
+    np.testing.assert_allclose(float(objective.batch_loss(state.critic)), np.mean(want), rtol=1e-5)
 
 
 def test_acting(bro, state, batch):
@@ -232,11 +226,18 @@ def test_full_reset_redraws_everything_but_the_count(bro, state, updated, batch)
 
 def test_grama_preset_and_validation():
     preset = grama_preset("redo")
-    assert preset["reset_tau"] == 0.02 and preset["replay_ratio"] == 2.0
-    assert grama_preset()["reset_tau"] == 0.01 and grama_preset()["reset_period"] == 1000
+    assert preset["reset"].method == "redo" and preset["reset"].tau == 0.02
+    assert preset["replay_ratio"] == 2.0 and preset["surgery"].tau == 0.02
+    regrama = grama_preset()
+    assert regrama["reset"].tau == 0.01 and regrama["reset"].every == 1000
+    assert regrama["reset"].strategy() == ns.strategy("regrama", tau=0.01, every=1000)
     cfg = preset["bro"]
-    assert (cfg.actor_blocks, cfg.critic_blocks, cfg.critic_width, cfg.actor_width) == (1, 2, 256,
-                                                                                        256)  # fmt: skip
+    assert (cfg.actor_blocks, cfg.critic_blocks, cfg.critic_width, cfg.actor_width) == (
+        1,
+        2,
+        256,
+        256,
+    )
     assert (cfg.actor_lr, cfg.critic_lr, cfg.batch_size) == (1e-4, 1e-3, 128)
     cfg.validate()
     with pytest.raises(ValueError, match="critic_blocks"):
@@ -280,8 +281,14 @@ def test_anatomy_of_the_twin_critics(bro, state):
     w, obs, act = CFG.critic_width, 3, 2
     fn = lambda m, o, a: eqx.filter_vmap(lambda c: c(o, a))(m)
     anatomy = ns.anatomy(state.critic, jnp.zeros(obs), jnp.zeros(act), fn=fn)
-    assert anatomy.names == ("net.stem", "net.blocks[0].dense1", "net.blocks[0].dense2",
-                             "net.blocks[1].dense1", "net.blocks[1].dense2", "net.head")  # fmt: skip
+    assert anatomy.names == (
+        "net.stem",
+        "net.blocks[0].dense1",
+        "net.blocks[0].dense2",
+        "net.blocks[1].dense1",
+        "net.blocks[1].dense2",
+        "net.head",
+    )
     stream = anatomy.filter(shared=True)
     assert [g.name for g in stream] == ["net.stem", "net.blocks[0].dense2", "net.blocks[1].dense2"]
     stem = anatomy["net.stem"]
@@ -296,10 +303,15 @@ def test_anatomy_of_the_twin_critics(bro, state):
     assert set(per_unit) == {".net.blocks[0].norm1.weight", ".net.blocks[0].norm1.bias"}
     np.testing.assert_array_equal(per_unit[".net.blocks[0].norm1.weight"], unit)
     outgoing = {s.path for s in stem.outgoing}
-    assert outgoing == {".net.blocks[0].dense1.weight", ".net.blocks[1].dense1.weight",
-                        ".net.head.weight"}  # fmt: skip
+    assert outgoing == {
+        ".net.blocks[0].dense1.weight",
+        ".net.blocks[1].dense1.weight",
+        ".net.head.weight",
+    }
     assert anatomy["net.head"].output and [g.name for g in anatomy.resettable] == [
-        "net.blocks[0].dense1", "net.blocks[1].dense1"]  # fmt: skip
+        "net.blocks[0].dense1",
+        "net.blocks[1].dense1",
+    ]
 
 
 def test_anatomy_of_the_actors(bro, state):
@@ -307,9 +319,12 @@ def test_anatomy_of_the_actors(bro, state):
     actor = ns.anatomy(state.actor, jnp.zeros(obs), fn=lambda m, o: m.distribution(o))
     assert [g.name for g in actor.filter(shared=True)] == ["net.stem", "net.blocks[0].dense2"]
     optimistic = ns.anatomy(
-        state.optimistic_actor, jnp.zeros(obs), jnp.zeros(act), jnp.zeros(act),
+        state.optimistic_actor,
+        jnp.zeros(obs),
+        jnp.zeros(act),
+        jnp.zeros(act),
         fn=lambda m, o, mc, ls: m.distribution(o, mc, ls, 0.75),
-    )  # fmt: skip
+    )
     stem = optimistic["net.stem"]
     own = {s.path: s.element_owner() for s in stem.incoming}
     assert own[".net.stem.weight"].shape == (w, obs + act)
@@ -319,16 +334,24 @@ def test_anatomy_of_the_actors(bro, state):
 
 
 def test_surgery_step_scores_and_resets_every_network(bro, state, batch):
-    from types import SimpleNamespace
+    from agents import ResetConfig, SurgeryConfig, TrainConfig
+    from agents.training import Surgery
 
-    from agents._neurons import neuron_step
-
-    config = SimpleNamespace(reset="regrama", reset_tau=0.5, reset_max_fraction=1.0,
-                             reset_networks=("critic", "actor", "optimistic_actor"))  # fmt: skip
-    new, metrics = jax.jit(lambda s, k: neuron_step(bro, config, s, batch, k))(
-        state, jax.random.key(0)
+    networks = ("critic", "actor", "optimistic_actor")
+    config = TrainConfig(
+        agent="bro",
+        surgery=SurgeryConfig(networks=networks),
+        reset=ResetConfig(method="regrama", tau=0.5, networks=networks, every=1),
     )
-    for name in config.reset_networks:
+    surgery = Surgery.of(config)
+    states = surgery.init(bro, state, batch, jax.random.key(0))
+
+    @jax.jit
+    def step(s, states, k):
+        return surgery.step(bro, s, states, batch, k, jnp.int32(1), jnp.int32(0))
+
+    new, _, metrics = step(state, states, jax.random.key(0))
+    for name in networks:
         assert f"surgery/{name}/grama" in metrics and f"surgery/{name}/reset" in metrics
     assert any(float(metrics[f"surgery/{n}/reset"]) > 0 for n in ("critic", "actor"))
     assert jax.tree.structure(new) == jax.tree.structure(state)

@@ -3,10 +3,8 @@ import math
 
 import pytest
 
-from agents import SACConfig
-from agents._bro import BROConfig
-from agents._checks import check_fields
-from agents._dacer import DACERConfig
+from agents import BROConfig, DACERConfig, SACConfig
+from agents.algorithms._checks import check_fields
 
 
 @dataclasses.dataclass

@@ -5,17 +5,51 @@ import json
 
 import pytest
 
+import agents.training.cli as cli
 from agents import TrainConfig
-from agents.cli import main
+from agents.training._trainer import make_env, program_options
+from agents.training.cli import _config, main, parse
 
 TINY = [
-    "--env", "test/point-mass", "--seeds", "0", "1", "--steps", "1000", "--num-envs", "2",
-    "--episode-length", "20", "--learning-starts", "200", "--buffer-size", "2000",
-    "--log-every", "200", "--eval-every", "400", "--eval-episodes", "2",
-    "--checkpoint-every", "200", "--sinks", "csv", "jsonl", "tensorboard", "console",
-    "--sac.batch-size", "16", "--sac.actor.width", "16", "--sac.actor.depth", "1",
-    "--sac.critic.width", "16", "--sac.critic.depth", "1",
-]  # fmt: skip
+    "--env",
+    "test/point-mass",
+    "--seeds",
+    "0",
+    "1",
+    "--steps",
+    "1000",
+    "--num-envs",
+    "2",
+    "--episode-length",
+    "20",
+    "--learning-starts",
+    "200",
+    "--buffer-size",
+    "2000",
+    "--log-every",
+    "200",
+    "--eval-every",
+    "400",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-every",
+    "200",
+    "--sinks",
+    "csv",
+    "jsonl",
+    "tensorboard",
+    "console",
+    "--sac.batch-size",
+    "16",
+    "--sac.actor.width",
+    "16",
+    "--sac.actor.depth",
+    "1",
+    "--sac.critic.width",
+    "16",
+    "--sac.critic.depth",
+    "1",
+]
 
 
 def test_help_lists_every_option_with_default(capsys):
@@ -26,7 +60,18 @@ def test_help_lists_every_option_with_default(capsys):
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "sac"]
     for name in fields:
         assert "--" + name.replace("_", "-") in out, name
-    for name in ("--sac.batch-size", "--sac.tau", "--sac.critic.activation", "--resume"):
+    for name in (
+        "--sac.batch-size",
+        "--sac.tau",
+        "--sac.critic.activation",
+        "--resume",
+        "--surgery.metrics",
+        "--surgery.every",
+        "--reset.method",
+        "--reset.tau",
+        "--reset.networks",
+        "--reset.every",
+    ):
         assert name in out
     assert out.count("(default:") >= len(fields) + 10
 
@@ -36,16 +81,30 @@ def test_help_lists_every_option_with_default(capsys):
     [
         (["--agent", "ppo"], "unknown agent 'ppo'"),
         (
-            ["--reset-start", "10", "--reset-end", "5"],
-            "reset_end (5) must be after reset_start (10)",
+            ["--reset.method", "regrama", "--reset.start", "10", "--reset.end", "5"],
+            "end > start",
         ),
-        (["--reset", "magic"], "unknown reset 'magic'"),
+        (["--reset.method", "magic"], "unknown reset strategy 'magic'; known: redo"),
+        (["--reset.method", "regrama", "--reset.tau", "-1"], "tau=-1.0 is invalid"),
+        (
+            ["--reset.method", "shrink_perturb", "--reset.tau", "0.1"],
+            "tau do not apply to the shrink_perturb strategy",
+        ),
+        (["--reset.tau", "0.1"], "reset options tau are set but reset.method is none"),
+        (
+            ["--reset.method", "redo", "--reset.networks", "value"],
+            "reset.networks: sac has no network 'value'",
+        ),
+        (["--surgery.metrics", "gramma"], "unknown metric 'gramma'"),
+        (["--surgery.metrics", "grama", "grama"], "surgery.metrics: each metric once"),
+        (["--surgery.every", "0"], "surgery.every must be > 0"),
+        (["--surgery.tau", "-1"], "surgery.tau must be >= 0"),
+        (["--reset-tau", "0.1"], "--reset-tau is now --reset.tau"),
         (["--sac.tau", "-0.1"], "sac.tau must be in [0, 1]"),
-        (["--reset-tau", "-1"], "reset_tau must be >= 0"),
         (["--steps", "0"], "steps must be > 0"),
         (["--replay-ratio", "0"], "replay_ratio must be > 0"),
         (["--sac.critic.activation", "swishy"], "activation 'swishy' is unknown"),
-        (["--env", "test/nope"], "unknown test environment"),
+        (["--env", "test/nope"], "Unknown environment 'test/nope'"),
         (["--env-workers", "2"], "env_workers applies to dm_control environments"),
         (["--env", "dmc/cartpole-balance", "--env-workers", "-1"], "env_workers must be >= 0"),
         (["--env-impl", "warp"], "env_impl applies to Playground environments"),
@@ -61,6 +120,16 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["train", *TINY, "--no-progress", "--run-dir", str(blocker / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the run folder {blocker / 'run'}" in err and "is a file" in err
+    assert "Traceback" not in err
 
 
 def test_train_and_resume(tmp_path, capsys):
@@ -121,9 +190,6 @@ def test_train_and_resume(tmp_path, capsys):
 
 def test_env_workers_reach_the_dm_control_pools():
     """--env-workers sets each seed's pool size; unset, the backend's default applies."""
-    from agents._trainer import make_env
-    from agents.cli import _config, parse
-
     config = _config(parse(["train", "--env", "dmc/cartpole-balance", "--env-workers", "1"]))
     assert config.env_workers == 1
     config.validate()
@@ -134,16 +200,12 @@ def test_env_workers_reach_the_dm_control_pools():
     with make_env(dataclasses.replace(config, env_workers=None), 1, seed=0) as env:
         assert env.num_workers == 0  # one environment: in-process by default
     # a runtime option: a checkpoint written with other workers resumes (same trajectories)
-    from agents._trainer import _program_options
-
-    assert _program_options(config) == _program_options(dataclasses.replace(config, env_workers=2))
+    assert program_options(config) == program_options(dataclasses.replace(config, env_workers=2))
 
 
 def test_env_impl_reaches_playground(monkeypatch):
     """--env-impl goes to envs.make as Playground's `impl`; unset, nothing is passed (MJX)."""
     import envs
-    from agents._trainer import _program_options, make_env
-    from agents.cli import _config, parse
 
     calls = []
     monkeypatch.setattr(envs, "make", lambda name, **options: calls.append((name, options)))
@@ -158,31 +220,99 @@ def test_env_impl_reaches_playground(monkeypatch):
     assert [name for name, _ in calls] == ["playground/CartpoleBalance"] * 2
     assert calls[0][1]["impl"] == "warp" and "impl" not in calls[1][1]
     # not a runtime option: another physics implementation is another run
-    assert _program_options(config) != _program_options(dataclasses.replace(config, env_impl=None))
+    assert program_options(config) != program_options(dataclasses.replace(config, env_impl=None))
 
 
 def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
-    import agents.cli
-
     def interrupted(config, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agents.cli, "train", interrupted)
+    monkeypatch.setattr(cli, "train", interrupted)
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 130
     assert f"neurosurgery train --resume {run_dir}" in capsys.readouterr().err
 
 
 def test_resume_without_a_checkpoint_says_it_starts_from_zero(tmp_path, capsys, monkeypatch):
-    import agents.cli
-
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     config = dataclasses.replace(TrainConfig(env="test/point-mass"), run_dir=str(run_dir))
     (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
     calls = []
     summary = {"env_steps": 0}
-    monkeypatch.setattr(agents.cli, "train", lambda c, **kw: calls.append(kw) or summary)
+    monkeypatch.setattr(cli, "train", lambda c, **kw: calls.append(kw) or summary)
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert calls == [{"resume": True}]
     assert f"no checkpoint in {run_dir} yet: training from step 0" in capsys.readouterr().err
+
+
+def test_a_run_from_before_the_options_were_nested_resumes(tmp_path, capsys):
+    """A run folder written by the version with flat `--reset*` options (config.json and
+    checkpoint, SAC on the point mass with ReGraMa every 50 updates, 400 steps) resumes, and
+    continues exactly as a run of today started from scratch."""
+    import shutil
+    from pathlib import Path
+
+    from agents import load_run_config
+    from agents.training import read_metrics
+
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "run-before-nesting", old)
+    config = load_run_config(old)
+    assert config.reset.method == "regrama" and config.reset.every == 50
+    assert config.surgery.every == 50 and config.surgery.networks == ("critic",)
+    assert main(["train", "--resume", str(old), "--steps", "600", "--no-progress"]) == 0
+    fresh = tmp_path / "fresh"
+    args = ["--run-dir", str(fresh), "--steps", "600", "--seeds", "0", "1"]
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                *args,
+                "--sinks",
+                "csv",
+                "--no-progress",
+                "--surgery.every",
+                "50",
+                "--reset.method",
+                "regrama",
+                "--reset.every",
+                "50",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    resumed, again = read_metrics(old / "metrics.csv"), read_metrics(fresh / "metrics.csv")
+    for name, by_seed in again.items():
+        if name.startswith("perf/"):
+            continue
+        for seed, points in by_seed.items():
+            later = [p for p in points if p[0] > 400]
+            assert [p for p in resumed[name][seed] if p[0] > 400] == later, (name, seed)
+
+
+def test_flags_of_earlier_versions_name_their_replacements(capsys):
+    assert main(["train", "--reset", "regrama", "--reset-tau", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--reset is now --reset.method" in err and "--reset-tau is now --reset.tau" in err
+
+
+def test_migrated_schedules_reset_where_the_flat_options_did():
+    """The flat options reset at multiples of --reset-period within [start, end); the nested
+    schedule starts counting from a point before start so that it resets at the same updates."""
+    import neurosurgery as ns
+    from agents.training._config import migrate
+
+    for start, end, period in ((0, 0, 1000), (2000, 0, 1000), (1500, 5000, 1000), (3, 20, 4)):
+        old = {"reset": "redo", "reset_period": period, "reset_start": start, "reset_end": end}
+        new = migrate(old)["reset"]
+        schedule = ns.Schedule(new["every"], new["start"], new["end"])
+        flat = [
+            u
+            for u in range(1, 6 * period)
+            if u % period == 0 and u >= start and (not end or u < end)
+        ]
+        assert [u for u in range(1, 6 * period) if bool(schedule.due(u))] == flat, old
+    assert migrate({"reset": "regrama_act"})["reset"]["method"] == "regrama_activation"

@@ -3,7 +3,7 @@
 import csv
 import math
 
-from agents import continual
+from agents.experiments import continual
 
 NETWORKS = {"mlp", "bronet"}
 
@@ -27,7 +27,7 @@ def test_quick_demo_writes_run_folder(tmp_path, capsys):
         if r["strategy"] == "none":
             assert float(r["reset_fraction"]) == 0.0
         # GraMa's threshold is a subset of the next: inactive ratios grow with τ
-        for name in ("grama", "grama_act", "grama_weight", "dormant"):
+        for name in ("grama", "grama_activation", "grama_weight", "dormant"):
             values = [float(r[continual.column(name, tau)]) for tau in continual.TAUS]
             assert values == sorted(values)
     # the losses fall within the first task

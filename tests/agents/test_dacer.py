@@ -10,19 +10,17 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from agents import NetworkConfig
-from agents._dacer import DACER, DACERConfig
-from agents._diffusion import (
+from agents import DACER, DACERConfig, NetworkConfig, fit_gmm, gmm_entropy, vp_schedule
+from agents.algorithms._diffusion import (
     ddpm_sample,
+    ddpm_sample_calls,
     ode_sample,
     ode_sample_calls,
     reverse_step,
     vp_alpha_bar,
-    vp_schedule,
 )
-from agents._gmm import GMM, fit_gmm, gmm_entropy
+from agents.algorithms._gmm import GMM
 from agents.networks import sinusoidal_embedding
-from tests._batches import random_batch
 
 #: tests compile more than they run: less LLVM optimisation, same programs
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -242,8 +240,11 @@ def test_gmm_em_step_and_entropy_match_numpy(mixture):
 
 def test_gmm_entropy_of_one_gaussian_is_exact():
     cov = np.array([[0.5, 0.2], [0.2, 0.3]])
-    one = GMM(jnp.asarray([1.0, 0.0], jnp.float32), jnp.zeros((2, 2), jnp.float32),
-              jnp.asarray(np.stack([cov, np.eye(2)]), jnp.float32))  # fmt: skip
+    one = GMM(
+        jnp.asarray([1.0, 0.0], jnp.float32),
+        jnp.zeros((2, 2), jnp.float32),
+        jnp.asarray(np.stack([cov, np.eye(2)]), jnp.float32),
+    )
     want = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
     np.testing.assert_allclose(float(gmm_entropy(one)), want, rtol=1e-5)
 
@@ -254,7 +255,7 @@ def dacer():
 
 
 @pytest.fixture(scope="module")
-def batch():
+def batch(random_batch):
     return random_batch([0.0, 1.0, 0.0, 0.0])
 
 
@@ -307,8 +308,8 @@ def test_ode_sampler_agent_acts_and_differentiates(seeds, batch):
     @jit
     def act_and_grad(state):
         act = ode.act(state, batch.obs, jax.random.key(0), False)
-        probe = ode.actor_probe(state, batch, jax.random.key(1))
-        grads = eqx.filter_grad(lambda a: probe.loss(a, *(x[0] for x in probe.inputs)))(probe.model)
+        objective = ode.actor_objective(state, batch, jax.random.key(1))
+        grads = eqx.filter_grad(objective.batch_loss)(objective.model)
         return act, grads.mlp.layers[0].weight
 
     act, grad = act_and_grad(member(seeds, 0))
@@ -331,8 +332,8 @@ def test_critic_gradient_is_dsac_t(dacer, seeds, batch):
     ω = σ̄² + ε, σ̄ the batch-mean σ (at first) and y_b the sampled target clipped to μ ± 3σ̄: the
     Gaussian negative log-likelihood's gradient, scaled (DSAC-T as in DACER's released code)."""
     state = member(seeds, 0)
-    probe = dacer.critic_probe(state, batch, jax.random.key(2))
-    obs, action, yq, yz = (x[0] for x in probe.inputs)
+    objective = dacer.critic_objective(state, batch, jax.random.key(2))
+    yq, yz = (x[0] for x in objective.targets)
     stds = jax.vmap(lambda o, a: eqx.filter_vmap(lambda c: c(o, a))(state.critic))(
         batch.obs, batch.action
     )[1]
@@ -340,7 +341,7 @@ def test_critic_gradient_is_dsac_t(dacer, seeds, batch):
     omega, bound = mean_std**2 + 0.1, 3.0 * mean_std
     m, sd = np.array([0.3, -0.2]), np.array([0.5, 0.05])
     outputs = Outputs(jnp.asarray(m, jnp.float32), jnp.asarray(sd, jnp.float32))
-    grads = jax.grad(lambda o: probe.loss(o, obs, action, yq, yz))(outputs)
+    grads = jax.grad(lambda o: objective.loss((o.mean, o.std), yq, yz))(outputs)
     yb = m + np.clip(float(yz) - m, -bound, bound)
     np.testing.assert_allclose(grads.mean, omega * (m - float(yq)) / (sd**2 + 0.1), rtol=1e-3)
     np.testing.assert_allclose(
@@ -381,8 +382,14 @@ def test_anatomy_of_the_agents_denoiser(seeds):
     den = member(seeds, 0).actor
     obs, act, emb, w = 3, 2, 16, SMALL["denoiser_width"]
     anatomy = ns.anatomy(den, jnp.zeros(obs), jnp.zeros(act), jnp.float32(4.0))
-    assert anatomy.names == ("time1", "time2", "mlp.layers[0]", "mlp.layers[1]", "mlp.layers[2]",
-                             "mlp.layers[3]")  # fmt: skip
+    assert anatomy.names == (
+        "time1",
+        "time2",
+        "mlp.layers[0]",
+        "mlp.layers[1]",
+        "mlp.layers[2]",
+        "mlp.layers[3]",
+    )
     t1, t2, m0 = anatomy[0], anatomy[1], anatomy[2]
     assert t1.unit_shape == (2 * emb,) and t2.unit_shape == (emb,) and m0.unit_shape == (w,)
     out = {s.path: s.element_owner() for s in t2.outgoing}
@@ -394,8 +401,22 @@ def test_anatomy_of_the_agents_denoiser(seeds):
     assert anatomy["mlp.layers[3]"].output and not any(g.shared for g in anatomy)
 
 
+def test_ddpm_calls_are_the_chain(dacer, seeds):
+    """The chain with its calls recorded is the chain: same output, and the recorded inputs are
+    the x each step read (x_T first) with the step indices T−1 … 0."""
+    sch = vp_schedule(20)
+    eps_fn = lambda x, t: 0.3 * jnp.tanh(x) + 0.01 * t
+    x_T, noise = jnp.asarray([0.4, -1.2]), jax.random.normal(jax.random.key(0), (20, 2))
+    out, xs, ts = ddpm_sample_calls(sch, lambda x, t, j: eps_fn(x, t), x_T, noise)
+    np.testing.assert_array_equal(out, ddpm_sample(sch, eps_fn, x_T, noise))
+    np.testing.assert_array_equal(ts, np.arange(19, -1, -1))
+    np.testing.assert_array_equal(xs[0], x_T)
+    step = reverse_step(sch, eps_fn, xs[3], jnp.int32(16), noise[16])
+    np.testing.assert_allclose(xs[4], step, rtol=1e-6)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ode"])
-def test_denoiser_surgery_target_carries_the_chain_gradient(sampler, seeds, batch):
+def test_denoiser_objective_carries_the_chain_gradient(sampler, seeds, batch):
     """The per-call linearised loss has the same parameter gradient as the loss through the
     whole chain or ODE solve (same noise), so per-unit gradient scores see every call's share."""
     dacer = DACER(DACERConfig(**SMALL, sampler=sampler, ode_steps=3), 3, 2)
@@ -403,42 +424,38 @@ def test_denoiser_surgery_target_carries_the_chain_gradient(sampler, seeds, batc
 
     @jit
     def both(state):
-        target = dacer._denoiser_target(state, batch, key)
-        probe = dacer.actor_probe(state, batch, key)
-
-        def linearised(model):
-            return target.loss(
-                jax.vmap(target.call, in_axes=(None, 0, 0, 0))(model, *target.inputs)
-            )
-
-        def through_chain(model):
-            per = jax.vmap(probe.loss, in_axes=(None, 0, 0))(model, *probe.inputs)
-            return jnp.mean(per)
-
-        return eqx.filter_grad(linearised)(state.actor), eqx.filter_grad(through_chain)(state.actor)
+        per_call = dacer.denoiser_objective(state, batch, key)
+        chain = dacer.actor_objective(state, batch, key)
+        grad = lambda o: eqx.filter_grad(o.batch_loss)(state.actor)
+        return grad(per_call), grad(chain)
 
     got, want = both(state)
     calls = {"ddpm": 20, "ode": 7}[sampler]
-    assert dacer._denoiser_target(state, batch, key).inputs[0].shape == (4 * calls, 3)
+    assert dacer.denoiser_calls == calls
+    assert dacer.denoiser_objective(state, batch, key).inputs[0].shape == (4 * calls, 3)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ode"])
 def test_surgery_step_scores_and_resets_critic_and_denoiser(sampler, seeds, batch):
-    from types import SimpleNamespace
+    from agents import ResetConfig, SurgeryConfig, TrainConfig
+    from agents.training import Surgery
 
     dacer = DACER(DACERConfig(**SMALL, sampler=sampler, ode_steps=3), 3, 2)
-
-    from agents._neurons import neuron_step
-
-    config = SimpleNamespace(reset="regrama", reset_tau=0.5, reset_max_fraction=1.0,
-                             reset_networks=("critic", "actor"))  # fmt: skip
-    state = member(seeds, 0)
-    new, metrics = jit(lambda s, k: neuron_step(dacer, config, s, batch, k))(
-        state, jax.random.key(0)
+    networks = ("critic", "actor")
+    config = TrainConfig(
+        agent="dacer",
+        surgery=SurgeryConfig(networks=networks),
+        reset=ResetConfig(method="regrama", tau=0.5, networks=networks, every=1),
     )
-    for name in config.reset_networks:
+    surgery = Surgery.of(config)
+    state = member(seeds, 0)
+    states = surgery.init(dacer, state, batch, jax.random.key(0))
+    new, _, metrics = jit(
+        lambda s, st, k: surgery.step(dacer, s, st, batch, k, jnp.int32(1), jnp.int32(0))
+    )(state, states, jax.random.key(0))
+    for name in networks:
         assert f"surgery/{name}/grama" in metrics and f"surgery/{name}/reset" in metrics
     assert "surgery/actor/grama/time1" in metrics
     assert jax.tree.structure(new) == jax.tree.structure(state)

@@ -2,14 +2,31 @@
 
 import json
 
-from agents.main_job import main
+from agents.experiments.main_job import main
 
 
 def test_main_job_writes_runs_plot_and_table(tmp_path, capsys):
     out = tmp_path / "main"
-    main(["--out", str(out), "--env", "test/point-mass", "--steps", "600", "--seeds", "0",
-          "--width", "16", "--learning-starts", "200", "--log-every", "200",
-          "--reset-period", "50"])  # fmt: skip
+    main(
+        [
+            "--out",
+            str(out),
+            "--env",
+            "test/point-mass",
+            "--steps",
+            "600",
+            "--seeds",
+            "0",
+            "--width",
+            "16",
+            "--learning-starts",
+            "200",
+            "--log-every",
+            "200",
+            "--reset-period",
+            "50",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "regrama" in printed and "final eval return" in printed
     for method in ("none", "regrama"):

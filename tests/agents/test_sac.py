@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import agents
-from agents import SAC, Batch, NetworkConfig, SACConfig
-from agents._mlp import Dense
-from agents._sac import TwinCritic, twin_q
-from tests._batches import random_batch
+from agents import SAC, Batch, NetworkConfig, SACConfig, TwinCritic
+from agents.algorithms._sac import twin_q
+from agents.networks import Dense
 
 NET = NetworkConfig(width=8, depth=1)
 
@@ -39,7 +38,7 @@ def state(sac):
 
 
 @pytest.fixture(scope="module")
-def batch():
+def batch(random_batch):
     return random_batch([0.0, 1.0, 0.0, 1.0])
 
 
@@ -47,9 +46,10 @@ def test_squashed_gaussian_log_prob_matches_numpy():
     rng = np.random.default_rng(1)
     mean, log_std, noise = (rng.normal(size=3) for _ in range(3))
     action, logp = agents.squashed_gaussian(
-        jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32),
+        jnp.asarray(mean, jnp.float32),
+        jnp.asarray(log_std, jnp.float32),
         jnp.asarray(noise, jnp.float32),
-    )  # fmt: skip
+    )
     u = mean + np.exp(log_std) * noise
     std = np.exp(log_std)
     log_normal = -((u - mean) ** 2) / (2 * std**2) - np.log(std * math.sqrt(2 * math.pi))
@@ -65,8 +65,8 @@ def test_log_prob_stable_for_saturated_actions():
 
 def test_critic_target_matches_numpy(sac, state, batch):
     key = jax.random.key(5)
-    probe = sac.critic_probe(state, batch, key)
-    # the next action uses the same noise draw as the probe
+    objective = sac.critic_objective(state, batch, key)
+    # the next action uses the same noise draw as the objective
     noise = np.asarray(jax.random.normal(key, batch.action.shape, batch.action.dtype), np.float64)
     out = np_mlp(state.actor.net, np.asarray(batch.next_obs, np.float64))
     mean, raw = out[:, :2], out[:, 2:]
@@ -82,13 +82,17 @@ def test_critic_target_matches_numpy(sac, state, batch):
     expected = np.asarray(batch.reward) + 0.9 * (1 - np.asarray(batch.terminated)) * (
         q.min(-1) - alpha * logp
     )
-    np.testing.assert_allclose(np.asarray(probe.inputs[2]), expected, rtol=1e-4, atol=1e-4)
-    # per-sample loss: sum over the two critics of the squared TD error
+    np.testing.assert_allclose(np.asarray(objective.targets[0]), expected, rtol=1e-4, atol=1e-4)
+    # per-sample loss: sum over the two critics of the squared TD error; the batch loss its mean
     x0 = np.concatenate([np.asarray(batch.obs, np.float64), np.asarray(batch.action)], -1)
     q0 = np.stack([np_mlp(member(state.critic, i).net, x0)[:, 0] for i in range(2)], -1)
-    per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0, 0))(probe.model, *probe.inputs)
+    per_sample = ((q0 - expected[:, None]) ** 2).sum(-1)
     np.testing.assert_allclose(
-        np.asarray(per_sample), ((q0 - expected[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-5
+        float(objective.batch_loss(state.critic)), per_sample.mean(), rtol=1e-4, atol=1e-5
+    )
+    outputs = jax.vmap(twin_q, in_axes=(None, 0, 0))(state.critic, batch.obs, batch.action)
+    np.testing.assert_allclose(
+        float(objective.loss_of_outputs(outputs)), per_sample.mean(), rtol=1e-4, atol=1e-5
     )
 
 
@@ -107,7 +111,9 @@ def test_soft_target_update(sac, state, updated):
     new = jax.tree.leaves(eqx.filter(s0.critic, eqx.is_array))
     got = jax.tree.leaves(eqx.filter(s0.target_critic, eqx.is_array))
     for o, n, g in zip(old, new, got, strict=True):
-        np.testing.assert_allclose(np.asarray(g), (1 - tau) * np.asarray(o) + tau * np.asarray(n), rtol=1e-6, atol=1e-7)  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(g), (1 - tau) * np.asarray(o) + tau * np.asarray(n), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_policy_delay_updates_actor_on_phase_zero_only(state, updated):
@@ -148,11 +154,15 @@ def test_twin_critics_are_two_networks_that_differ(state):
 @pytest.mark.parametrize("activation", sorted(agents.ACTIVATIONS))
 @pytest.mark.parametrize("layer_norm,residual", [(False, False), (True, False), (True, True)])
 def test_network_options(activation, layer_norm, residual):
-    cfg = NetworkConfig(width=6, depth=2, activation=activation, layer_norm=layer_norm, residual=residual)  # fmt: skip
+    cfg = NetworkConfig(
+        width=6, depth=2, activation=activation, layer_norm=layer_norm, residual=residual
+    )
     mlp = agents.MLP(3, 2, cfg, key=jax.random.key(0))
     out = mlp(jnp.ones(3))
     assert out.shape == (2,) and bool(jnp.all(jnp.isfinite(out)))
-    n_linear = sum(isinstance(x, Dense) for x in jax.tree.leaves(mlp, is_leaf=lambda x: isinstance(x, Dense)))  # fmt: skip
+    n_linear = sum(
+        isinstance(x, Dense) for x in jax.tree.leaves(mlp, is_leaf=lambda x: isinstance(x, Dense))
+    )
     assert n_linear == (1 + 2 * 2 + 1 if residual else 2 + 1)
 
 
@@ -170,14 +180,31 @@ def test_act_deterministic_and_bounded(sac, state):
     assert a3.shape == (5, 2) and bool(jnp.all(jnp.abs(a3) <= 1))
 
 
-def test_probes_expose_per_sample_losses(sac, state, batch):
-    probes = sac.probes(state, batch, jax.random.key(0))
-    assert set(probes) == {"critic", "actor"}
-    for probe in probes.values():
-        per_sample = jax.vmap(probe.loss, in_axes=(None,) + (0,) * len(probe.inputs))(
-            probe.model, *probe.inputs
+def test_objectives_are_the_update_losses(sac, state, batch):
+    """What a surgery step observes is the loss the update differentiates: the same value, and
+    the same gradient (through `ns.observe`) as the update's step."""
+    import neurosurgery as ns
+
+    objectives = sac.objectives(state, batch, jax.random.key(0))
+    assert set(objectives) == set(sac.surgery_networks) == {"critic", "actor"}
+    for objective in objectives.values():
+        anatomy = ns.anatomy(objective.model, *(x[0] for x in objective.inputs), fn=objective.call)
+        value, obs = ns.observe(
+            anatomy,
+            objective.model,
+            objective.loss_of_outputs,
+            *objective.inputs,
+            has_aux=objective.has_aux,
         )
-        assert per_sample.shape == (4,)
+        direct, grads = eqx.filter_value_and_grad(objective.batch_loss, has_aux=objective.has_aux)(
+            objective.model
+        )
+        np.testing.assert_allclose(
+            np.asarray(jax.tree.leaves(value)[0]), np.asarray(jax.tree.leaves(direct)[0]), rtol=1e-6
+        )
+        for a, b in zip(jax.tree.leaves(obs.weight_grads), jax.tree.leaves(grads), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert objectives["actor"].has_aux and not objectives["critic"].has_aux
 
 
 def test_replay_buffer_wraps_and_samples():
@@ -215,11 +242,16 @@ def test_twin_q_values_and_gradients_per_member(state):
     """Each member's Q from its own network (NumPy forward pass), and each member's gradient
     only from its own output."""
     rng = np.random.default_rng(3)
-    obs, action = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), jnp.asarray(rng.uniform(-1, 1, (6, 2)), jnp.float32)  # fmt: skip
+    obs, action = (
+        jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+        jnp.asarray(rng.uniform(-1, 1, (6, 2)), jnp.float32),
+    )
     q = jax.vmap(twin_q, in_axes=(None, 0, 0))(state.critic, obs, action)
     x = np.concatenate([np.asarray(obs), np.asarray(action)], 1)
     for i in range(2):
-        np.testing.assert_allclose(np.asarray(q[:, i]), np_mlp(member(state.critic, i).net, x)[:, 0], rtol=1e-4, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(q[:, i]), np_mlp(member(state.critic, i).net, x)[:, 0], rtol=1e-4, atol=1e-5
+        )
 
     def loss(critic):  # member 0 enters linearly, member 1 not at all
         return jnp.sum(jax.vmap(twin_q, in_axes=(None, 0, 0))(critic, obs, action)[:, 0])
@@ -227,6 +259,11 @@ def test_twin_q_values_and_gradients_per_member(state):
     g = eqx.filter_grad(loss)(state.critic)
     assert float(g.members[0].net.head.bias[0]) == pytest.approx(6.0)  # dq/db = 1 per sample
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g.members[1]))
-    h = np.maximum(x @ np.asarray(member(state.critic, 0).net.layers[0].linear.weight, np.float64)
-                   + np.asarray(member(state.critic, 0).net.layers[0].linear.bias), 0.0)  # fmt: skip
-    np.testing.assert_allclose(np.asarray(g.members[0].net.head.weight[:, 0]), h.sum(0), rtol=1e-4, atol=1e-5)  # fmt: skip
+    h = np.maximum(
+        x @ np.asarray(member(state.critic, 0).net.layers[0].linear.weight, np.float64)
+        + np.asarray(member(state.critic, 0).net.layers[0].linear.bias),
+        0.0,
+    )
+    np.testing.assert_allclose(
+        np.asarray(g.members[0].net.head.weight[:, 0]), h.sum(0), rtol=1e-4, atol=1e-5
+    )

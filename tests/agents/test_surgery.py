@@ -1,4 +1,5 @@
-"""Neuron surgery inside SAC training: scores logged per network and layer, resets in the window."""
+"""Neuron surgery inside training, through the library's pipeline: scores logged per network and
+layer, resets when the strategy is due, a user's own metric and strategy."""
 
 import dataclasses
 import re
@@ -7,18 +8,46 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import agents
-import agents.testing
+import envs
 import neurosurgery as ns
-from agents._neurons import neuron_step
-from agents._sinks import read_metrics
-from tests.test_trainer import BASE
+from agents.training import Surgery, read_metrics
 
 
-def _setup(**overrides):
-    config = dataclasses.replace(BASE, seeds=(0,), **overrides)
-    env = agents.testing.PointMass(2, 20)
+@dataclasses.dataclass(frozen=True)
+class FiringRate:
+    """A user's metric: the fraction of samples on which a unit is active, over the layer mean."""
+
+    name: str = "firing_rate"
+
+    def init(self, anatomy):
+        return ns.EmptyState()
+
+    def score(self, anatomy, observation, state):
+        fired = {k: (v > 0).astype(jnp.float32) for k, v in observation.activations.items()}
+        return {k: ns.normalise(jnp.mean(v, axis=(0, 1))) for k, v in fired.items()}, state
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """A stateful user metric: counts the surgery steps it has seen (to check states flow)."""
+
+    name: str = "steps"
+
+    def init(self, anatomy):
+        return {g.name: jnp.zeros(()) for g in anatomy.observed}
+
+    def score(self, anatomy, observation, state):
+        state = {k: v + 1 for k, v in state.items()}
+        return {k: jnp.full(anatomy[k].unit_shape, v) for k, v in state.items()}, state
+
+
+def _setup(base_config, **overrides):
+    config = dataclasses.replace(base_config, seeds=(0,), **overrides)
+    config.validate()
+    env = envs.make("test/point-mass", num_envs=2, episode_length=20)
     agent = agents.SAC(config.sac, env.observation_size, env.action_size)
     state = agent.init(jax.random.key(0))
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
@@ -29,44 +58,59 @@ def _setup(**overrides):
         next_obs=jax.random.normal(k1, (16, env.observation_size)),
         terminated=jnp.zeros(16),
     )
-    return config, agent, state, batch
+    surgery = Surgery.of(config)
+    return surgery, agent, state, surgery.init(agent, state, batch, jax.random.key(0)), batch
 
 
-def _step(agent, config, state, batch, in_window=True):
-    fn = eqx.filter_jit(lambda s, b, w: neuron_step(agent, config, s, b, jax.random.key(2), w))
-    return fn(state, batch, jnp.asarray(in_window))
+def _step(surgery, agent, state, states, batch, updates=1000, since=998):
+    fn = eqx.filter_jit(
+        lambda s, st, b, u, p: surgery.step(agent, s, st, b, jax.random.key(2), u, p)
+    )
+    return fn(state, states, batch, jnp.int32(updates), jnp.int32(since))
 
 
-def test_scores_of_every_metric_are_logged_per_network_and_layer():
-    config, agent, state, batch = _setup(reset="none", reset_networks=("critic", "actor"))
-    new, metrics = _step(agent, config, state, batch)
+def same(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_scores_of_every_metric_are_logged_per_network_and_layer(base_config):
+    surgery_config = agents.SurgeryConfig(networks=("critic", "actor"))
+    surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
+    new, _, metrics = _step(surgery, agent, state, states, batch)
     for net in ("critic", "actor"):
-        for metric in ("grama", "grama_act", "grama_weight", "dormant"):
+        for metric in ("grama", "grama_activation", "grama_weight", "dormant"):
             assert f"surgery/{net}/{metric}" in metrics
     layers = [k for k in metrics if k.startswith("surgery/critic/grama/")]
-    assert len(layers) == 2 * config.sac.critic.depth  # one entry per hidden layer of each twin
-    assert not any("/reset" in k for k in metrics)
-    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert len(layers) == 2 * base_config.sac.critic.depth  # each hidden layer of each twin
+    assert not any("/reset" in k or "/flagged" in k for k in metrics)
+    same(state, new)
 
 
-def test_logged_ratio_matches_a_direct_computation():
-    config, agent, state, batch = _setup(reset="none", reset_tau=0.5)
-    _, metrics = _step(agent, config, state, batch)
-    target = agent.surgery_targets(state, batch, jax.random.split(jax.random.key(2))[0])["critic"]
-    anatomy = ns.anatomy(target.model, batch.obs[0], batch.action[0], fn=target.call)
-    _, obs = ns.observe(anatomy, target.model, target.loss, *target.inputs)
-    scores, _ = ns.Dormant().score(anatomy, obs, ())
+def test_logged_ratio_matches_a_direct_computation(base_config):
+    surgery_config = agents.SurgeryConfig(tau=0.5)
+    surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
+    _, _, metrics = _step(surgery, agent, state, states, batch)
+    k_objectives = jax.random.split(jax.random.key(2))[0]
+    objective = agent.objectives(state, batch, k_objectives)["critic"]
+    anatomy = ns.anatomy(objective.model, batch.obs[0], batch.action[0], fn=objective.call)
+    _, obs = ns.observe(anatomy, objective.model, objective.loss_of_outputs, *objective.inputs)
+    scores, _ = ns.Dormant().score(anatomy, obs, ns.EmptyState())
+    flagged = total = 0
     for g in anatomy.hidden:
         expected = float(jnp.mean(scores[g.name] <= 0.5))
         assert float(metrics[f"surgery/critic/dormant/{g.name}"]) == expected
+        flagged, total = flagged + int(jnp.sum(scores[g.name] <= 0.5)), total + g.n_units
+    assert float(metrics["surgery/critic/dormant"]) == pytest.approx(flagged / total)
 
 
-def test_resets_only_inside_the_window():
+def test_resets_only_when_the_strategy_is_due(base_config):
     # τ = 1: about half of every layer's units score below the layer mean and are reset
-    config, agent, state, batch = _setup(reset="regrama", reset_tau=1.0)
-    new, metrics = _step(agent, config, state, batch)
+    reset = agents.ResetConfig(method="regrama", tau=1.0, every=1000, start=0, end=3000)
+    surgery, agent, state, states, batch = _setup(base_config, reset=reset)
+    new, _, metrics = _step(surgery, agent, state, states, batch)
     assert float(metrics["surgery/critic/reset"]) > 0
+    assert float(metrics["surgery/critic/flagged"]) > 0
     assert not np.array_equal(
         new.critic.members[0].net.layers[0].linear.weight,
         state.critic.members[0].net.layers[0].linear.weight,
@@ -74,31 +118,64 @@ def test_resets_only_inside_the_window():
     np.testing.assert_array_equal(
         new.actor.net.layers[0].linear.weight, state.actor.net.layers[0].linear.weight
     )
-    outside, metrics = _step(agent, config, state, batch, in_window=False)
-    assert float(metrics["surgery/critic/reset"]) == 0
-    for a, b in zip(
-        jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(outside), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
+    for updates, since in ((1500, 1498), (3000, 2998)):  # between points; at the window's end
+        outside, _, metrics = _step(surgery, agent, state, states, batch, updates, since)
+        assert float(metrics["surgery/critic/reset"]) == 0
+        same(state, outside)
 
 
-def test_training_with_regrama_logs_and_resets(tmp_path, capsys):
-    config = dataclasses.replace(BASE, reset="regrama", reset_tau=1.0, reset_period=50,
-                                 run_dir=str(tmp_path / "run"), sinks=("csv", "console"),
-                                 progress=True)  # fmt: skip
+def test_a_users_metric_is_logged_and_its_state_carried(base_config):
+    surgery_config = agents.SurgeryConfig(metrics=(FiringRate(), Steps(), "dormant"), tau=0.0)
+    surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
+    _, states, metrics = _step(surgery, agent, state, states, batch)
+    _, states, metrics = _step(surgery, agent, state, states, batch)
+    layer = "members[0].net.layers[0].linear"
+    # a ReLU unit that never fires has both scores 0
+    np.testing.assert_allclose(
+        metrics[f"surgery/critic/firing_rate/{layer}"], metrics[f"surgery/critic/dormant/{layer}"]
+    )
+    assert all(float(v) == 2.0 for v in jax.tree.leaves(states["critic"]["metrics"]["steps"]))
+
+
+def test_a_users_strategy_drives_the_resets(base_config):
+    """A strategy built from the user's metric, selection and schedule resets the units it
+    flags: every unit of the first critic layer that never fires."""
+    strategy = ns.Resetter(
+        FiringRate(), lambda scores: ns.threshold(scores, 0.0), ns.Schedule(every=500)
+    )
+    reset = agents.ResetConfig(method=strategy, networks=("critic",))
+    surgery, agent, state, states, batch = _setup(base_config, reset=reset)
+    # kill four units of the first critic's first layer
+    path = lambda s: s.critic.members[0].net.layers[0].linear.bias
+    state = eqx.tree_at(path, state, path(state).at[:4].set(-1e3))
+    new, _, metrics = _step(surgery, agent, state, states, batch)
+    layer = "members[0].net.layers[0].linear"
+    assert float(metrics[f"surgery/critic/reset/{layer}"]) >= 4 / 16
+    assert (path(new)[:4] > -1e3).all()  # re-drawn
+
+
+def test_training_with_regrama_logs_and_resets(base_config, tmp_path, capsys):
+    config = dataclasses.replace(
+        base_config,
+        surgery=agents.SurgeryConfig(every=50),
+        reset=agents.ResetConfig(method="regrama", tau=1.0, every=50),
+        run_dir=str(tmp_path / "run"),
+        sinks=("csv", "console"),
+        progress=True,
+    )
     summary = agents.train(config)
     assert summary["updates"] > 0
     out = capsys.readouterr()
-    # the progress bar and the console show the critics' GraMa-inactive percentage
+    # the progress bar and the console show the fraction the strategy flags on the critics
     shown = re.findall(r"critic_inactive=(\d+\.\d)%", out.err)
     logged: dict[int, list[float]] = {}
-    curves = read_metrics(tmp_path / "run" / "metrics.csv")["surgery/critic/grama"]
+    curves = read_metrics(tmp_path / "run" / "metrics.csv")["surgery/critic/flagged"]
     for points in curves.values():
         for step, value in points:
             if np.isfinite(value):
                 logged.setdefault(step, []).append(value)
     assert shown and shown[-1] == f"{100 * np.mean(logged[max(logged)]):.1f}"
-    assert re.search(r"surgery/critic/grama \d", out.out)
+    assert re.search(r"surgery/critic/flagged \d", out.out)
     text = (tmp_path / "run" / "metrics.csv").read_text()
     assert (
         "surgery/critic/reset" in text

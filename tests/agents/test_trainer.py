@@ -21,27 +21,11 @@ import numpy as np
 import pytest
 
 import agents
-import agents.testing
-from agents import NetworkConfig, SACConfig, TrainConfig
+import envs
+from agents import NetworkConfig, TrainConfig
+from agents.training import _checkpoint, _loop, _trainer
 
-NET = NetworkConfig(width=16, depth=1)
-BASE = TrainConfig(
-    env="test/point-mass",
-    seeds=(0, 1),
-    steps=1000,
-    num_envs=2,
-    episode_length=20,
-    learning_starts=200,
-    buffer_size=2000,
-    log_every=200,
-    eval_every=400,
-    eval_episodes=2,
-    checkpoint_every=200,
-    sinks=("csv", "jsonl", "tensorboard"),
-    progress=False,
-    sac=SACConfig(batch_size=16, actor=NET, critic=NET),
-)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows(run_dir: Path) -> list[tuple[str, ...]]:
@@ -51,10 +35,10 @@ def rows(run_dir: Path) -> list[tuple[str, ...]]:
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory):
+def killed_run(base_config, tmp_path_factory):
     """A run in a subprocess, started early (it compiles alongside the in-process run)."""
     run_dir = tmp_path_factory.mktemp("killed")
-    config = dataclasses.replace(BASE, run_dir=str(run_dir))
+    config = dataclasses.replace(base_config, run_dir=str(run_dir))
     spec = tmp_path_factory.mktemp("killed_config")  # a fresh run refuses a folder with files
     (spec / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
     # a callback that sleeps keeps the run alive long enough to be killed mid-way on fast machines
@@ -72,7 +56,7 @@ def killed_run(tmp_path_factory):
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if ckpt.exists():
-                seen.append(agents._checkpoint.read_header(ckpt)["env_steps"])
+                seen.append(_checkpoint.read_header(ckpt)["env_steps"])
                 if seen[-1] >= 200:
                     time.sleep(random.uniform(0.0, 1.0))
                     break
@@ -87,9 +71,9 @@ def killed_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, killed_run):
+def full_run(base_config, tmp_path_factory, killed_run):
     run_dir = tmp_path_factory.mktemp("full")
-    config = dataclasses.replace(BASE, run_dir=str(run_dir))
+    config = dataclasses.replace(base_config, run_dir=str(run_dir))
     records = []
     summary = agents.train(config, callbacks=[lambda step, m: records.append((step, m))])
     return config, run_dir, summary, records
@@ -115,9 +99,18 @@ def test_callback_metric_names(full_run):
     steps = [s for s, _ in records]
     assert steps == [200, 400, 600, 800, 1000]
     names = set().union(*(m.keys() for _, m in records))
-    for name in ("train/critic_loss", "train/actor_loss", "train/alpha", "train/entropy",
-                 "train/q_mean", "train/episode_return", "eval/episode_return",
-                 "perf/env_steps_per_s", "perf/updates_per_s", "perf/compile_s"):  # fmt: skip
+    for name in (
+        "train/critic_loss",
+        "train/actor_loss",
+        "train/alpha",
+        "train/entropy",
+        "train/q_mean",
+        "train/episode_return",
+        "eval/episode_return",
+        "perf/env_steps_per_s",
+        "perf/updates_per_s",
+        "perf/compile_s",
+    ):
         assert name in names, name
     assert all(np.shape(v) == (2,) for _, m in records for v in m.values())
     assert "train/critic_loss" not in records[0][1]  # warm-up: no updates yet
@@ -128,7 +121,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(full_run, killed_run):
     config, killer = killed_run
     killer.join()
     run_dir = Path(config.run_dir)
-    header = agents._checkpoint.read_header(run_dir / "checkpoint.ckpt")
+    header = _checkpoint.read_header(run_dir / "checkpoint.ckpt")
     assert 200 <= header["env_steps"] < 1000  # killed mid-run, after a checkpoint
     resumed = agents.train(config, resume=True)
     assert rows(run_dir) == rows(full_dir)
@@ -147,7 +140,10 @@ def test_vmapped_seeds_equal_single_seed_runs(full_run, tmp_path):
         vmapped = {r[0:1] + r[2:] for r in rows(full_dir)[1:] if r[1] == str(seed)}
         single = by_seed[seed]
         assert {r[:2] for r in vmapped} == {r[:2] for r in single}
-        v, s = dict((r[:2], float(r[2])) for r in vmapped), dict((r[:2], float(r[2])) for r in single)  # fmt: skip
+        v, s = (
+            dict((r[:2], float(r[2])) for r in vmapped),
+            dict((r[:2], float(r[2])) for r in single),
+        )
         for k in v:
             np.testing.assert_allclose(v[k], s[k], rtol=1e-3, atol=1e-4, err_msg=str(k))
 
@@ -155,10 +151,9 @@ def test_vmapped_seeds_equal_single_seed_runs(full_run, tmp_path):
 def test_seeds_in_sequence_equal_vmapped_seeds(full_run, tmp_path, monkeypatch):
     """The seeds computed one after the other (`lax.map`, as for MuJoCo Warp environments,
     which cannot be vmapped over seeds) give the vmapped run's records."""
-    import agents._trainer
 
     config, full_dir, _, _ = full_run
-    monkeypatch.setattr(agents._trainer, "seeds_in_sequence", lambda config: True)
+    monkeypatch.setattr(_trainer, "seeds_in_sequence", lambda config: True)
     cfg = dataclasses.replace(config, run_dir=str(tmp_path / "in_sequence"))
     agents.train(cfg)
     vmapped = {r[:3]: float(r[3]) for r in rows(full_dir)[1:]}
@@ -205,12 +200,15 @@ def test_checkpoint_roundtrip_is_complete(full_run, tmp_path):
     path = tmp_path / "copy.ckpt"
     agents.save_checkpoint(path, state, {"env_steps": header["env_steps"]})
     again, _ = agents.load_checkpoint(path, template)
-    leaves = lambda t: jax.tree.leaves(agents._checkpoint._unwrap_keys(eqx.filter(t, eqx.is_array)))
+    leaves = lambda t: jax.tree.leaves(_checkpoint._unwrap_keys(eqx.filter(t, eqx.is_array)))
     for a, b in zip(leaves(state), leaves(again), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # optimizer states, targets, temperature, replay, keys and counters all travel
     assert int(state.agent.updates[0]) == 400 and int(state.replay.size[0]) == 1000
-    assert not np.array_equal(state.agent.critic.members[0].net.head.weight, state.agent.target_critic.members[0].net.head.weight)  # fmt: skip
+    assert not np.array_equal(
+        state.agent.critic.members[0].net.head.weight,
+        state.agent.target_critic.members[0].net.head.weight,
+    )
     assert not os.path.exists(str(path) + ".tmp")
 
 
@@ -238,12 +236,13 @@ def test_checkpoint_from_before_an_option_existed_resumes_at_its_default(full_ru
     template = agents.Trainer(config).state_shapes()
     state, header = agents.load_checkpoint(ckpt, template)
     meta = {k: v for k, v in header.items() if k != "leaves"}
-    del meta["config"]["reset_end"]  # as if written before reset_end existed
+    del meta["config"]["reset"]["end"]  # as if written before reset.end existed
     agents.save_checkpoint(ckpt, state, meta)
     resumed = agents.train(dataclasses.replace(config, run_dir=str(run_dir)), resume=True)
     assert resumed["env_steps"] == summary["env_steps"]
-    with pytest.raises(agents.CheckpointError, match="reset_end: not in the checkpoint, 700"):
-        agents.train(dataclasses.replace(config, run_dir=str(run_dir), reset_end=700), resume=True)
+    with pytest.raises(agents.CheckpointError, match=r"reset\.end: not in the checkpoint, 700"):
+        later = dataclasses.replace(config.reset, method="regrama", end=700)
+        agents.train(dataclasses.replace(config, run_dir=str(run_dir), reset=later), resume=True)
 
 
 def test_damaged_checkpoints_are_refused(full_run, tmp_path):
@@ -275,9 +274,7 @@ def test_damaged_checkpoints_are_refused(full_run, tmp_path):
     path.write_bytes(first_format)
     old, _ = agents.load_checkpoint(path, template)
     new, _ = agents.load_checkpoint(full_dir / "checkpoint.ckpt", template)
-    assert eqx.tree_equal(
-        agents._checkpoint._unwrap_keys(old), agents._checkpoint._unwrap_keys(new)
-    )
+    assert eqx.tree_equal(_checkpoint._unwrap_keys(old), _checkpoint._unwrap_keys(new))
 
 
 def test_host_loop_follows_the_compiled_loop(full_run, tmp_path):
@@ -312,42 +309,57 @@ def test_training_state_is_updated_in_place(full_run, env):
         trainer.close()
 
 
-def test_surgery_hook_runs_every_reset_period(monkeypatch):
+def test_surgery_runs_every_surgery_period_and_when_resets_are_due(base_config, monkeypatch):
     calls = []
 
-    def fake(agent, config, state, batch, key):
-        calls.append(config.reset_period)
-        return state, {"surgery/ran": jnp.ones((), jnp.float32)}
+    def fake(self, agent, state, states, batch, key, updates, since):
+        calls.append(self.every)
+        return state, states, {"surgery/ran": jnp.ones((), jnp.float32)}
 
-    monkeypatch.setattr(agents._loop, "surgery_step", fake)
-    config = dataclasses.replace(BASE, seeds=(0,), reset_period=4, replay_ratio=2.0)
-    env = agents.testing.PointMass(2, 20)
-    agent = agents.SAC(config.sac, env.observation_size, env.action_size)
-    loop = agents._loop.Loop(agent, env, config)
+    monkeypatch.setattr(_loop.Surgery, "step", fake)
+    every4 = agents.SurgeryConfig(every=4)
+    for reset, due_after in (
+        (agents.ResetConfig(), {2: True, 4: False, 6: True, 0: False}),
+        # resets every 6 updates: the step also runs when a reset is due (u = 6, 12)
+        (agents.ResetConfig(method="regrama", every=6), {2: True, 4: True, 6: True, 8: False}),
+    ):
+        config = dataclasses.replace(
+            base_config, seeds=(0,), surgery=every4, reset=reset, replay_ratio=2.0
+        )
+        env = envs.make("test/point-mass", num_envs=2, episode_length=20)
+        agent = agents.SAC(config.sac, env.observation_size, env.action_size)
+        loop = _loop.Loop(agent, env, config, _loop.Surgery.of(config))
 
-    @jax.jit
-    def init(key):
-        env_state, step = env.reset(jax.random.wrap_key_data(key))
-        return loop.init(key, env_state, step.obs)
+        @jax.jit
+        def init(key, loop=loop, env=env):
+            env_state, step = env.reset(jax.random.wrap_key_data(key))
+            return loop.init(key, env_state, step.obs)
 
-    ts = init(jax.random.key_data(jax.random.key(0)))
-    assert (loop.env_per_body, loop.updates_per_body) == (1, 2)
-    updates = jax.jit(loop.updates)
-    # one cycle of 2 updates per body: due when the cycle ends on a multiple of 4
-    for u0, due in ((0, False), (2, True), (4, False), (6, True)):
-        ran = float(updates(ts, jnp.int32(u0))[1]["surgery/ran"])
-        assert ran == 1.0 if due else np.isnan(ran), (u0, ran)
+        ts = init(jax.random.key_data(jax.random.key(0)))
+        assert (loop.env_per_body, loop.updates_per_body) == (1, 2)
+        updates = jax.jit(loop.updates)
+        # one cycle of 2 updates per body: u0 + 2 updates done after it
+        for u0, due in due_after.items():
+            ran = float(updates(ts, jnp.int32(u0))[1]["surgery/ran"])
+            assert ran == 1.0 if due else np.isnan(ran), (reset.method, u0, ran)
     assert calls and set(calls) == {4}
-    assert float(agents._loop.last_finite(jnp.asarray([1.0, 2.0, jnp.nan]))) == 2.0
+    assert float(_loop.last_finite(jnp.asarray([1.0, 2.0, jnp.nan]))) == 2.0
 
 
 @pytest.mark.parametrize(
     "ratio,cycle,shape",
-    [(1.0, 2, (2, 2)), (0.5, 2, (4, 2)), (2.0, 2, (1, 2)), (1.5, 2, (4, 6)), (8.0, 2, (1, 8)),
-     (0.25, 1, (4, 1)), (1 / 3, 1, (3, 1))],
-)  # fmt: skip
+    [
+        (1.0, 2, (2, 2)),
+        (0.5, 2, (4, 2)),
+        (2.0, 2, (1, 2)),
+        (1.5, 2, (4, 6)),
+        (8.0, 2, (1, 8)),
+        (0.25, 1, (4, 1)),
+        (1 / 3, 1, (3, 1)),
+    ],
+)
 def test_replay_ratio_body_shapes(ratio, cycle, shape):
-    env_steps, updates = agents._loop.body_shape(ratio, cycle)
+    env_steps, updates = _loop.body_shape(ratio, cycle)
     assert (env_steps, updates) == shape
     assert updates % cycle == 0 and abs(updates / env_steps - ratio) < 1e-9
 
@@ -364,7 +376,7 @@ def test_metric_files_on_resume_drop_a_torn_last_record_and_refuse_a_broken_one(
     """A run killed while writing leaves a partial last record: resuming drops it (with the rows
     after the checkpoint). A broken record before the end is an error naming the file, and the
     file is left as it was."""
-    from agents._sinks import CSVSink, JSONLSink
+    from agents.training._sinks import CSVSink, JSONLSink
 
     sink_type = {"csv": CSVSink, "jsonl": JSONLSink}[kind]
     path = tmp_path / f"metrics.{kind}"

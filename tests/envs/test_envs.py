@@ -245,3 +245,29 @@ def test_reset_refuses_a_number_for_a_key():
         env.reset(jnp.zeros(2, jnp.float32))
     legacy, typed = env.reset(jax.random.PRNGKey(3))[1], env.reset(jax.random.key(3))[1]
     np.testing.assert_array_equal(legacy.obs, typed.obs)  # legacy uint32 keys still work
+
+
+@pytest.mark.parametrize("name", ["test/point-mass", "test/point-mass-host"])
+def test_the_point_mass_test_task_keeps_the_contract(name, getkey):
+    """`test/point-mass` is made like every task: the Step layout, truncation at the time limit
+    with `final_obs` kept, the same trajectory for the same key, jittable or host-stepped."""
+    assert name in envs.names()
+    env = envs.make(name, num_envs=3, episode_length=4, seed=1)
+    assert isinstance(env, envs.Env) and env.jittable == (name == "test/point-mass")
+    assert (env.observation_size, env.action_size) == (4, 2)
+    key = getkey()
+    state, first = env.reset(key)
+    assert first.obs.shape == (3, 4) and not first.terminated.any()
+    steps = []
+    for _ in range(4):
+        state, step = env.step(state, jnp.zeros((3, 2), jnp.float32))  # standing still
+        steps.append(step)
+    assert not any(s.truncated.any() for s in steps[:3]) and steps[3].truncated.all()
+    np.testing.assert_array_equal(steps[3].final_obs, first.obs)  # never moved
+    np.testing.assert_array_equal(steps[3].episode_length, 4)
+    # the reward is minus the distance to the target: position (obs[:2]) to target
+    np.testing.assert_allclose(
+        steps[0].reward, -np.linalg.norm(first.obs[:, 2:], axis=1), rtol=1e-6
+    )
+    again = env.reset(key)[1]
+    np.testing.assert_array_equal(again.obs, first.obs)

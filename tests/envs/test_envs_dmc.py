@@ -1,11 +1,13 @@
 """dm_control in worker processes: semantics, determinism and the fault paths."""
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -289,7 +291,7 @@ def test_workers_exit_when_the_parent_is_killed():
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert parent.stdout is not None
@@ -327,3 +329,126 @@ def test_reset_refuses_a_number_and_handles_are_never_reused(env):
     # the second environment may live at the address the first one had
     with _make(num_workers=0) as second, pytest.raises(TypeError, match=match):
         second.step(old, np.zeros((4, 1), np.float32))
+
+
+# Workers never import the script that made the environment (its `__main__` module): a script
+# without a main guard works, read from a file, from standard input or given with `python -c`.
+# The script appends a line to a file each time its top level runs: once, not once per worker.
+_SCRIPT = """
+import gc
+import os
+import numpy as np
+import envs
+
+with open(os.environ["ENVS_TEST_RUNS"], "a") as f:
+    f.write("run\\n")
+env = envs.make("dmc/cartpole-balance", num_envs=2, num_workers=2)
+state, step = env.reset()
+for _ in range(3):
+    state, step = env.step(state, np.zeros((2, env.action_size), np.float32))
+assert step.episode_length.tolist() == [3, 3], step.episode_length
+print(*env.worker_pids, flush=True)
+"""
+
+_GUARDED = """
+import gc
+import os
+import numpy as np
+import envs
+
+def main():
+    with open(os.environ["ENVS_TEST_RUNS"], "a") as f:
+        f.write("run\\n")
+    with envs.make("dmc/cartpole-balance", num_envs=2, num_workers=2) as env:
+        state, step = env.reset()
+        for _ in range(3):
+            state, step = env.step(state, np.zeros((2, env.action_size), np.float32))
+        assert step.episode_length.tolist() == [3, 3], step.episode_length
+        print(*env.worker_pids, flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _run_python(tmp_path, code: str, how: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter as a script file, from standard input or with -c,
+    in `tmp_path` (this checkout first on its path, whatever is installed)."""
+    path = [_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path),
+        "ENVS_TEST_RUNS": str(tmp_path / "runs.txt"),
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "disable"),
+    }
+    stdin = None
+    if how == "file":
+        script = tmp_path / "script.py"
+        script.write_text(code)
+        args = [sys.executable, str(script)]
+    elif how == "stdin":
+        args, stdin = [sys.executable, "-"], code
+    else:
+        args = [sys.executable, "-c", code]
+    return subprocess.run(
+        args, input=stdin, capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [(_SCRIPT, "file"), (_SCRIPT, "stdin"), (_SCRIPT, "-c"), (_GUARDED, "file")],
+    ids=["script-without-guard", "stdin", "python-c", "script-with-guard"],
+)
+def test_workers_start_from_any_script(tmp_path, code, how):
+    result = _run_python(tmp_path, code, how)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs.txt").read_text() == "run\n"  # no worker ran the script
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 2
+    # stopped and reaped by the script itself as it exited (the unguarded ones never close)
+    assert all(_gone(p) for p in pids), "workers outlived the script"
+
+
+_MAIN_KWARGS = """
+import envs
+
+class Seed(int):  # lives in __main__, which the workers never import
+    pass
+
+envs.make("dmc/cartpole-balance", num_envs=2, num_workers=2, task_kwargs={"random": Seed(3)})
+"""
+
+
+def test_task_kwargs_defined_in_main_fail_with_the_fix(tmp_path):
+    result = _run_python(tmp_path, _MAIN_KWARGS, "file")
+    assert result.returncode == 1
+    assert "WorkerError" in result.stderr
+    assert "task_kwargs may hold only objects defined in an importable module" in result.stderr
+
+
+def test_unpicklable_task_kwargs_are_refused_before_starting_workers():
+    class Local(int):  # a local class: pickle cannot name it
+        pass
+
+    with pytest.raises(TypeError, match=r"task_kwargs must be picklable.*num_workers=0"):
+        _make(task_kwargs={"random": Local(3)})
+    with _make(num_workers=0, task_kwargs={"random": Local(3)}) as local:  # in-process: fine
+        local.reset()
+
+
+def test_no_interpreter_to_start_workers_names_the_fix(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "")
+    with pytest.raises(RuntimeError, match=r"sys\.executable is empty.*num_workers=0"):
+        _make()
+
+
+def test_garbage_collected_env_stops_its_workers():
+    e = _make(num_envs=2)
+    e.reset()
+    pids = e.worker_pids
+    del e
+    gc.collect()
+    assert all(_gone(p) for p in pids)

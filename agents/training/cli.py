@@ -1,8 +1,9 @@
 """Command line: `neurosurgery train --agent sac --env dmc/cartpole-swingup --seeds 0 1 ...`.
 
-Every option of `TrainConfig` (and the agent's nested config, e.g. `--sac.batch-size`) is a flag;
-`--help` lists them with their defaults. `--resume RUN_DIR` continues a run from its checkpoint
-with the configuration saved in that folder.
+Every option of `TrainConfig` is a flag, nested ones with a dot (`--sac.batch-size`,
+`--surgery.metrics`, `--reset.method regrama --reset.tau 0.01`); `--help` lists them with their
+defaults. `--resume RUN_DIR` continues a run from its checkpoint with the configuration saved in
+that folder.
 """
 
 from __future__ import annotations
@@ -45,7 +46,27 @@ def parse(args: Sequence[str]) -> TrainCommand:
 
 
 #: the options a resumed run takes from the command line (the rest come from its folder)
-RESUME_OPTIONS = ("steps", "sinks", "progress", "no-progress", "env-workers", "resume")
+RESUME_OPTIONS = (
+    "steps",
+    "sinks",
+    "progress",
+    "no-progress",
+    "env-workers",
+    "wandb.project",
+    "wandb.group",
+    "wandb.entity",
+    "resume",
+)
+#: flags of earlier versions and the options that replaced them
+RENAMED = {
+    "reset": "--reset.method",
+    "reset-tau": "--reset.tau (the reset threshold) and --surgery.tau (the logged one)",
+    "reset-period": "--reset.every (updates between resets) and --surgery.every (between logs)",
+    "reset-start": "--reset.start",
+    "reset-end": "--reset.end",
+    "reset-max-fraction": "--reset.max-fraction",
+    "reset-networks": "--reset.networks (reset) and --surgery.networks (logged)",
+}
 
 
 def _flag(arg: str) -> str:
@@ -72,6 +93,15 @@ def _differs(cmd: TrainCommand, config: TrainConfig, flag: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    renamed = [f for f in (_flag(a) for a in args if a.startswith("--")) if f in RENAMED]
+    if renamed:
+        print(
+            "neurosurgery: error: "
+            + "; ".join(f"--{f} is now {RENAMED[f]}" for f in renamed)
+            + " (see neurosurgery train --help)",
+            file=sys.stderr,
+        )
+        return 2
     cmd = parse(args)
     given = {_flag(a) for a in args if a.startswith("--")}
     run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
@@ -88,12 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "can). Start a new --run-dir to train with other options"
                 )
             progress = cmd.progress if given & {"progress", "no-progress"} else config.progress
+            wandb = {
+                k: getattr(cmd.wandb, k)
+                for k in ("project", "group", "entity")
+                if f"wandb.{k}" in given
+            }
             config = dataclasses.replace(
                 config,
                 steps=cmd.steps if "steps" in given else config.steps,
                 sinks=cmd.sinks if "sinks" in given else config.sinks,
                 progress=progress,
                 env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
+                wandb=dataclasses.replace(config.wandb, **wandb),
             )
             if not (Path(cmd.resume) / CHECKPOINT).exists():
                 print(

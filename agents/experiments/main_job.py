@@ -1,6 +1,6 @@
 """The main job: SAC with and without ReGraMa on a CPU-friendly task, side by side.
 
-`python -m agents.main_job [--out runs/main] [--steps N] [--seeds 0 1] [--env NAME]`
+`python -m agents.experiments.main_job [--out runs/main] [--steps N] [--seeds 0 1] [--env NAME]`
 
 Trains the same SAC configuration twice — no resets, then ReGraMa on the critics — with the seeds
 vmapped in one process, writes one run folder per method, a comparison plot of evaluation returns
@@ -17,25 +17,39 @@ from pathlib import Path
 
 import numpy as np
 
-from ._config import TrainConfig
-from ._mlp import NetworkConfig
-from ._run import train
-from ._sac import SACConfig
-from ._sinks import read_metrics
+from ..algorithms import SACConfig
+from ..networks import NetworkConfig
+from ..training import History, ResetConfig, SurgeryConfig, TrainConfig, train
 
-METHODS = {"none": {}, "regrama": {"reset": "regrama", "reset_tau": 0.0}}
+#: the compared methods: no resets, and ReGraMa on the critics (τ = 0)
+METHODS = {"none": "none", "regrama": "regrama"}
 
 
 def _config(args: argparse.Namespace, method: str) -> TrainConfig:
     net = NetworkConfig(width=args.width, depth=2)
+    reset = (
+        ResetConfig()
+        if method == "none"
+        else ResetConfig(method=METHODS[method], tau=0.0, every=args.reset_period)
+    )
     return TrainConfig(
-        env=args.env, seeds=tuple(args.seeds), steps=args.steps, num_envs=1,
-        learning_starts=args.learning_starts, buffer_size=args.steps, log_every=args.log_every,
-        eval_every=args.log_every, eval_episodes=2, checkpoint_every=args.steps,
-        run_dir=str(Path(args.out) / method), sinks=("csv", "jsonl", "tensorboard"),
-        progress=True, reset_period=args.reset_period,
-        sac=SACConfig(actor=net, critic=net), **METHODS[method],
-    )  # fmt: skip
+        env=args.env,
+        seeds=tuple(args.seeds),
+        steps=args.steps,
+        num_envs=1,
+        learning_starts=args.learning_starts,
+        buffer_size=args.steps,
+        log_every=args.log_every,
+        eval_every=args.log_every,
+        eval_episodes=2,
+        checkpoint_every=args.steps,
+        run_dir=str(Path(args.out) / method),
+        sinks=("csv", "jsonl", "tensorboard"),
+        progress=True,
+        surgery=SurgeryConfig(every=args.reset_period),
+        reset=reset,
+        sac=SACConfig(actor=net, critic=net),
+    )
 
 
 def _plot(out: Path, curves: dict[str, dict[str, dict[int, list[tuple[int, float]]]]]) -> None:
@@ -45,8 +59,10 @@ def _plot(out: Path, curves: dict[str, dict[str, dict[int, list[tuple[int, float
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("eval/episode_return", "evaluation return"),
-              ("surgery/critic/grama", "critic units GraMa-inactive (fraction)"))  # fmt: skip
+    panels = (
+        ("eval/episode_return", "evaluation return"),
+        ("surgery/critic/grama", "critic units GraMa-inactive (fraction)"),
+    )
     for ax, (name, title) in zip(axes, panels, strict=True):
         for i, (method, data) in enumerate(curves.items()):
             for seed, pts in sorted(data.get(name, {}).items()):
@@ -82,9 +98,10 @@ def main(argv: list[str] | None = None) -> None:
 
             shutil.rmtree(run_dir)
         start = time.perf_counter()
-        summary = train(config)
+        history = History(config.seeds)
+        summary = train(config, callbacks=[history.write])
         wall = time.perf_counter() - start
-        curves[method] = read_metrics(run_dir / "metrics.csv")
+        curves[method] = history.curves
         final = np.asarray(summary["eval/episode_return"]["final"], float)
         inactive = curves[method].get("surgery/critic/grama", {})
         last_inactive = [pts[-1][1] for _, pts in sorted(inactive.items())] or [float("nan")]
@@ -98,17 +115,30 @@ def main(argv: list[str] | None = None) -> None:
         f"SAC on {args.env}, {args.steps} env steps, seeds {args.seeds}, width {args.width}",
         f"{'method':10s} {'final eval return per seed':>30s} {'mean':>8s} "
         f"{'critic GraMa-inactive %':>24s} {'units reset, sum %':>19s} {'wall s':>7s}",
-    ]  # fmt: skip
+    ]
     for method, final, inactive, reset, wall in rows:
         per_seed = " ".join(f"{v:7.1f}" for v in final)
-        lines.append(f"{method:10s} {per_seed:>30s} {final.mean():8.1f} {100 * inactive:24.1f} "
-                     f"{100 * reset:19.1f} {wall:7.0f}")  # fmt: skip
+        lines.append(
+            f"{method:10s} {per_seed:>30s} {final.mean():8.1f} {100 * inactive:24.1f} "
+            f"{100 * reset:19.1f} {wall:7.0f}"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     (out / "comparison.txt").write_text(table + "\n")
-    (out / "comparison.json").write_text(json.dumps(
-        {m: {"final_eval_return": f.tolist(), "critic_grama_inactive": i, "reset_sum": r,
-             "wall_s": w} for m, f, i, r, w in rows}, indent=2))  # fmt: skip
+    (out / "comparison.json").write_text(
+        json.dumps(
+            {
+                m: {
+                    "final_eval_return": f.tolist(),
+                    "critic_grama_inactive": i,
+                    "reset_sum": r,
+                    "wall_s": w,
+                }
+                for m, f, i, r, w in rows
+            },
+            indent=2,
+        )
+    )
     print(
         f"\nrun folders: {', '.join(str(out / m) for m in METHODS)}; plot: {out / 'comparison.png'}"
     )

@@ -18,11 +18,17 @@ def main() -> None:
     obs, act = 17, 6  # HalfCheetah-sized
     models = [
         ("MLP 256×2, ReLU", eqx.nn.MLP(obs + act, 1, 256, 2, key=k1), (jnp.zeros(obs + act),)),
-        ("BRO critic, width 512, 2 blocks", BroCritic(obs, act, width=512, blocks=2, key=k2),
-         (jnp.zeros(obs), jnp.zeros(act))),
-        ("DACER denoiser, 3×256 mish", Denoiser(obs, act, key=k3),
-         (jnp.zeros(obs), jnp.zeros(act), jnp.float32(0.5))),
-    ]  # fmt: skip
+        (
+            "BRO critic, width 512, 2 blocks",
+            BroCritic(obs, act, width=512, blocks=2, key=k2),
+            (jnp.zeros(obs), jnp.zeros(act)),
+        ),
+        (
+            "DACER denoiser, 3×256 mish",
+            Denoiser(obs, act, key=k3),
+            (jnp.zeros(obs), jnp.zeros(act), jnp.float32(0.5)),
+        ),
+    ]
     for title, model, example in models:
         start = time.perf_counter()
         anatomy = ns.anatomy(model, *example)

@@ -64,9 +64,14 @@ def predict_x0(schedule: VPSchedule, x: Array, eps: Array, i: Array, clip: bool 
 
 
 def reverse_step(
-    schedule: VPSchedule, eps_fn: EpsFn, x: Float[Array, " a"], i: Array,
-    noise: Float[Array, " a"], clip: bool = True, variance: str = "posterior",
-) -> Float[Array, " a"]:  # fmt: skip
+    schedule: VPSchedule,
+    eps_fn: EpsFn,
+    x: Float[Array, " a"],
+    i: Array,
+    noise: Float[Array, " a"],
+    clip: bool = True,
+    variance: str = "posterior",
+) -> Float[Array, " a"]:
     """One DDPM ancestral step x_i → x_{i−1}: posterior mean of q(x_{i−1} | x_i, x̂0) plus noise
     of variance β̃_i (`posterior`) or β_i (`beta`); none at i = 0."""
     beta, ab, ab_prev = schedule.betas[i], schedule.alpha_bars[i], schedule.alpha_bars_prev[i]
@@ -83,16 +88,38 @@ def reverse_step(
 
 
 def ddpm_sample(
-    schedule: VPSchedule, eps_fn: EpsFn, x_T: Float[Array, " a"], noise: Float[Array, "T a"],
-    clip: bool = True, variance: str = "posterior",
-) -> Float[Array, " a"]:  # fmt: skip
+    schedule: VPSchedule,
+    eps_fn: EpsFn,
+    x_T: Float[Array, " a"],
+    noise: Float[Array, "T a"],
+    clip: bool = True,
+    variance: str = "posterior",
+) -> Float[Array, " a"]:
     """The whole reverse chain from x_T, differentiable end to end; `noise[i]` is step i's draw."""
+    calls = lambda x, t, j: eps_fn(x, t)
+    return ddpm_sample_calls(schedule, calls, x_T, noise, clip, variance)[0]
 
-    def step(x, i):
-        return reverse_step(schedule, eps_fn, x, i, noise[i], clip, variance), None
 
-    x, _ = jax.lax.scan(step, x_T, jnp.arange(schedule.steps - 1, -1, -1))
-    return jnp.clip(x, -1.0, 1.0) if clip else x
+def ddpm_sample_calls(
+    schedule: VPSchedule,
+    eps_fn: Callable[[Array, Array, Array], Array],
+    x_T: Float[Array, " a"],
+    noise: Float[Array, "T a"],
+    clip: bool = True,
+    variance: str = "posterior",
+) -> tuple[Float[Array, " a"], Float[Array, "T a"], Float[Array, " T"]]:
+    """`ddpm_sample`, also returning the input x and step index t of each of its T noise
+    predictions, in call order. `eps_fn(x, t, j)` also gets the call's position j (0 … T−1),
+    so that a caller can tell the calls apart (e.g. to differentiate by call)."""
+    steps = jnp.arange(schedule.steps - 1, -1, -1)
+
+    def step(x, j):
+        i = steps[j]
+        eps_at = lambda x, t: eps_fn(x, t, j)
+        return reverse_step(schedule, eps_at, x, i, noise[i], clip, variance), x
+
+    x, xs = jax.lax.scan(step, x_T, jnp.arange(schedule.steps))
+    return (jnp.clip(x, -1.0, 1.0) if clip else x), xs, steps.astype(x.dtype)
 
 
 def flow_drift(schedule: VPSchedule, eps: Array, x: Array, s: Array, clip: bool = True) -> Array:
@@ -110,9 +137,12 @@ def flow_drift(schedule: VPSchedule, eps: Array, x: Array, s: Array, clip: bool 
 
 
 def ode_sample(
-    schedule: VPSchedule, eps_fn: EpsFn, x_T: Float[Array, " a"], steps: int = 10,
+    schedule: VPSchedule,
+    eps_fn: EpsFn,
+    x_T: Float[Array, " a"],
+    steps: int = 10,
     clip: bool = True,
-) -> Float[Array, " a"]:  # fmt: skip
+) -> Float[Array, " a"]:
     """Probability-flow ODE dx/ds = −½β(s)(x − ε̂/√(1−ᾱ(s))) from s = 1 to s = 1/T, solved with
     diffrax (Heun, fixed steps), then the last step's x̂0 — the deterministic counterpart of
     `ddpm_sample`. See `flow_drift` for `clip`."""
@@ -123,10 +153,16 @@ def ode_sample(
 
     s_end = 1.0 / T
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(drift), diffrax.Heun(), t0=1.0, t1=s_end, dt0=-(1.0 - s_end) / steps,
-        y0=x_T, saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.ConstantStepSize(),
+        diffrax.ODETerm(drift),
+        diffrax.Heun(),
+        t0=1.0,
+        t1=s_end,
+        dt0=-(1.0 - s_end) / steps,
+        y0=x_T,
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=diffrax.ConstantStepSize(),
         max_steps=steps + 1,
-    )  # fmt: skip
+    )
     assert sol.ys is not None  # SaveAt(t1=True) saves the end point
     x = sol.ys[-1]
     i0 = jnp.zeros((), jnp.int32)
@@ -134,9 +170,12 @@ def ode_sample(
 
 
 def ode_sample_calls(
-    schedule: VPSchedule, eps_fn: Callable[[Array, Array, int], Array], x_T: Float[Array, " a"],
-    steps: int = 10, clip: bool = True,
-) -> tuple[Float[Array, " a"], Float[Array, "n a"], Float[Array, " n"]]:  # fmt: skip
+    schedule: VPSchedule,
+    eps_fn: Callable[[Array, Array, Array], Array],
+    x_T: Float[Array, " a"],
+    steps: int = 10,
+    clip: bool = True,
+) -> tuple[Float[Array, " a"], Float[Array, "n a"], Float[Array, " n"]]:
     """`ode_sample` with its Heun steps written out: the output, and the input x and step index t
     of each of its 2·steps + 1 noise predictions, in call order. `eps_fn(x, t, j)` also gets the
     call's position j, so that a caller can tell the calls apart (e.g. to differentiate by call).
@@ -160,7 +199,8 @@ def ode_sample_calls(
 
     x, (xs, ts) = jax.lax.scan(step, x_T, jnp.arange(steps))
     t0 = jnp.zeros((), x.dtype)
-    out = predict_x0(schedule, x, eps_fn(x, t0, 2 * steps), jnp.zeros((), jnp.int32), clip)
+    last = jnp.asarray(2 * steps)
+    out = predict_x0(schedule, x, eps_fn(x, t0, last), jnp.zeros((), jnp.int32), clip)
     xs = jnp.concatenate([xs.reshape(2 * steps, -1), x[None]])
     ts = jnp.concatenate([ts.reshape(2 * steps), t0[None]])
     return out, xs, ts

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._sac import Batch
+from ..algorithms import Batch
 
 
 class Replay(eqx.Module):

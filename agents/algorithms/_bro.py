@@ -1,8 +1,8 @@
 """BRO (Nauman et al. 2024): BroNet critics with quantile heads, optimistic exploration, full resets.
 
-Same protocol as SAC: a frozen config plus pure `init`/`act`/`update` over an explicit state pytree,
-per-sample losses exposed as `Probe`s, parameters by name from `networks`. `scheduled` runs BRO's
-full-reset schedule; the trainer calls it between update cycles with the (unbatched) update count.
+The `Agent` protocol, as SAC: a frozen config plus pure `init`/`act`/`update` over an explicit
+state pytree, each network's loss an `Objective`. `scheduled` runs BRO's full-reset schedule; the
+trainer calls it between update cycles with the (unbatched) update count.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..networks import BroCritic, BroNet
+from ._agent import Batch, Objective
 from ._checks import check_fields
-from ._sac import (
-    Batch,
-    Probe,
-    _opt_update,
-    _params,
+from ._steps import (
+    _known,
     actor_and_alpha_step,
     critic_step,
+    objective_step,
+    opt_update,
+    params,
     soft_update,
     squashed_gaussian,
 )
-from .networks import BroCritic, BroNet
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 #: log β and log λ are squashed into this range (BRO's released code)
@@ -98,10 +99,13 @@ class BROConfig:
         positive = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "kappa", "init_optimism")
         positive += ("init_kl_weight", "adjust_lr", "std_multiplier")
         check_fields(
-            self, "bro", unit=("tau", "gamma"),
+            self,
+            "bro",
+            unit=("tau", "gamma"),
             at_least_one=("batch_size", "critic_width", "actor_width", "n_quantiles"),
-            positive=positive, non_negative=("weight_decay", "kl_target"),
-        )  # fmt: skip
+            positive=positive,
+            non_negative=("weight_decay", "kl_target"),
+        )
         for name in ("critic_blocks", "actor_blocks"):
             if not 1 <= getattr(self, name) <= 4:
                 raise ValueError(f"bro.{name} must be in 1..4, got {getattr(self, name)}")
@@ -113,24 +117,6 @@ class BROConfig:
                 )
         if self.full_resets is not None and any(s <= 0 for s in self.full_resets):
             raise ValueError(f"bro.full_resets must be positive env steps, got {self.full_resets}")
-
-
-def grama_preset(reset: str = "regrama") -> dict[str, Any]:
-    """TrainConfig options of the GraMa paper's BRO-net runs (RR 2, batch 128, every 1000 updates).
-
-    `reset` is `regrama` (τ 0.01) or `redo` (τ 0.02); `TrainConfig(**grama_preset(), env=...)`.
-    """
-    taus = {"regrama": 0.01, "redo": 0.02}
-    if reset not in taus:
-        raise ValueError(f"grama_preset: reset must be one of {sorted(taus)}, got {reset!r}")
-    return {
-        "agent": "bro",
-        "replay_ratio": 2.0,
-        "reset": reset,
-        "reset_tau": taus[reset],
-        "reset_period": 1000,
-        "bro": BROConfig.grama(),
-    }
 
 
 def quantile_huber(
@@ -188,8 +174,9 @@ class BroActor(eqx.Module):
 
     net: BroNet
 
-    def __init__(self, obs_size: int, action_size: int, width: int, blocks: int, *,
-                 key: PRNGKeyArray):  # fmt: skip
+    def __init__(
+        self, obs_size: int, action_size: int, width: int, blocks: int, *, key: PRNGKeyArray
+    ):
         k_net, k_std = jax.random.split(key)
         net = BroNet(obs_size, 2 * action_size, width, blocks, head_scale=math.sqrt(2), key=k_net)
         w_std = jax.nn.initializers.orthogonal(1.0)(k_std, (action_size, width), jnp.float32)
@@ -220,15 +207,19 @@ class OptimisticActor(eqx.Module):
 
     net: BroNet
 
-    def __init__(self, obs_size: int, action_size: int, width: int, blocks: int, *,
-                 key: PRNGKeyArray):  # fmt: skip
+    def __init__(
+        self, obs_size: int, action_size: int, width: int, blocks: int, *, key: PRNGKeyArray
+    ):
         net = BroNet(obs_size + action_size, action_size, width, blocks, key=key)
         self.net = eqx.tree_at(lambda n: n.head.weight, net, jnp.zeros_like(net.head.weight))
 
     def distribution(
-        self, obs: Float[Array, " o"], mean_c: Float[Array, " a"], log_std_c: Float[Array, " a"],
+        self,
+        obs: Float[Array, " o"],
+        mean_c: Float[Array, " a"],
+        log_std_c: Float[Array, " a"],
         std_multiplier: float,
-    ) -> tuple[Array, Array]:  # fmt: skip
+    ) -> tuple[Array, Array]:
         shift = self.net(jnp.concatenate([obs, mean_c]))
         return mean_c + shift, log_std_c + math.log(std_multiplier)
 
@@ -257,7 +248,7 @@ def twin_quantiles(critic: BroCritic, obs: Array, action: Array) -> Float[Array,
 
 @dataclass(frozen=True)
 class BRO:
-    """BRO agent: `init`, `act`, `update`, `scheduled` over `BROState`; `probes` per network.
+    """BRO agent: `init`, `act`, `update`, `scheduled` over `BROState`; `objectives` per network.
 
     `replay_ratio` and `learning_starts` (from the trainer) turn the full-reset env steps into
     update counts.
@@ -277,6 +268,7 @@ class BRO:
         ("optimistic_loss", "optimistic_actor"),
     )
     update_cycle: int = 1
+    surgery_networks: tuple[str, ...] = ("critic", "actor", "optimistic_actor")
 
     @property
     def target_entropy(self) -> float:
@@ -324,9 +316,9 @@ class BRO:
             target_critic=critic,
             log_alpha=log_alpha,
             adjust=adjust,
-            actor_opt=opt_a.init(_params(actor)),
-            optimistic_opt=opt_a.init(_params(optimistic)),
-            critic_opt=opt_c.init(_params(critic)),
+            actor_opt=opt_a.init(params(actor)),
+            optimistic_opt=opt_a.init(params(optimistic)),
+            critic_opt=opt_c.init(params(critic)),
             alpha_opt=opt_t.init(log_alpha),
             adjust_opt=opt_j.init(adjust),
             updates=jnp.zeros((), jnp.int32),
@@ -362,7 +354,7 @@ class BRO:
             return jax.vmap(sample)(obs, noise)[0]
         return jax.vmap(state.actor.sample)(obs, noise)[0]
 
-    # --- per-sample losses -------------------------------------------------------------------
+    # --- losses ------------------------------------------------------------------------------
     def critic_target(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Array:
         """Target quantiles [b, n]: r + γ(1−d)(mean of both target critics − α log π_c)."""
         noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
@@ -376,109 +368,81 @@ class BRO:
         )
         return jax.lax.stop_gradient(target)
 
-    def critic_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
+    def critic_objective(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Objective:
         """Quantile-Huber loss of both critics per sample, against the shared target quantiles."""
         kappa = self.config.kappa
 
-        def loss(critic: BroCritic, obs: Array, action: Array, target: Array) -> Array:
-            q = twin_quantiles(critic, obs, action)
+        def loss(q: Array, target: Array) -> Array:
             return jnp.sum(jax.vmap(lambda p: quantile_huber(p, target, kappa))(q))
 
         target = self.critic_target(state, batch, key)
-        return Probe(state.critic, (batch.obs, batch.action, target), loss)
+        return Objective(state.critic, twin_quantiles, (batch.obs, batch.action), loss, (target,))
 
-    def actor_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
-        """α·log π_c(a|s) − Q̄(s, a), Q̄ the mean over both critics and all quantiles."""
+    def actor_objective(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Objective:
+        """α·log π_c(a|s) − Q̄(s, a), Q̄ the mean over both critics and all quantiles; aux log π."""
         noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
         alpha, critic = jnp.exp(state.log_alpha), state.critic
 
-        def loss(actor: BroActor, obs: Array, eps: Array) -> Array:
-            action, logp = actor.sample(obs, eps)
-            return alpha * logp - jnp.mean(twin_quantiles(critic, obs, action))
+        def loss(out: tuple[Array, Array], eps: Array, obs: Array) -> tuple[Array, Array]:
+            action, logp = squashed_gaussian(*out, eps)
+            return alpha * logp - jnp.mean(twin_quantiles(critic, obs, action)), logp
 
-        return Probe(state.actor, (batch.obs, noise), loss)
+        return Objective(
+            state.actor, BroActor.distribution, (batch.obs,), loss, (noise, batch.obs), True
+        )
 
-    def optimistic_probe(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Probe:
-        """−(Q̄ + β·|Q1 − Q2|/2) + λ·KL per sample, a drawn from π_o, KL the mean-shift KL."""
+    def optimistic_objective(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> Objective:
+        """−(Q̄ + β·|Q1 − Q2|/2) + λ·KL per sample, a drawn from π_o, KL the mean-shift KL
+        (aux); π_c's mean and σ enter π_o as inputs, held fixed."""
         noise = jax.random.normal(key, batch.action.shape, batch.action.dtype)
         beta, kl_weight = self.optimism_weights(state.adjust)
-        actor, critic = state.actor, state.critic
+        critic, mult = state.critic, self.config.std_multiplier
+        mean_c, log_std_c = jax.lax.stop_gradient(jax.vmap(state.actor.distribution)(batch.obs))
 
-        def loss(optimistic: OptimisticActor, obs: Array, eps: Array) -> Array:
-            action, _, kl = self.optimistic_sample(actor, optimistic, obs, eps)
+        def call(optimistic: OptimisticActor, obs: Array, mean: Array, log_std: Array):
+            return optimistic.distribution(obs, mean, log_std, mult)
+
+        def loss(
+            out: tuple[Array, Array], eps: Array, obs: Array, mean: Array, log_std: Array
+        ) -> tuple[Array, Array]:
+            action, _ = squashed_gaussian(*out, eps)
+            kl = shift_kl(out[0], mean, log_std)
             q = jnp.mean(twin_quantiles(critic, obs, action), axis=-1)
-            return -(jnp.mean(q) + beta * jnp.abs(q[0] - q[1]) / 2) + kl_weight * kl
+            return -(jnp.mean(q) + beta * jnp.abs(q[0] - q[1]) / 2) + kl_weight * kl, kl
 
-        return Probe(state.optimistic_actor, (batch.obs, noise), loss)
+        inputs = (batch.obs, mean_c, log_std_c)
+        return Objective(state.optimistic_actor, call, inputs, loss, (noise, *inputs), True)
 
-    def probes(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> dict[str, Probe]:
+    def objectives(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> dict[str, Objective]:
         k1, k2, k3 = jax.random.split(key, 3)
         return {
-            "critic": self.critic_probe(state, batch, k1),
-            "actor": self.actor_probe(state, batch, k2),
-            "optimistic_actor": self.optimistic_probe(state, batch, k3),
+            "critic": self.critic_objective(state, batch, k1),
+            "actor": self.actor_objective(state, batch, k2),
+            "optimistic_actor": self.optimistic_objective(state, batch, k3),
         }
 
-    # --- neuron surgery ----------------------------------------------------------------------
-    def surgery_targets(self, state: BROState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
-        """Critics, π_c and π_o as a surgery step sees them: call, batched inputs, and the
-        update's loss as a function of the batched outputs."""
-        from ._neurons import SurgeryTarget
-
-        k_critic, k_actor, k_opt = jax.random.split(key, 3)
-        kappa, frozen = self.config.kappa, state.critic
-        target = self.critic_target(state, batch, k_critic)
-
-        def critic_loss(q: Array) -> Array:  # q: [b, 2, n]
-            per = jax.vmap(lambda qi, y: jax.vmap(lambda p: quantile_huber(p, y, kappa))(qi))
-            return jnp.mean(jnp.sum(per(q, target), axis=-1))
-
-        critic = SurgeryTarget(state.critic, twin_quantiles, (batch.obs, batch.action), critic_loss)
-        noise = jax.random.normal(k_actor, batch.action.shape, batch.action.dtype)
-        alpha = jnp.exp(state.log_alpha)
-
-        def actor_loss(out: tuple[Array, Array]) -> Array:
-            action, logp = jax.vmap(squashed_gaussian)(out[0], out[1], noise)
-            q = jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(frozen, batch.obs, action)
-            return jnp.mean(alpha * logp - jnp.mean(q, axis=(1, 2)))
-
-        actor = SurgeryTarget(state.actor, BroActor.distribution, (batch.obs,), actor_loss)
-        mean_c, log_std_c = jax.lax.stop_gradient(jax.vmap(state.actor.distribution)(batch.obs))
-        noise_o = jax.random.normal(k_opt, batch.action.shape, batch.action.dtype)
-        beta, kl_weight = self.optimism_weights(state.adjust)
-        mult = self.config.std_multiplier
-
-        def optimistic_loss(out: tuple[Array, Array]) -> Array:
-            action, _ = jax.vmap(squashed_gaussian)(out[0], out[1], noise_o)
-            q = jnp.mean(
-                jax.vmap(twin_quantiles, in_axes=(None, 0, 0))(frozen, batch.obs, action), -1
-            )
-            kl = jax.vmap(shift_kl)(out[0], mean_c, log_std_c)
-            return jnp.mean(
-                -(jnp.mean(q, -1) + beta * jnp.abs(q[:, 0] - q[:, 1]) / 2) + kl_weight * kl
-            )
-
-        optimistic = SurgeryTarget(
-            state.optimistic_actor, lambda m, o, mc, ls: m.distribution(o, mc, ls, mult),
-            (batch.obs, mean_c, log_std_c), optimistic_loss,
-        )  # fmt: skip
-        return {"critic": critic, "actor": actor, "optimistic_actor": optimistic}
-
-    def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
+    # --- networks by name ----------------------------------------------------------------------
+    def make_network(self, name: str, key: PRNGKeyArray) -> Any:
         """A freshly initialised network: the source of re-drawn weights."""
         c, o, a = self.config, self.obs_size, self.action_size
-        if name == "actor":
+        if _known(self, name) == "actor":
             return BroActor(o, a, c.actor_width, c.actor_blocks, key=key)
         if name == "optimistic_actor":
             return OptimisticActor(o, a, c.actor_width, c.actor_blocks, key=key)
         make = lambda k: BroCritic(o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k)
         return eqx.filter_vmap(make)(jax.random.split(key, 2))
 
-    def network_optimizer(self, state: BROState, name: str) -> tuple[Any, Any]:
+    def optimizer(self, name: str) -> optax.GradientTransformation:
         opt_a, opt_c, _, _ = self._optimizers()
-        states = {"actor": (opt_a, state.actor_opt), "critic": (opt_c, state.critic_opt),
-                  "optimistic_actor": (opt_a, state.optimistic_opt)}  # fmt: skip
-        return states[name]
+        return opt_c if _known(self, name) == "critic" else opt_a
+
+    def opt_state(self, state: BROState, name: str) -> Any:
+        states = {
+            "actor": state.actor_opt,
+            "critic": state.critic_opt,
+            "optimistic_actor": state.optimistic_opt,
+        }
+        return states[_known(self, name)]
 
     def replace_network(self, state: BROState, name: str, model: Any, opt_state: Any) -> BROState:
         fields = {
@@ -486,10 +450,10 @@ class BRO:
             "critic": lambda s: (s.critic, s.critic_opt),
             "optimistic_actor": lambda s: (s.optimistic_actor, s.optimistic_opt),
         }
-        return eqx.tree_at(fields[name], state, (model, opt_state))
+        return eqx.tree_at(fields[_known(self, name)], state, (model, opt_state))
 
     def networks(self, state: BROState) -> dict[str, Any]:
-        """The parameters a finiteness check or a surgery step looks at, by network name."""
+        """The parameters a finiteness check looks at, by network name."""
         return {
             "critic": state.critic,
             "actor": state.actor,
@@ -508,7 +472,7 @@ class BRO:
         opt_a, opt_c, opt_t, opt_j = self._optimizers()
         k_critic, k_actor, k_opt = jax.random.split(key, 3)
 
-        state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
+        state, metrics = critic_step(opt_c, self.critic_objective(state, batch, k_critic), state)
         state, m = actor_and_alpha_step(self, state, batch, k_actor, opt_a, opt_t)
         metrics.update(m)
         if c.optimism:
@@ -523,21 +487,10 @@ class BRO:
         return state, metrics
 
     def _optimistic_and_adjust(self, state, batch, key, opt_a, opt_j):
-        probe = self.optimistic_probe(state, batch, key)
-        actor = state.actor
-
-        def batch_loss(optimistic: OptimisticActor) -> tuple[Array, Array]:
-            per_sample = jax.vmap(probe.loss, in_axes=(None, 0, 0))(optimistic, *probe.inputs)
-            sample = lambda o, n: self.optimistic_sample(actor, optimistic, o, n)
-            kl = jax.vmap(sample)(*probe.inputs)[2]
-            return jnp.mean(per_sample), jnp.mean(kl)
-
-        (loss, kl), grads = eqx.filter_value_and_grad(batch_loss, has_aux=True)(
-            state.optimistic_actor
+        objective = self.optimistic_objective(state, batch, key)
+        optimistic, optimistic_opt, loss, kl = objective_step(
+            opt_a, objective, state.optimistic_opt
         )
-        params = _params(state.optimistic_actor)
-        upd, optimistic_opt = _opt_update(opt_a, grads, state.optimistic_opt, params)
-        optimistic = eqx.apply_updates(state.optimistic_actor, upd)
         kl = jax.lax.stop_gradient(kl) / self.action_size  # per action dimension
         adjust, adjust_opt, adjust_loss = self.adjust_step(
             opt_j, state.adjust, state.adjust_opt, kl
@@ -566,7 +519,7 @@ class BRO:
         sign = jnp.asarray([1.0, -1.0], jnp.float32)
         loss_fn = lambda raw: jnp.sum(sign * jnp.exp(squash_log(raw))) * excess
         loss, g = jax.value_and_grad(loss_fn)(adjust)
-        upd, opt_state = _opt_update(opt, g, opt_state, adjust)
+        upd, opt_state = opt_update(opt, g, opt_state, adjust)
         return eqx.apply_updates(adjust, upd), opt_state, loss
 
     # --- scheduled events --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,19 +15,19 @@ import jax
 import numpy as np
 
 from ._checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
-from ._config import TrainConfig, config_from_dict, config_to_dict
-from ._neurons import DRIVERS
+from ._config import TrainConfig, config_from_dict, config_to_dict, migrate
 from ._sinks import (
     ConsoleSink,
     CSVSink,
+    History,
     JSONLSink,
     Sink,
     TensorBoardSink,
+    WandbSink,
     plot_curves,
-    read_metrics,
     replace_file,
 )
-from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, _program_options, versions
+from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, program_options, versions
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -54,7 +55,7 @@ def _saved_steps(run_dir: Path) -> int | None:
 
 
 #: files a run writes into its folder besides the checkpoint
-RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb")
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "wandb")
 
 
 def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:
@@ -96,6 +97,12 @@ def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[S
             out.append(TensorBoardSink(run_dir / "tb", seeds, keep_until))
         if "console" in config.sinks:
             out.append(ConsoleSink(extra_keys=tuple(_inactive_keys(config).values())))
+        if "wandb" in config.sinks:
+            w = config.wandb
+            group = w.group or run_dir.resolve().name
+            out.append(
+                WandbSink(run_dir, seeds, w.project, group, w.entity, config_to_dict(config))
+            )
     except BaseException:
         for sink in out:
             sink.close()
@@ -104,10 +111,16 @@ def _sinks(config: TrainConfig, run_dir: Path, keep_until: int | None) -> list[S
 
 
 def _inactive_keys(config: TrainConfig) -> dict[str, str]:
-    """Network → the metric name of its inactive ratio shown while training: the ratio of the
-    metric that drives the resets (GraMa at the pre-activation when nothing is reset)."""
-    metric = DRIVERS.get(config.reset, "grama")
-    return {net: f"surgery/{net}/{metric}" for net in config.reset_networks}
+    """Network → the metric name of its inactive ratio shown while training: the fraction the
+    reset strategy flags on the networks it resets, else the first logged metric's."""
+    keys = {}
+    if config.reset.method != "none":
+        keys = {net: f"surgery/{net}/flagged" for net in config.reset.networks}
+    metrics = config.surgery.built_metrics()
+    if metrics:
+        for net in config.surgery.networks:
+            keys.setdefault(net, f"surgery/{net}/{metrics[0].name}")
+    return keys
 
 
 def _progress_postfix(config: TrainConfig, record: dict[str, np.ndarray]) -> dict[str, str]:
@@ -142,11 +155,11 @@ def train(
                 f"checkpoint {ckpt_path} lacks {', '.join(missing)} in its header: it was not "
                 "written by a training run; restore it from a copy or start a new --run-dir"
             )
-        defaults = _program_options(TrainConfig())
+        defaults = program_options(TrainConfig())
         diff = (
             []
             if header is None
-            else _differences(header["config"], _program_options(config), defaults)
+            else _differences(migrate(header["config"]), program_options(config), defaults)
         )
         if diff:
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
@@ -170,6 +183,7 @@ def train(
             f"{run_dir} holds files of an earlier run with no checkpoint ({found}); a new run "
             "would mix its metrics with theirs: delete them or pick another --run-dir"
         )
+    _check_writable(run_dir)
     trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
     sinks: list[Sink] = []
     try:
@@ -182,21 +196,45 @@ def train(
                 ts = eqx.tree_at(lambda t: t.obs, ts, obs)
         else:
             ts = trainer.initial_state()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot make the run folder {run_dir}: {err}; pick a --run-dir you can write to"
+            ) from err
         # the metric files first: one that cannot be read stops the resume before anything
         # else in the folder changes
         sinks = _sinks(config, run_dir, env_steps if resume else None)
+        history = History.resumed(config.seeds, run_dir, env_steps) if resume else None
+        history = history or History(config.seeds)
         # rewritten on resume too (--steps may have extended the run), through a rename
         meta = {"config": config_to_dict(config), "versions": versions()}
         text = json.dumps(meta, indent=2, sort_keys=True)
         replace_file(run_dir / "config.json", lambda f: f.write(text))
-        emit = [*callbacks, *(s.write for s in sinks)]
+        emit = [*callbacks, history.write, *(s.write for s in sinks)]
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
     finally:
         for s in sinks:
             s.close()
         trainer.close()
-    return _finish(config, run_dir, env_steps, updates, trainer)
+    return _finish(config, run_dir, env_steps, updates, trainer, history)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run folder can be made and written, or a clear error before any work (and before
+    anything is created)."""
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem is not None:
+        raise CheckpointError(
+            f"cannot write the run folder {run_dir}: {problem}; pick a --run-dir you can write to"
+        )
 
 
 def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: Path):
@@ -236,7 +274,7 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
                 done
                 or env_steps // c.checkpoint_every > (env_steps - seg_steps) // c.checkpoint_every
             ):
-                meta = {"env_steps": env_steps, "updates": updates, "config": _program_options(c)}
+                meta = {"env_steps": env_steps, "updates": updates, "config": program_options(c)}
                 save_checkpoint(ckpt_path, ts, meta)
                 last_ckpt = env_steps
             if bar is not None:
@@ -299,30 +337,32 @@ def _check_finite(trainer: Trainer, ts, metrics, env_steps: int, updates: int, l
             )
 
 
-def _finish(config: TrainConfig, run_dir: Path, env_steps: int, updates: int, trainer) -> dict:
+def _finish(
+    config: TrainConfig,
+    run_dir: Path,
+    env_steps: int,
+    updates: int,
+    trainer: Trainer,
+    history: History,
+) -> dict:
     summary: dict[str, Any] = {
         "env_steps": env_steps,
         "updates": updates,
         "seeds": list(config.seeds),
     }
-    csv_path = run_dir / "metrics.csv"
-    if csv_path.exists():
-        data = read_metrics(csv_path)
-        for name in ("eval/episode_return", "train/episode_return"):
-            if name in data:
-                by_seed = [data[name].get(s, []) for s in config.seeds]
-                summary[name] = {
-                    "final": [p[-1][1] if p else None for p in by_seed],
-                    "best": [max(v for _, v in p) if p else None for p in by_seed],
-                }
-        plot_curves(
-            csv_path,
-            run_dir / "returns.png",
-            ("eval/episode_return", "train/episode_return"),
-            f"{config.agent} on {config.env}",
-        )
-        plot_curves(csv_path, run_dir / "inactive.png", ("surgery/",), "inactive neurons (fraction)",
-                    depth=3)  # fmt: skip
+    curves = history.curves
+    for name in ("eval/episode_return", "train/episode_return"):
+        if name in curves:
+            by_seed = [curves[name].get(s, []) for s in config.seeds]
+            summary[name] = {
+                "final": [p[-1][1] if p else None for p in by_seed],
+                "best": [max(v for _, v in p) if p else None for p in by_seed],
+            }
+    returns = ("eval/episode_return", "train/episode_return")
+    plot_curves(curves, run_dir / "returns.png", returns, f"{config.agent} on {config.env}")
+    plot_curves(
+        curves, run_dir / "inactive.png", ("surgery/",), "inactive neurons (fraction)", depth=3
+    )
     summary["compile_s"] = trainer.compile_s
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

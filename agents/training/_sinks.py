@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-Record = dict[str, Sequence[float]]
+Record = dict[str, np.ndarray]
+#: name → seed → [(env_steps, value), ...]
+Curves = dict[str, dict[int, list[tuple[int, float]]]]
 
 
 class Sink(Protocol):
@@ -174,6 +176,70 @@ class TensorBoardSink:
             w.close()
 
 
+class WandbSink:
+    """One Weights & Biases run per seed, in the run's group (the `wandb` extra).
+
+    Project, group and names come from the run's configuration (`TrainConfig.wandb`); each
+    seed's run is named `<group>-seed<s>` and gets the whole configuration and its seed. The
+    runs' ids are kept in the run folder (`wandb.json`), so a resumed run continues the same W&B
+    runs; W&B's files go to `<run folder>/wandb` (with `WANDB_MODE=offline`, nothing leaves the
+    machine: `wandb sync` uploads them later). Records are logged at their env step; after a
+    resume W&B keeps what it had and ignores records at steps it has already seen.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        seeds: Sequence[int],
+        project: str,
+        group: str,
+        entity: str | None,
+        config: dict[str, Any],
+    ):
+        try:
+            import wandb
+        except ImportError as err:  # checked at validation; here for direct use
+            raise ValueError(WANDB_MISSING) from err
+        ids_path = run_dir / "wandb.json"
+        ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+        self.runs = {}
+        try:
+            for seed in seeds:
+                name = f"{group}-seed{seed}"
+                run = wandb.init(
+                    project=project,
+                    entity=entity,
+                    group=group,
+                    name=name,
+                    dir=str(run_dir),
+                    config={**config, "seed": seed},
+                    id=ids.get(str(seed)),
+                    resume="allow",
+                    reinit="create_new",
+                )
+                ids[str(seed)] = run.id
+                self.runs[seed] = run
+        except BaseException:
+            self.close()
+            raise
+        replace_file(ids_path, lambda f: f.write(json.dumps(ids, indent=2)))
+        self.seeds = list(seeds)
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            self.runs[seed].log(values, step=env_steps)
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.finish()
+        self.runs = {}
+
+
+WANDB_MISSING = (
+    "--sinks wandb needs Weights & Biases: install the wandb extra (pip install -e '.[wandb]')"
+)
+
+
 class ConsoleSink:
     """A line per record with seed means of the main metrics and of `extra_keys` (the trainer
     adds each network's inactive ratio)."""
@@ -200,20 +266,59 @@ class ConsoleSink:
         pass
 
 
-def read_metrics(path: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
+class History:
+    """Every finite value of a run's records, in memory, as curves (name → seed → points).
+
+    The run's summary and plots are built from it. A resumed run starts from the records kept
+    in its metric file (`curves`), so they cover the whole run.
+    """
+
+    def __init__(self, seeds: Sequence[int], curves: Curves | None = None):
+        self.seeds = list(seeds)
+        self.curves: Curves = curves if curves is not None else {}
+
+    def write(self, env_steps: int, metrics: Record) -> None:
+        for seed, values in _rows(env_steps, self.seeds, metrics):
+            for name, value in values.items():
+                self.curves.setdefault(name, {}).setdefault(seed, []).append((env_steps, value))
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def resumed(cls, seeds: Sequence[int], run_dir: Path, keep_until: int) -> History:
+        """The history of a run folder up to `keep_until`, from metrics.csv or metrics.jsonl
+        (whichever it has; none: an empty history)."""
+        curves: Curves = {}
+        if (run_dir / "metrics.csv").exists():
+            for row in CSVSink.read_kept(run_dir / "metrics.csv", keep_until):
+                _add(curves, row[2], int(row[1]), int(row[0]), float(row[3]))
+        elif (run_dir / "metrics.jsonl").exists():
+            for line in JSONLSink.read_kept(run_dir / "metrics.jsonl", keep_until):
+                record = json.loads(line)
+                step, seed = record.pop("env_steps"), record.pop("seed")
+                for name, value in record.items():
+                    _add(curves, name, seed, step, float(value))
+        return cls(seeds, curves)
+
+
+def _add(curves: Curves, name: str, seed: int, step: int, value: float) -> None:
+    curves.setdefault(name, {}).setdefault(seed, []).append((step, value))
+
+
+def read_metrics(path: Path) -> Curves:
     """metrics.csv → {name: {seed: [(env_steps, value), ...]}}."""
-    out: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    curves: Curves = {}
     with open(path, newline="") as f:
         for row in list(csv.reader(f))[1:]:
-            out.setdefault(row[2], {}).setdefault(int(row[1]), []).append(
-                (int(row[0]), float(row[3]))
-            )
-    return out
+            _add(curves, row[2], int(row[1]), int(row[0]), float(row[3]))
+    return curves
 
 
-def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title: str,
-                depth: int | None = None) -> bool:  # fmt: skip
-    """One PNG with every metric whose name starts with one of `prefixes`, per seed and mean.
+def plot_curves(
+    curves: Curves, out_path: Path, prefixes: tuple[str, ...], title: str, depth: int | None = None
+) -> bool:
+    """One PNG with every curve whose name starts with one of `prefixes`, per seed and mean.
 
     `depth`: keep only names with that many slash-separated parts (e.g. 3 for the network-level
     `surgery/critic/grama`, leaving out the per-layer `surgery/critic/grama/<layer>`).
@@ -223,8 +328,11 @@ def plot_curves(csv_path: Path, out_path: Path, prefixes: tuple[str, ...], title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {k: v for k, v in read_metrics(csv_path).items()
-            if k.startswith(prefixes) and (depth is None or k.count("/") + 1 == depth)}  # fmt: skip
+    data = {
+        k: v
+        for k, v in curves.items()
+        if k.startswith(prefixes) and (depth is None or k.count("/") + 1 == depth)
+    }
     if not data:
         return False
     fig, ax = plt.subplots(figsize=(9, 4))

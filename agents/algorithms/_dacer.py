@@ -1,7 +1,8 @@
 """DACER (Wang et al. 2024): a diffusion policy trained through its reverse chain, entropy by GMM.
 
-Same protocol as SAC. The actor is DACER's denoiser; an action is the reverse chain's output (20
-DDPM ancestral steps, or a probability-flow ODE solved with diffrax) plus N(0, 1)·α·0.15, clipped.
+The `Agent` protocol, as SAC. The actor is DACER's denoiser; an action is the reverse chain's output (20
+DDPM ancestral steps, or a probability-flow ODE solved by Heun steps) plus N(0, 1)·α·0.15,
+clipped.
 The policy maximises min(Q1, Q2) by backpropagating through the whole chain. Every
 `entropy_every` updates, `scheduled` estimates the behaviour policy's entropy by fitting Gaussian
 mixtures to sampled actions, on device, and takes one Adam step of log α towards the target.
@@ -25,29 +26,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..networks import MLP, Denoiser, NetworkConfig
+from ._agent import Batch, Objective
 from ._checks import check_fields
-from ._diffusion import (
-    VARIANCES,
-    VPSchedule,
-    ddpm_sample,
-    ode_sample,
-    ode_sample_calls,
-    reverse_step,
-    vp_schedule,
-)
+from ._diffusion import VARIANCES, VPSchedule, ddpm_sample_calls, ode_sample_calls, vp_schedule
 from ._gmm import fit_gmm, gmm_entropy
-from ._mlp import MLP, NetworkConfig
-from ._sac import (
-    ActorCriticNetworks,
-    Batch,
-    Probe,
-    _mean_loss_and_grad,
-    _opt_update,
-    _params,
-    critic_step,
-    soft_update,
-)
-from .networks import Denoiser
+from ._steps import ActorCritic, critic_step, objective_step, opt_update, params, soft_update
 
 SAMPLERS = ("ddpm", "ode")
 MIN_STD = 0.01
@@ -125,9 +109,13 @@ class DACERConfig:
         floats = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "reward_scale")
         floats += ("beta_min", "beta_max", "target_clip")
         check_fields(
-            self, "dacer", unit=("tau", "gamma"), at_least_one=ints, positive=floats,
+            self,
+            "dacer",
+            unit=("tau", "gamma"),
+            at_least_one=ints,
+            positive=floats,
             non_negative=("noise_scale",),
-        )  # fmt: skip
+        )
         if self.entropy_states > self.batch_size:
             raise ValueError("dacer.entropy_states must be <= dacer.batch_size")
         self.critic.validate("dacer.critic")
@@ -198,8 +186,9 @@ class DACERState(eqx.Module):
 
 
 @dataclass(frozen=True)
-class DACER(ActorCriticNetworks):
-    """DACER agent: `init`, `act`, `update`, `scheduled` over `DACERState`; `probes` per network."""
+class DACER(ActorCritic):
+    """DACER agent: `init`, `act`, `update`, `scheduled` over `DACERState`; `objectives` per
+    network."""
 
     config: DACERConfig
     obs_size: int
@@ -229,12 +218,9 @@ class DACER(ActorCriticNetworks):
         return optax.adam(c.actor_lr), optax.adam(c.critic_lr), optax.adam(c.alpha_lr)
 
     def init(self, key: PRNGKeyArray) -> DACERState:
-        c, o, a = self.config, self.obs_size, self.action_size
+        c = self.config
         k_actor, k_critic = jax.random.split(key)
-        actor = jittable_denoiser(Denoiser(o, a, c.denoiser_width, c.denoiser_depth, key=k_actor))
-        critic = eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
-            jax.random.split(k_critic, 2)
-        )
+        actor, critic = self.make_network("actor", k_actor), self.make_network("critic", k_critic)
         log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
         opt_a, opt_c, opt_t = self._optimizers()
         return DACERState(
@@ -244,8 +230,8 @@ class DACER(ActorCriticNetworks):
             log_alpha=log_alpha,
             entropy=jnp.asarray(self.target_entropy, jnp.float32),
             mean_std=jnp.full((2,), -1.0, jnp.float32),
-            actor_opt=opt_a.init(_params(actor)),
-            critic_opt=opt_c.init(_params(critic)),
+            actor_opt=opt_a.init(params(actor)),
+            critic_opt=opt_c.init(params(critic)),
             alpha_opt=opt_t.init(log_alpha),
             updates=jnp.zeros((), jnp.int32),
         )
@@ -255,14 +241,44 @@ class DACER(ActorCriticNetworks):
         """Shape of the per-sample noise of the reverse chain: x_T and one draw per step."""
         return self.config.diffusion_steps + 1, self.action_size
 
-    def sample(self, actor: Denoiser, obs: Float[Array, " o"],
-               noise: Float[Array, "T1 a"]) -> Float[Array, " a"]:  # fmt: skip
-        """The reverse process for one state: x_T = noise[0], step draws noise[1:]."""
-        eps_fn = lambda x, t: actor(obs, x, t)
+    def sample(
+        self,
+        actor: Denoiser,
+        obs: Float[Array, " o"],
+        noise: Float[Array, "T1 a"],
+        shift: Float[Array, "n a"] | None = None,
+    ) -> Float[Array, " a"]:
+        """The reverse process for one state: x_T = noise[0], DDPM steps draw noise[1:]."""
+        return self.sample_calls(actor, obs, noise, shift)[0]
+
+    def sample_calls(
+        self,
+        actor: Denoiser,
+        obs: Float[Array, " o"],
+        noise: Float[Array, "T1 a"],
+        shift: Float[Array, "n a"] | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """`sample`, and the input (x, t) of each of the sampler's `n` denoiser calls, in call
+        order (the DDPM chain calls it `diffusion_steps` times, the ODE sampler 2·`ode_steps` + 1
+        times). `shift[j]`, if given, is added to call j's output: the gradient of a loss in
+        `shift` is ∂L/∂ε̂ of each call."""
+
+        def eps_fn(x: Array, t: Array, j: Array) -> Array:
+            eps = actor(obs, x, t)
+            return eps if shift is None else eps + shift[j]
+
         c = self.config
         if c.sampler == "ode":
-            return ode_sample(self.schedule, eps_fn, noise[0], c.ode_steps)
-        return ddpm_sample(self.schedule, eps_fn, noise[0], noise[1:], variance=c.ddpm_variance)
+            return ode_sample_calls(self.schedule, eps_fn, noise[0], c.ode_steps)
+        return ddpm_sample_calls(
+            self.schedule, eps_fn, noise[0], noise[1:], variance=c.ddpm_variance
+        )
+
+    @property
+    def denoiser_calls(self) -> int:
+        """How many times one action calls the denoiser."""
+        c = self.config
+        return 2 * c.ode_steps + 1 if c.sampler == "ode" else c.diffusion_steps
 
     def behaviour(self, state: DACERState, obs: Array, key: PRNGKeyArray) -> Array:
         """Exploration actions [n, a]: diffusion action + N(0, 1)·α·noise_scale, clipped."""
@@ -316,121 +332,81 @@ class DACER(ActorCriticNetworks):
         y_sample = jax.lax.stop_gradient(reward + not_done * (mean_n + std_n * z))
         return y_mean, y_sample
 
-    def critic_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
+    def critic_objective(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Objective:
         """DSAC-T loss of both critics per sample (its gradient, not its value, is the point)."""
         y_mean, y_sample = self.critic_targets(state, batch, key)
         omega, bound, _ = self.critic_scales(state, batch)
 
-        def loss(critic: GaussianCritic, obs: Array, action: Array, yq: Array, yz: Array):
-            mean, std = twin_gaussian(critic, obs, action)
-            return dsac_loss(mean, std, yq, yz, omega, bound)
+        def loss(out: tuple[Array, Array], yq: Array, yz: Array) -> Array:
+            return dsac_loss(out[0], out[1], yq, yz, omega, bound)
 
-        return Probe(state.critic, (batch.obs, batch.action, y_mean, y_sample), loss)
+        inputs = (batch.obs, batch.action)
+        return Objective(state.critic, twin_gaussian, inputs, loss, (y_mean, y_sample))
 
-    def actor_probe(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Probe:
-        """−min(μ1, μ2)(s, a), a from the reverse chain driven by the per-sample noise input."""
+    def policy_loss(self, critic: GaussianCritic) -> Any:
+        """The policy's loss for one state, given its action: −min(μ1, μ2)(s, a)."""
+        return lambda action, obs: -jnp.min(twin_gaussian(critic, obs, action)[0])
+
+    def actor_objective(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Objective:
+        """The policy loss of the reverse chain's action, the chain driven by per-sample noise
+        (what the update differentiates, through every denoiser call)."""
         shape = (batch.obs.shape[0], *self.chain_noise_shape())
         noise = jax.random.normal(key, shape, batch.obs.dtype)
-        critic = state.critic
+        chain = lambda actor, obs, eps: self.sample(actor, obs, eps)
+        loss = self.policy_loss(state.critic)
+        return Objective(state.actor, chain, (batch.obs, noise), loss, (batch.obs,))
 
-        def loss(actor: Denoiser, obs: Array, eps: Array) -> Array:
-            mean, _ = twin_gaussian(critic, obs, self.sample(actor, obs, eps))
-            return -jnp.min(mean)
+    def denoiser_objective(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Objective:
+        """The actor objective seen call by call: one sample per (state, denoiser call) of the
+        chain, whose loss is linear in the call's output, n·⟨ε̂, ∂L/∂ε̂⟩ with n the calls per
+        action, so that the batch loss has the chain's gradient at every unit of every call.
+        This is what a surgery step maps and observes: the denoiser itself, not the chain."""
+        actor = self.actor_objective(state, batch, key)
+        (obs, noise), loss = actor.inputs, actor.loss
+        b, n = obs.shape[0], self.denoiser_calls
 
-        return Probe(state.actor, (batch.obs, noise), loss)
+        def chain_loss(shift: Array, obs: Array, eps: Array) -> tuple[Array, tuple[Array, Array]]:
+            action, xs, ts = self.sample_calls(state.actor, obs, eps, shift)
+            return loss(action, obs), (xs, ts)
 
-    def probes(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> dict[str, Probe]:
-        k1, k2 = jax.random.split(key)
-        return {
-            "critic": self.critic_probe(state, batch, k1),
-            "actor": self.actor_probe(state, batch, k2),
-        }
-
-    # --- neuron surgery ----------------------------------------------------------------------
-    def surgery_targets(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> dict[str, Any]:
-        """Critics and denoiser as a surgery step sees them.
-
-        The denoiser is called several times per action (`diffusion_steps` times by the DDPM
-        chain, 2·`ode_steps` + 1 times by the ODE sampler), so its target is one sample per
-        (state, call) of a sampler run without gradient, with the loss linearised in the calls'
-        outputs: Σ ⟨ε̂, ∂L/∂ε̂⟩ / batch. Its gradient at every unit of every call equals that
-        call's share of the true gradient through the sampler.
-        """
-        from ._neurons import SurgeryTarget
-
-        k_critic, k_actor = jax.random.split(key)
-        y_mean, y_sample = self.critic_targets(state, batch, k_critic)
-        omega, bound, _ = self.critic_scales(state, batch)
-
-        def critic_loss(out: tuple[Array, Array]) -> Array:
-            per = jax.vmap(dsac_loss, in_axes=(0, 0, 0, 0, None, None))
-            return jnp.mean(per(out[0], out[1], y_mean, y_sample, omega, bound))
-
-        critic = (batch.obs, batch.action)
-        return {
-            "critic": SurgeryTarget(state.critic, twin_gaussian, critic, critic_loss),
-            "actor": self._denoiser_target(state, batch, k_actor),
-        }
-
-    def _denoiser_target(self, state: DACERState, batch: Batch, key: PRNGKeyArray) -> Any:
-        """One surgery sample per denoiser call: T per action for the DDPM chain, 2·ode_steps + 1
-        for the ODE sampler (two per Heun step and the final x̂0), each call's output shifted by
-        its own zero so that the gradient in the shifts is ∂L/∂ε̂ of that call."""
-        from ._neurons import SurgeryTarget
-
-        c, sched = self.config, self.schedule
-        b = batch.obs.shape[0]
-        noise = jax.random.normal(key, (b, *self.chain_noise_shape()), batch.obs.dtype)
-        actor, critic = state.actor, state.critic
-        n_calls = 2 * c.ode_steps + 1 if c.sampler == "ode" else c.diffusion_steps
-
-        def chain(shift: Array, obs: Array, eps: Array) -> tuple[Array, tuple[Array, Array]]:
-            """The policy loss of one state, and every call's input (x, t) in call order."""
-            if c.sampler == "ode":
-                eps_fn = lambda x, t, j: actor(obs, x, t) + shift[j]
-                x, xs, ts = ode_sample_calls(sched, eps_fn, eps[0], c.ode_steps)
-            else:
-                steps = jnp.arange(c.diffusion_steps - 1, -1, -1)
-                calls = lambda x, t: (
-                    actor(obs, x, t) + shift[c.diffusion_steps - 1 - t.astype(jnp.int32)]
-                )
-
-                def step(x, i):
-                    return reverse_step(sched, calls, x, i, eps[1 + i], True, c.ddpm_variance), x
-
-                x, xs = jax.lax.scan(step, eps[0], steps)
-                x, ts = jnp.clip(x, -1.0, 1.0), steps.astype(x.dtype)
-            mean, _ = twin_gaussian(critic, obs, x)
-            return -jnp.min(mean), (xs, ts)
-
-        def inputs_and_grads(obs: Array, eps: Array) -> tuple[Array, Array, Array]:
-            shift = jnp.zeros((n_calls, self.action_size), eps.dtype)
-            grads, (xs, ts) = jax.grad(chain, has_aux=True)(shift, obs, eps)
+        def calls(obs: Array, eps: Array) -> tuple[Array, Array, Array]:
+            shift = jnp.zeros((n, self.action_size), eps.dtype)
+            grads, (xs, ts) = jax.grad(chain_loss, has_aux=True)(shift, obs, eps)
             return xs, ts, grads
 
-        xs, ts, grads = jax.lax.stop_gradient(jax.vmap(inputs_and_grads)(batch.obs, noise))
-        obs = jnp.repeat(batch.obs, n_calls, axis=0)
-        flat_x, flat_t = xs.reshape(b * n_calls, -1), ts.reshape(b * n_calls)
-        flat_g = grads.reshape(b * n_calls, -1)
-
-        def loss(out: Array) -> Array:
-            return jnp.sum(out * flat_g) / b
-
-        return SurgeryTarget(
-            state.actor, lambda m, o, x, t: m(o, x, t), (obs, flat_x, flat_t), loss
+        xs, ts, grads = jax.lax.stop_gradient(jax.vmap(calls)(obs, noise))
+        inputs = (jnp.repeat(obs, n, axis=0), xs.reshape(b * n, -1), ts.reshape(b * n))
+        return Objective(
+            state.actor,
+            lambda m, o, x, t: m(o, x, t),
+            inputs,
+            lambda out, g: n * jnp.sum(out * g),
+            (grads.reshape(b * n, -1),),
         )
 
-    def fresh_network(self, name: str, key: PRNGKeyArray) -> Any:
+    def objectives(
+        self, state: DACERState, batch: Batch, key: PRNGKeyArray
+    ) -> dict[str, Objective]:
+        """Critics, and the denoiser call by call (see `denoiser_objective`)."""
+        k1, k2 = jax.random.split(key)
+        return {
+            "critic": self.critic_objective(state, batch, k1),
+            "actor": self.denoiser_objective(state, batch, k2),
+        }
+
+    def make_network(self, name: str, key: PRNGKeyArray) -> Any:
         """A freshly initialised network: the source of re-drawn weights."""
         c, o, a = self.config, self.obs_size, self.action_size
         if name == "actor":
             return jittable_denoiser(Denoiser(o, a, c.denoiser_width, c.denoiser_depth, key=key))
-        return eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
-            jax.random.split(key, 2)
-        )
+        if name == "critic":
+            return eqx.filter_vmap(lambda k: GaussianCritic(o, a, c.critic, k))(
+                jax.random.split(key, 2)
+            )
+        raise ValueError(f"dacer has no network {name!r}; its networks are critic, actor")
 
     def networks(self, state: DACERState) -> dict[str, Any]:
-        """The parameters a finiteness check or a surgery step looks at, by network name."""
+        """The parameters a finiteness check looks at, by network name."""
         return {"critic": state.critic, "actor": state.actor, "temperature": state.log_alpha}
 
     # --- update ------------------------------------------------------------------------------
@@ -444,15 +420,13 @@ class DACER(ActorCriticNetworks):
         k_critic, k_actor = jax.random.split(key)
 
         _, _, mean_std = self.critic_scales(state, batch)
-        state, metrics = critic_step(opt_c, self.critic_probe(state, batch, k_critic), state)
+        state, metrics = critic_step(opt_c, self.critic_objective(state, batch, k_critic), state)
         state = eqx.tree_at(lambda s: s.mean_std, state, mean_std)
         metrics["critic_std"] = jnp.mean(mean_std)
 
         if phase == self.update_cycle - 1:
-            probe = self.actor_probe(state, batch, k_actor)
-            actor_loss, grads = _mean_loss_and_grad(probe)
-            upd, actor_opt = _opt_update(opt_a, grads, state.actor_opt, _params(state.actor))
-            actor = eqx.apply_updates(state.actor, upd)
+            objective = self.actor_objective(state, batch, k_actor)
+            actor, actor_opt, actor_loss, _ = objective_step(opt_a, objective, state.actor_opt)
             target = soft_update(state.target_critic, state.critic, c.tau)
             state = eqx.tree_at(
                 lambda s: (s.actor, s.actor_opt, s.target_critic),
@@ -471,7 +445,7 @@ class DACER(ActorCriticNetworks):
         opt_t = self._optimizers()[2]
         gap = self.target_entropy - entropy
         loss, g = jax.value_and_grad(lambda la: -la * gap)(log_alpha)
-        upd, opt_state = _opt_update(opt_t, g, opt_state, log_alpha)
+        upd, opt_state = opt_update(opt_t, g, opt_state, log_alpha)
         return eqx.apply_updates(log_alpha, upd), opt_state, loss
 
     # --- entropy -----------------------------------------------------------------------------

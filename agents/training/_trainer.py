@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -17,26 +18,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._bro import BRO
-from ._config import TrainConfig, config_to_dict
-from ._dacer import DACER
+import envs
+
+from ..algorithms import BRO, DACER, SAC, Agent
+from ._config import TrainConfig, WandbConfig, config_to_dict
 from ._loop import Loop, TrainState
-from ._sac import SAC
+from ._surgery import Surgery
 
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
 #: options that may differ between a run and its resumption (steps: a run can be extended;
 #: env_workers: dm_control trajectories do not depend on the worker count)
-RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers")
-_JIT_CACHE: dict[str, dict[str, Any]] = {}
+RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers", "wandb")
+_JIT_CACHE: dict[Any, dict[str, Any]] = {}
 
 
-def _program_options(config: TrainConfig) -> dict[str, Any]:
-    """The configuration minus runtime options: what a run's state and programs depend on."""
+def program_options(config: TrainConfig) -> dict[str, Any]:
+    """The configuration minus runtime options (JSON form): what a run's state and programs
+    depend on."""
     d = config_to_dict(config)
     for k in RUNTIME_OPTIONS:
         d.pop(k)
     return json.loads(json.dumps(d))
+
+
+def _program_key(config: TrainConfig) -> Any:
+    """The configuration as a program depends on it (seed values and runtime options aside):
+    the config object itself, so that metric and strategy objects count by value or identity."""
+    runtime = {
+        "run_dir": "",
+        "sinks": (),
+        "progress": False,
+        "steps": 1,
+        "env_workers": None,
+        "wandb": WandbConfig(),
+    }
+    return dataclasses.replace(config, seeds=tuple(range(len(config.seeds))), **runtime)
 
 
 class NonFiniteError(RuntimeError):
@@ -51,22 +68,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
-    """Build an environment by name: `test/…` from agents.testing, anything else from envs."""
-    if config.env.startswith("test/"):
-        from .testing import make
-    else:
-        import envs
-
-        make = getattr(envs, "make", None)
-        if make is None:
-            raise ValueError(f"environment {config.env!r}: the envs package offers no make()")
+def make_env(config: TrainConfig, num_envs: int, seed: int) -> envs.Env:
+    """Build the run's environment with `envs.make`."""
     options: dict[str, Any] = {}
     if config.env_workers is not None:
         options["num_workers"] = config.env_workers
     if config.env_impl is not None:
         options["impl"] = config.env_impl
-    return make(
+    return envs.make(
         config.env,
         num_envs=num_envs,
         seed=seed,
@@ -76,7 +85,7 @@ def make_env(config: TrainConfig, num_envs: int, seed: int) -> Any:
     )
 
 
-def make_agent(config: TrainConfig, obs_size: int, action_size: int) -> Any:
+def make_agent(config: TrainConfig, obs_size: int, action_size: int) -> Agent:
     if config.agent == "sac":
         return SAC(config.sac, obs_size, action_size)
     if config.agent == "bro":
@@ -168,7 +177,8 @@ class Trainer:
             self.envs += [make_env(c, c.num_envs, s) for s in seeds[1:]]
             self.eval_envs += [make_env(c, c.eval_episodes, s + 10_000) for s in seeds[1:]]
         self.agent = make_agent(c, env.observation_size, env.action_size)
-        self.loop = Loop(self.agent, env, c)
+        self.surgery = Surgery.of(c)
+        self.loop = Loop(self.agent, env, c, self.surgery)
         self.keys = jnp.stack([_seed_key(s) for s in seeds])
         n, per_body = c.num_envs, self.loop.env_per_body
         self.bodies = max(1, math.ceil(c.log_every / (n * per_body)))
@@ -189,12 +199,7 @@ class Trainer:
             self._aot: dict[str, Any] = {}
             self._jit()
             return
-        c = self.config
-        key = json.dumps(
-            {**_program_options(c), "seeds": len(c.seeds), "sequence": seeds_in_sequence(c)},
-            sort_keys=True,
-            default=str,
-        )
+        key = _program_key(self.config)
         names = ("_init", "_finite", "_segment", "_warmup", "_evaluate", "_aot")
         if key not in _JIT_CACHE:
             self._aot = {}
@@ -332,7 +337,9 @@ class Trainer:
             for j in range(per_body):
                 outs = _step_all(self.envs, self.env_states, np.asarray(actions))
                 self.env_states = [o[0] for o in outs]
-                step = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs])  # fmt: skip
+                step = jax.tree.map(
+                    lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs]
+                )
                 update = learning and j == per_body - 1
                 last = b == bodies - 1 and j == per_body - 1
                 next_mode = 2 if last else (1 if learning else 0)

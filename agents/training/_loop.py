@@ -19,18 +19,21 @@ from jaxtyping import Array
 
 from envs import Step
 
+from ..algorithms import Agent
 from ._replay import Replay, replay_add, replay_init, replay_sample, transitions
-from ._surgery import surgery_step
+from ._surgery import Surgery
 
 
 class TrainState(eqx.Module):
-    """Per-seed training state (stacked over seeds by vmap). `env_state` is None on host envs."""
+    """Per-seed training state (stacked over seeds by vmap). `env_state` is None on host envs;
+    `surgery` holds the surgery metrics' and strategy's states (no arrays for stateless ones)."""
 
     agent: Any
     replay: Replay
     env_state: Any
     obs: Array
     key: Array
+    surgery: Any
 
 
 def body_shape(replay_ratio: float, cycle: int) -> tuple[int, int]:
@@ -46,8 +49,8 @@ def body_shape(replay_ratio: float, cycle: int) -> tuple[int, int]:
 class Loop:
     """Per-seed functions for one agent, env and config; vmapped and jitted by the trainer."""
 
-    def __init__(self, agent, env, config):
-        self.agent, self.env, self.config = agent, env, config
+    def __init__(self, agent: Agent, env: Any, config: Any, surgery: Surgery):
+        self.agent, self.env, self.config, self.surgery = agent, env, config, surgery
         self.cycle = agent.update_cycle
         self.env_per_body, self.updates_per_body = body_shape(config.replay_ratio, self.cycle)
 
@@ -56,7 +59,11 @@ class Loop:
         k_agent, k_loop = jax.random.split(seed_key)
         c, env = self.config, self.env
         replay = replay_init(c.buffer_size, env.observation_size, env.action_size)
-        return TrainState(self.agent.init(k_agent), replay, env_state, obs, k_loop)
+        agent_state = self.agent.init(k_agent)
+        # the states' shapes depend on the networks, not on any data: an empty batch will do
+        empty = jax.tree.map(lambda x: x[: self.agent.config.batch_size], replay.data)
+        surgery = self.surgery.init(self.agent, agent_state, empty, jax.random.key(0))
+        return TrainState(agent_state, replay, env_state, obs, k_loop, surgery)
 
     # --- acting ------------------------------------------------------------------------------
     def act_random(self, ts: TrainState) -> tuple[TrainState, Array]:
@@ -100,7 +107,7 @@ class Loop:
     # --- updates -----------------------------------------------------------------------------
     def updates(self, ts: TrainState, u0: Array) -> tuple[TrainState, dict[str, Array]]:
         """`updates_per_body` gradient updates; `u0` (unbatched) counts updates done before."""
-        agent, c = self.agent, self.config
+        agent, size = self.agent, self.agent.config.batch_size
 
         def one_cycle(carry, _):
             ts, u = carry
@@ -108,27 +115,29 @@ class Loop:
             agent_state, key = ts.agent, ts.key
             for phase in range(self.cycle):
                 key, k_batch, k_update = jax.random.split(key, 3)
-                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
+                batch = replay_sample(ts.replay, k_batch, size)
                 agent_state, m = agent.update(agent_state, batch, k_update, phase)
                 for name, value in m.items():
                     metrics.setdefault(name, []).append(value)
             u = u + self.cycle
-            scheduled = getattr(agent, "scheduled", None)
-            if scheduled is not None:  # e.g. BRO's full resets, DACER's entropy estimate
-                key, k_batch, k_event = jax.random.split(key, 3)
-                batch = replay_sample(ts.replay, k_batch, agent.config.batch_size)
-                agent_state, event_metrics = scheduled(agent_state, batch, k_event, u)
-                metrics.update({k: [v] for k, v in event_metrics.items()})
-            # metric logging and resets (every reset_period updates, whatever `reset` is)
+            # the agent's own events (BRO's full resets, DACER's entropy estimate); their keys
+            # are folded from the cycle's, so an agent without events leaves the stream as it is
+            k_batch, k_event = jax.random.split(jax.random.fold_in(key, 1))
+            batch = replay_sample(ts.replay, k_batch, size)
+            agent_state, event_metrics = agent.scheduled(agent_state, batch, k_event, u)
+            metrics.update({k: [v] for k, v in event_metrics.items()})
+            # neuron surgery: scores logged, resets when due
             key, k_batch, k_surgery = jax.random.split(key, 3)
-            agent_state, surgery_metrics, due = _maybe_surgery(
-                agent, c, agent_state, ts.replay, k_batch, k_surgery, u, self.cycle
+            agent_state, surgery_state, surgery_metrics, due = self._maybe_surgery(
+                agent_state, ts, k_batch, k_surgery, u
             )
             # surgery metrics exist only where a surgery step ran (NaN elsewhere)
             nan = jnp.asarray(jnp.nan, jnp.float32)
             for k, v in surgery_metrics.items():
-                metrics[k] = [jnp.where(jnp.asarray(due), jnp.asarray(v, jnp.float32), nan)]
-            ts = eqx.tree_at(lambda t: (t.agent, t.key), ts, (agent_state, key))
+                metrics[k] = [jnp.where(due, jnp.asarray(v, jnp.float32), nan)]
+            ts = eqx.tree_at(
+                lambda t: (t.agent, t.key, t.surgery), ts, (agent_state, key, surgery_state)
+            )
             return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
 
         n_cycles = self.updates_per_body // self.cycle
@@ -137,6 +146,27 @@ class Loop:
             k: last_finite(v) if k.startswith("surgery/") else jnp.mean(v)
             for k, v in metrics.items()
         }
+
+    def _maybe_surgery(
+        self, agent_state: Any, ts: TrainState, k_batch: Array, key: Array, u: Array
+    ) -> tuple[Any, Any, dict[str, Array], Array]:
+        """A surgery step when one is due in the last cycle's updates (`u` unbatched). Its replay
+        batch is drawn inside the branch that runs, not on every update cycle."""
+        surgery, since = self.surgery, u - self.cycle
+        if not surgery.active:
+            return agent_state, ts.surgery, {}, jnp.asarray(False)
+
+        def run(carry):
+            agent_state, states = carry
+            batch = replay_sample(ts.replay, k_batch, self.agent.config.batch_size)
+            return surgery.step(self.agent, agent_state, states, batch, key, u, since)
+
+        carry = (agent_state, ts.surgery)
+        shapes = jax.eval_shape(run, carry)[2]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        due = surgery.due(u, since)
+        agent_state, states, metrics = jax.lax.cond(due, run, lambda c: (*c, zeros), carry)
+        return agent_state, states, metrics, due
 
     # --- segments (JAX environments) ---------------------------------------------------------
     def segment(self, ts: TrainState, u0: Array, bodies: int, learning: bool):
@@ -180,24 +210,6 @@ class Loop:
         (_, _, done, ret), _ = jax.lax.scan(body, init, None, length=length)
         count = jnp.maximum(jnp.sum(done), 1).astype(jnp.float32)
         return jnp.sum(jnp.where(done, ret, 0.0)) / count
-
-
-def _maybe_surgery(agent, config, agent_state, replay, k_batch, key, u, cycle: int):
-    """Run `surgery_step` when the update count crossed a multiple of reset_period in this cycle.
-
-    Its replay batch is drawn inside the branch that runs, not on every update cycle."""
-    period = config.reset_period
-
-    def step(s):
-        batch = replay_sample(replay, k_batch, agent.config.batch_size)
-        return surgery_step(agent, config, s, batch, key)
-
-    due = (u // period) != ((u - cycle) // period)
-    zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, agent_state)[1]
-    )
-    state, metrics = jax.lax.cond(due, step, lambda s: (s, zeros), agent_state)
-    return state, metrics, due
 
 
 def last_finite(x: Array) -> Array:

@@ -47,9 +47,12 @@ def _farthest_points(x: Array, k: int, key: PRNGKeyArray) -> Array:
 
 
 def fit_gmm(
-    x: Float[Array, "n d"], key: PRNGKeyArray, components: int = 3, iters: int = 50,
+    x: Float[Array, "n d"],
+    key: PRNGKeyArray,
+    components: int = 3,
+    iters: int = 50,
     reg: float = 1e-4,
-) -> GMM:  # fmt: skip
+) -> GMM:
     """Maximum-likelihood mixture by `iters` EM steps (fixed count: jittable); `reg`·I is added
     to every covariance so that collapsed components (clipped actions) stay invertible."""
     n, d = x.shape

@@ -12,7 +12,7 @@ All strategies and seeds of one network run in a single compiled program: `lax.s
 updates of a task, `vmap` over strategies and seeds. Strategies of one seed start from the same
 weights and see the same data.
 
-    python -m agents.continual [--out runs/continual] [--quick] [--seeds 0 1]
+    python -m agents.experiments.continual [--out runs/continual] [--quick] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -71,19 +71,31 @@ class Config:
             )
 
 
-QUICK = Config(tasks=3, updates_per_task=200, measure_every=100, reset_every=100, mlp_width=32,
-               mlp_depth=2, bro_width=32, bro_blocks=1)  # fmt: skip
+QUICK = Config(
+    tasks=3,
+    updates_per_task=200,
+    measure_every=100,
+    reset_every=100,
+    mlp_width=32,
+    mlp_depth=2,
+    bro_width=32,
+    bro_blocks=1,
+)
 
 
 def networks(cfg: Config) -> dict[str, tuple[Callable[[jax.Array], Any], ns.Initializer]]:
     """The two networks: constructor and the initializer their hidden layers are drawn from
     (reset units are re-drawn from it), keyed by the name used in files and tables."""
     return {
-        "mlp": (lambda k: eqx.nn.MLP(cfg.in_size, 1, cfg.mlp_width, cfg.mlp_depth, key=k),
-                ns.uniform_fan_in()),
-        "bronet": (lambda k: BroNet(cfg.in_size, 1, cfg.bro_width, cfg.bro_blocks, key=k),
-                   ns.orthogonal(math.sqrt(2))),
-    }  # fmt: skip
+        "mlp": (
+            lambda k: eqx.nn.MLP(cfg.in_size, 1, cfg.mlp_width, cfg.mlp_depth, key=k),
+            ns.uniform_fan_in(),
+        ),
+        "bronet": (
+            lambda k: BroNet(cfg.in_size, 1, cfg.bro_width, cfg.bro_blocks, key=k),
+            ns.orthogonal(math.sqrt(2)),
+        ),
+    }
 
 
 def column(metric: str, tau: float) -> str:
@@ -114,8 +126,11 @@ def build(make: Callable[[jax.Array], Any], redraw: ns.Initializer, cfg: Config)
     anat = ns.anatomy(example, jnp.zeros(cfg.in_size))
     static = eqx.partition(example, eqx.is_array)[1]
     opt = optax.adam(cfg.lr)
-    resetters = (ns.redo(cfg.redo_tau, cfg.reset_every),
-                 ns.regrama(cfg.grama_tau, cfg.reset_every, source="preactivation"))  # fmt: skip
+    every = ns.Schedule(cfg.reset_every)
+    resetters = (
+        ns.Resetter(ns.Dormant(), ns.Selection("threshold", cfg.redo_tau), every),
+        ns.Resetter(ns.GraMa("preactivation"), ns.Selection("threshold", cfg.grama_tau), every),
+    )
     hidden = [g.name for g in anat.hidden]
     resettable = {g.name: g.n_units for g in anat.resettable}
 
@@ -145,7 +160,7 @@ def build(make: Callable[[jax.Array], Any], redraw: ns.Initializer, cfg: Config)
             step = step + cfg.measure_every
             model = eqx.combine(params, static)
             value, obs = ns.observe(anat, model, lambda out: mse(out, y_eval), x_eval)
-            scores = ns.score_all(METRICS, anat, obs)
+            scores = ns.score_all(anat, METRICS, obs)
             record = {"train_loss": jnp.mean(losses), "eval_loss": value}
             for name, per_group in scores.items():
                 flat = jnp.concatenate([per_group[g].reshape(-1) for g in hidden])
@@ -161,8 +176,10 @@ def build(make: Callable[[jax.Array], Any], redraw: ns.Initializer, cfg: Config)
                 ]
                 masks[g] = jnp.stack(flags)[strategy]
             k_reset = jax.random.fold_in(key, step)
-            model, opt_state = ns.reset(anat, model, masks, k_reset, init=redraw,
-                                        optimizer=opt, opt_state=opt_state)  # fmt: skip
+            result = ns.reset(
+                anat, model, masks, k_reset, init=redraw, optimizer=opt, opt_state=opt_state
+            )
+            model, opt_state = result.model, result.opt_state
             params = eqx.filter(model, eqx.is_array)
             reset = jnp.asarray(sum(jnp.sum(masks[g]) for g in resettable))
             record["reset_fraction"] = reset.astype(jnp.float32) / sum(resettable.values())
@@ -180,8 +197,9 @@ def build(make: Callable[[jax.Array], Any], redraw: ns.Initializer, cfg: Config)
     return anat, init, run_task
 
 
-def train(name: str, network: tuple[Callable, ns.Initializer], cfg: Config
-          ) -> tuple[list[dict[str, Any]], ns.Anatomy]:  # fmt: skip
+def train(
+    name: str, network: tuple[Callable, ns.Initializer], cfg: Config
+) -> tuple[list[dict[str, Any]], ns.Anatomy]:
     """Train one network with every strategy and seed; one row per measurement."""
     anat, init, run_task = build(*network, cfg)
     n_seeds, n_strat = len(cfg.seeds), len(STRATEGIES)
@@ -207,8 +225,13 @@ def train(name: str, network: tuple[Callable, ns.Initializer], cfg: Config
         for si, seed in enumerate(cfg.seeds):
             for ki, strat in enumerate(STRATEGIES):
                 for c in range(n_chunks):
-                    row = {"network": name, "strategy": strat, "seed": seed, "task": t,
-                           "update": t * cfg.updates_per_task + (c + 1) * cfg.measure_every}  # fmt: skip
+                    row = {
+                        "network": name,
+                        "strategy": strat,
+                        "seed": seed,
+                        "task": t,
+                        "update": t * cfg.updates_per_task + (c + 1) * cfg.measure_every,
+                    }
                     row.update({k: float(v[si, ki, c]) for k, v in records.items()})
                     rows.append(row)
     return rows, anat
@@ -245,8 +268,9 @@ def plot(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
         ]
     paths = []
     for fname, panels in figures.items():
-        fig, axes = plt.subplots(len(panels), len(nets), figsize=(5 * len(nets), 2.8 * len(panels)),
-                                 squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            len(panels), len(nets), figsize=(5 * len(nets), 2.8 * len(panels)), squeeze=False
+        )
         for row, (key, title) in zip(axes, panels, strict=True):
             for ax, net in zip(row, nets, strict=True):
                 for strat in STRATEGIES:
@@ -259,8 +283,14 @@ def plot(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
                     ax.set_yscale("log")
                 ax.legend(fontsize=7)
             row[0].set_xlabel("update")
-        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.45 / fig.get_figheight(),
-                            top=1 - 0.3 / fig.get_figheight(), hspace=0.45, wspace=0.22)  # fmt: skip
+        fig.subplots_adjust(
+            left=0.08,
+            right=0.98,
+            bottom=0.45 / fig.get_figheight(),
+            top=1 - 0.3 / fig.get_figheight(),
+            hspace=0.45,
+            wspace=0.22,
+        )
         path = out / f"{fname}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
@@ -270,10 +300,22 @@ def plot(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
 
 def summary(rows: list[dict[str, Any]], cfg: Config) -> str:
     """Final-task loss, mean end-of-task loss, resets, and inactive % at the last measurement."""
-    shown = [column("dormant", 0.0), column("dormant", 0.02), column("grama", 0.0),
-             column("grama", 0.01), column("grama_act", 0.01), column("grama_weight", 0.01)]  # fmt: skip
-    head = ["network", "strategy", "final-task loss", "mean end-of-task loss", "units reset, sum %",
-            *[f"{c} %" for c in shown]]  # fmt: skip
+    shown = [
+        column("dormant", 0.0),
+        column("dormant", 0.02),
+        column("grama", 0.0),
+        column("grama", 0.01),
+        column("grama_activation", 0.01),
+        column("grama_weight", 0.01),
+    ]
+    head = [
+        "network",
+        "strategy",
+        "final-task loss",
+        "mean end-of-task loss",
+        "units reset, sum %",
+        *[f"{c} %" for c in shown],
+    ]
     table = [head]
     last_update = cfg.tasks * cfg.updates_per_task
     for net in dict.fromkeys(r["network"] for r in rows):
@@ -281,17 +323,23 @@ def summary(rows: list[dict[str, Any]], cfg: Config) -> str:
             sel = [r for r in rows if r["network"] == net and r["strategy"] == strat]
             ends = [r for r in sel if r["update"] % cfg.updates_per_task == 0]
             final = [r for r in sel if r["update"] == last_update]
-            task_end = [np.mean([r["eval_loss"] for r in ends if r["task"] == t])
-                        for t in range(cfg.tasks)]  # fmt: skip
-            table.append([
-                net, strat, f"{np.mean([r['eval_loss'] for r in final]):.4f}",
-                f"{np.mean(task_end):.4f}",
-                f"{100 * np.sum([r['reset_fraction'] for r in sel]) / len(cfg.seeds):.1f}",
-                *[f"{100 * np.mean([r[c] for r in final]):.1f}" for c in shown],
-            ])  # fmt: skip
+            task_end = [
+                np.mean([r["eval_loss"] for r in ends if r["task"] == t]) for t in range(cfg.tasks)
+            ]
+            table.append(
+                [
+                    net,
+                    strat,
+                    f"{np.mean([r['eval_loss'] for r in final]):.4f}",
+                    f"{np.mean(task_end):.4f}",
+                    f"{100 * np.sum([r['reset_fraction'] for r in sel]) / len(cfg.seeds):.1f}",
+                    *[f"{100 * np.mean([r[c] for r in final]):.1f}" for c in shown],
+                ]
+            )
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in table)  # fmt: skip
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -304,11 +352,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.seeds is not None:
         cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"continual regression: {cfg.tasks} tasks × {cfg.updates_per_task} updates, batch "
-          f"{cfg.batch}, Adam {cfg.lr:g}; resets every {cfg.reset_every} updates (ReDo τ = "
-          f"{cfg.redo_tau:g}, ReGraMa pre-activation τ = {cfg.grama_tau:g}); seeds "
-          f"{list(cfg.seeds)}; measured every {cfg.measure_every} updates on "
-          f"{cfg.eval_batch} samples of the current task")  # fmt: skip
+    print(
+        f"continual regression: {cfg.tasks} tasks × {cfg.updates_per_task} updates, batch "
+        f"{cfg.batch}, Adam {cfg.lr:g}; resets every {cfg.reset_every} updates (ReDo τ = "
+        f"{cfg.redo_tau:g}, ReGraMa pre-activation τ = {cfg.grama_tau:g}); seeds "
+        f"{list(cfg.seeds)}; measured every {cfg.measure_every} updates on "
+        f"{cfg.eval_batch} samples of the current task"
+    )
     start = time.perf_counter()
 
     def timed(item):
@@ -322,17 +372,21 @@ def main(argv: list[str] | None = None) -> Path:
     rows = []
     for name, (net_rows, anat, seconds) in zip(networks(cfg), results, strict=True):
         rows += net_rows
-        print(f"  {name}: {len(anat.hidden)} hidden groups, "
-              f"{sum(g.n_units for g in anat.hidden)} hidden units "
-              f"({sum(g.n_units for g in anat.resettable)} resettable), "
-              f"compiled and trained in {seconds:.1f} s")  # fmt: skip
+        print(
+            f"  {name}: {len(anat.hidden)} hidden groups, "
+            f"{sum(g.n_units for g in anat.hidden)} hidden units "
+            f"({sum(g.n_units for g in anat.resettable)} resettable), "
+            f"compiled and trained in {seconds:.1f} s"
+        )
     write_csv(rows, args.out / "metrics.csv")
     pngs = plot(rows, cfg, args.out)
     table = summary(rows, cfg)
     (args.out / "summary.txt").write_text(table + "\n")
     print(table)
-    print(f"wrote {args.out / 'metrics.csv'}, {len(pngs)} plots and summary.txt to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    print(
+        f"wrote {args.out / 'metrics.csv'}, {len(pngs)} plots and summary.txt to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return args.out
 
 

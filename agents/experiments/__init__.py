@@ -1,0 +1,1 @@
+"""The main job and the demonstrations, built on the public API."""

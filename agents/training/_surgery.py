@@ -1,0 +1,155 @@
+"""Neuron surgery inside training, through the library's public pipeline.
+
+Every `surgery.every` updates (and whenever the reset strategy is due) the compiled update loop
+maps each operated network from its own objective (`ns.anatomy` on `objective.call`), observes
+the objective on a replay batch (`ns.observe`), logs every configured metric's inactive ratios
+per network and per layer, and lets the strategy (`ns.Strategy.step`) reset the network and its
+optimizer state. Nothing here knows a metric or a method by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+import neurosurgery as ns
+
+from ..algorithms import Agent, Batch, Objective
+from ._config import TrainConfig
+
+
+def _anatomy(objective: Objective) -> ns.Anatomy:
+    example = jax.tree.map(lambda x: x[0], objective.inputs)
+    return ns.anatomy(objective.model, *example, fn=objective.call)
+
+
+@dataclasses.dataclass(frozen=True)
+class Surgery:
+    """The surgery of one run: logged metrics on some networks, a strategy on others."""
+
+    metrics: tuple[ns.Metric, ...]
+    log_networks: tuple[str, ...]
+    tau: float
+    every: int
+    strategy: ns.Strategy | None
+    reset_networks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Surgery:
+        s, r = config.surgery, config.reset
+        metrics = s.built_metrics()
+        return cls(metrics, s.networks if metrics else (), s.tau, s.every, r.strategy(), r.networks)
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Every network a surgery step maps: the logged ones, then the reset ones."""
+        reset = self.reset_networks if self.strategy is not None else ()
+        return tuple(dict.fromkeys((*self.log_networks, *reset)))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.networks)
+
+    def _observes(self, name: str) -> bool:
+        logged = name in self.log_networks and bool(self.metrics)
+        reset = self.strategy is not None and name in self.reset_networks
+        return logged or (reset and self.strategy.observes)  # type: ignore[union-attr]
+
+    def init(self, agent: Agent, agent_state: Any, batch: Batch, key: PRNGKeyArray) -> Any:
+        """The metrics' and the strategy's states, per network (empty for stateless ones)."""
+        objectives = agent.objectives(agent_state, batch, key)
+        states: dict[str, Any] = {}
+        for name in self.networks:
+            anatomy = _anatomy(objectives[name])
+            states[name] = {
+                "metrics": {m.name: m.init(anatomy) for m in self.metrics}
+                if name in self.log_networks
+                else {},
+                "strategy": self.strategy.init(anatomy)
+                if self.strategy is not None and name in self.reset_networks
+                else ns.EmptyState(),
+            }
+        return states
+
+    def due(self, updates: Array, since: Array) -> Array:
+        """Whether a surgery step runs after the updates `(since, updates]` (unbatched)."""
+        log = (updates // self.every) != (since // self.every)
+        if self.strategy is None:
+            return log
+        return log | self.strategy.schedule.due(updates, since)
+
+    def step(
+        self,
+        agent: Agent,
+        agent_state: Any,
+        states: Any,
+        batch: Batch,
+        key: PRNGKeyArray,
+        updates: Array,
+        since: Array,
+    ) -> tuple[Any, Any, dict[str, Array]]:
+        """Score, log and reset; returns the agent's state, the surgery states and the
+        `surgery/<network>/…` metrics."""
+        k_objectives, k_reset = jax.random.split(key)
+        objectives = agent.objectives(agent_state, batch, k_objectives)
+        out: dict[str, Array] = {}
+        states = dict(states)
+        for name in self.networks:
+            objective = objectives[name]
+            anatomy = _anatomy(objective)
+            observation = None
+            if self._observes(name):
+                _, observation = ns.observe(
+                    anatomy,
+                    objective.model,
+                    objective.loss_of_outputs,
+                    *objective.inputs,
+                    has_aux=objective.has_aux,
+                )
+            net_states = dict(states[name])
+            if name in self.log_networks and observation is not None:
+                metric_states, logged = self._log(anatomy, observation, net_states["metrics"])
+                net_states["metrics"] = metric_states
+                out.update({f"surgery/{name}/{k}": v for k, v in logged.items()})
+            if self.strategy is not None and name in self.reset_networks:
+                i = self.reset_networks.index(name)
+                result = self.strategy.step(
+                    anatomy,
+                    objective.model,
+                    observation,
+                    net_states["strategy"],
+                    jax.random.fold_in(k_reset, i),
+                    updates,
+                    init=functools.partial(agent.make_network, name),
+                    optimizer=agent.optimizer(name),
+                    opt_state=agent.opt_state(agent_state, name),
+                    since=since,
+                )
+                agent_state = agent.replace_network(
+                    agent_state, name, result.model, result.opt_state
+                )
+                net_states["strategy"] = result.state
+                out.update({f"surgery/{name}/{k}": v for k, v in result.info.items()})
+            states[name] = net_states
+        return agent_state, states, out
+
+    def _log(
+        self, anatomy: ns.Anatomy, observation: ns.Observation, states: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Array]]:
+        """Each metric's inactive ratio (score <= tau) per hidden layer and over the network."""
+        out: dict[str, Array] = {}
+        new = {}
+        hidden = {g.name for g in anatomy.hidden}
+        for metric in self.metrics:
+            scores, new[metric.name] = metric.score(anatomy, observation, states[metric.name])
+            flagged = ns.threshold({g: s for g, s in scores.items() if g in hidden}, self.tau)
+            for group, mask in flagged.items():
+                out[f"{metric.name}/{group}"] = jnp.mean(ns.inactive_ratio(mask))
+            if flagged:
+                out[metric.name] = jnp.mean(ns.network_inactive_ratio(flagged))
+        return new, out
