@@ -347,6 +347,19 @@ def sort_units(k):
     return Sorted(eqx.nn.Linear(8, 16, key=k1), eqx.nn.Linear(16, 2, key=k2)), (jnp.zeros(8),), None
 
 
+class Maxout(eqx.Module):
+    l1: eqx.nn.Linear
+    l2: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.l2(jnp.max(jax.nn.relu(self.l1(x)).reshape(8, 2), axis=1))
+
+
+def maxout(k):
+    k1, k2 = jax.random.split(k)
+    return Maxout(eqx.nn.Linear(8, 16, key=k1), eqx.nn.Linear(8, 2, key=k2)), (jnp.zeros(8),), None
+
+
 class Tied(eqx.Module):
     w: jax.Array
     mid: eqx.nn.Linear
@@ -388,6 +401,7 @@ FAMILIES = {
     "lax.while_loop": while_loop,
     "vmapped ensemble (2 members)": ensemble,
     "sort over units": sort_units,
+    "maxout (max over pairs of units)": maxout,
     "weight tied as W and Wᵀ": tied,
 }
 

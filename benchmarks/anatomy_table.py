@@ -94,6 +94,9 @@ def row(name: str, make) -> str:
     normalised = [g.name for g in anatomy.groups if g.normalized and not g.output]
     if normalised:
         extra.append(f"normalised: {len(normalised)}")
+    held = [g.name for g in anatomy.hidden if g.no_reset]
+    if held:
+        extra.append(f"not reset by default: {len(held)}")
     groups = ", ".join(f"{n} {k}" for k, n in kinds.items())
     units = (
         f"{sum(g.n_units for g in anatomy.hidden)} ({sum(g.n_units for g in anatomy.resettable)})"

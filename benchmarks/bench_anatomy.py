@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import resource
 import statistics
 import subprocess
@@ -77,7 +78,7 @@ def run_child(size: int, repeats: int, package: pathlib.Path, pool: bool) -> dic
     cmd += ["--pool", str(int(pool))]
     out = subprocess.run(cmd, env=env, cwd=package, capture_output=True, text=True)
     if out.returncode:
-        return out.stderr.strip().splitlines()[-1]
+        return re.sub(r"\S*site-packages/", "…/", out.stderr.strip().splitlines()[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -155,6 +155,21 @@ class Anatomy:
         """Groups whose activations and gradients an observation records (all but declared)."""
         return tuple(g for g, t in zip(self.groups, self._taps, strict=True) if t is not None)
 
+    @property
+    def ungrouped(self) -> dict[str, tuple[int, int]]:
+        """Parameter leaves with entries in no group, as `{path: (entries in no group, size)}`:
+        scalars such as a learned temperature, or parameters the call never reads. A reset
+        never touches them."""
+        covered = [np.zeros(s, bool) for s in self.leaf_shapes]
+        for g in self.groups:
+            for sl in (*g.incoming, *g.per_unit, *g.outgoing):
+                covered[sl.leaf] |= sl.element_owner() != -1
+        out = {}
+        for path, cov in zip(self.leaf_paths, covered, strict=True):
+            if not cov.all():
+                out[path] = (int(cov.size - cov.sum()), int(cov.size))
+        return out
+
     def filter(
         self,
         path: str | None = None,
@@ -208,7 +223,7 @@ class Anatomy:
                     g.name,
                     g.layer_type.__name__,
                     "×".join(map(str, g.unit_shape)),
-                    g.kind(),
+                    g.kind() + (" normalised" if g.normalized and not g.output else ""),
                     ", ".join(map(repr, g.incoming)) or "-",
                     ", ".join(map(repr, g.per_unit)) or "-",
                     ", ".join(map(repr, g.outgoing)) or "-",
@@ -226,6 +241,13 @@ class Anatomy:
         )
         notes = [f"{g.name}: not reset by default: {g.no_reset}" for g in self.groups if g.no_reset]
         notes += [f"{name}: not observed ({why})" for name, why in self.unobserved.items()]
+        if self.ungrouped:
+            notes.append(
+                "in no group (never reset): "
+                + ", ".join(
+                    f"{p} ({n} of {size} entries)" for p, (n, size) in self.ungrouped.items()
+                )
+            )
         tail = "".join(f"\n* {n}" for n in notes)
         return head + "\n" + "\n".join(lines) + tail
 

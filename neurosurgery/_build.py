@@ -22,8 +22,10 @@ from ._taps import taps
 from ._trace import Tracer, collective_error
 
 PAIRED = (
-    "attention {side} units: they act through the scores, with the {partner} units of the "
-    "same head and dimension; a reset re-draws them and zeroes their partners' rows"
+    "its units meet those of {partner} in a product of two activations (as attention's queries "
+    "and keys meet in the scores, unit i with unit i): a reset re-draws them and zeroes the "
+    "partners' rows, which removes the pair's term but changes what the product weighs once "
+    "training resumes"
 )
 
 
@@ -149,6 +151,22 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
                 f"its units are read by {t.where(op)} through {what} (not a parameter of this "
                 "model), so no outgoing weight can be zeroed and a reset changes the outputs",
             )
+    for labels, op in t.reduced:  # units that reach the outputs only through a reduction
+        for g in lm.groups_of(labels):
+            if g in output or g in weightless:
+                continue
+            reached: set[int] = set()
+            for (role, _, _), own in owned.get(g, {}).items():
+                if role == "outgoing":
+                    own = np.asarray(own)
+                    reached.update(np.unique(own[own >= 0]).tolist())
+            local = lm.local(np.unique(labels), g)
+            if any(int(u) not in reached for u in local[local >= 0]):
+                weightless[g] = (
+                    f"some of its units reach the outputs only through {t.where(op)}, which "
+                    "combines units (a sum, max or product over them), and not through outgoing "
+                    "weights: none can be zeroed, so a reset changes the outputs"
+                )
     index = {c: i for i, fg in enumerate(finals) for c in fg.comps}
     order = {"weight": 0, "bias": 1, "scale": 2, "shift": 3}
     groups = []
@@ -164,8 +182,7 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
         paired = tuple(finals[h].name for h in partner_groups)
         note = weightless.get(g, "")
         if fg.role and not note:
-            side, partner = ("query", "key") if fg.role == "query" else ("key", "query")
-            note = PAIRED.format(side=side, partner=partner)
+            note = PAIRED.format(partner=", ".join(f"`{name}`" for name in paired))
         groups.append(
             NeuronGroup(
                 fg.name,

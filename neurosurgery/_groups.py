@@ -101,7 +101,8 @@ class NeuronGroup:
             a reset re-draws a query unit and zeroes its key partner (so the pair's score term
             starts from zero again), and the other way round.
         no_reset: why the group is left out of resets by default ("": it is not), e.g. attention
-            query/key pairs, or units read through a constant weight that no reset can zero.
+            query/key pairs, units read through a constant weight, or units that reach the
+            outputs only through a sum or max over units: no outgoing weight can be zeroed.
             `ns.reset(..., include_shared=True)` resets such groups too.
     """
 

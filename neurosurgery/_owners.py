@@ -71,7 +71,7 @@ class LabelMap:
             np.maximum.at(hi, owner[sel], unit[sel])
             got = np.where(hi < 0, -1, np.where(lo == hi, hi, SHARED))
             table[ok] = got
-        return table[inv].reshape(arr.shape)
+        return np.asarray(table[inv]).reshape(np.shape(arr))
 
     def indicator(self, labels: np.ndarray, n_groups: int) -> np.ndarray:
         """(len(labels), n_groups) booleans: which groups each label stands for units of."""

@@ -95,7 +95,8 @@ def reset(
     random values (`"small"`: `outgoing_scale` × the consumer leaf's standard deviation ×
     N(0, 1)). Output groups are never reset; residual-stream (shared) groups and groups left out
     by default for another reason (`NeuronGroup.no_reset`: attention query/key pairs, units
-    read through a constant weight) only with `include_shared=True`. `key` is split once for
+    read through a constant weight or reaching the outputs only through a sum or max over
+    units) only with `include_shared=True`. `key` is split once for
     the draw and the outgoing noise.
 
     Every entry of `opt_state` that belongs to a touched parameter entry is zeroed (Adam's moments,

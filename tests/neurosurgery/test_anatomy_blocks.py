@@ -53,11 +53,14 @@ def test_transformer_block_stream_attention_and_mlp():
     embed, fc1 = anatomy["embed"], anatomy["fc1"]
     # the positional embedding is added to the stream right after the patch embedding
     assert {s.path: s.kind for s in embed.incoming}[".pos"] == "bias"
-    assert_owners(owners(embed, "incoming"), {
-        ".embed.weight": np.broadcast_to(np.arange(8)[:, None], (8, 4)),
-        ".embed.bias": np.arange(8),
-        ".pos": cols(8, (3, 8)),
-    })  # fmt: skip
+    assert_owners(
+        owners(embed, "incoming"),
+        {
+            ".embed.weight": np.broadcast_to(np.arange(8)[:, None], (8, 4)),
+            ".embed.bias": np.arange(8),
+            ".pos": cols(8, (3, 8)),
+        },
+    )
     # a stream writer owns the parameters of the norms that read the stream after it writes
     assert {s.path for s in anatomy["attn.output_proj"].per_unit} == {".ln2.weight", ".ln2.bias"}
     assert anatomy["fc2"].per_unit == ()
@@ -93,9 +96,13 @@ def test_token_mixing_maps_its_own_hidden_units():
     anatomy = ns.anatomy(model, jnp.zeros((4, 3)))
     tok1 = anatomy["tok1"]
     assert tok1.unit_shape == (5,) and tok1.resettable and not tok1.normalized
-    assert_owners(owners(tok1, "incoming"), {
-        ".tok1.weight": np.broadcast_to(np.arange(5)[:, None], (5, 4)), ".tok1.bias": np.arange(5),
-    })  # fmt: skip
+    assert_owners(
+        owners(tok1, "incoming"),
+        {
+            ".tok1.weight": np.broadcast_to(np.arange(5)[:, None], (5, 4)),
+            ".tok1.bias": np.arange(5),
+        },
+    )
     assert_owners(owners(tok1, "outgoing"), {".tok2.weight": cols(5, (4, 5))})
     # the token MLP's outputs write the stream along the token axis: shared with the channels
     assert anatomy["tok2"].shared and anatomy["embed"].shared
@@ -178,11 +185,14 @@ def test_a_norm_of_the_whole_weight_marks_the_group_and_a_norm_per_unit_does_not
     wn = per_row["layer.layer"]
     assert not wn.normalized and wn.resettable  # each row divided by its own norm
     # weight norm's magnitudes scale each unit: one entry per unit, drawn as scales
-    assert_owners(owners(wn, "incoming"), {
-        ".layer.layer.weight": np.broadcast_to(np.arange(5)[:, None], (5, 3)),
-        ".layer.layer.bias": np.arange(5),
-        ".layer.g": np.arange(5)[:, None],
-    })  # fmt: skip
+    assert_owners(
+        owners(wn, "incoming"),
+        {
+            ".layer.layer.weight": np.broadcast_to(np.arange(5)[:, None], (5, 3)),
+            ".layer.layer.bias": np.arange(5),
+            ".layer.g": np.arange(5)[:, None],
+        },
+    )
 
 
 class Iterated(eqx.Module):

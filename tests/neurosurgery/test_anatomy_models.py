@@ -83,7 +83,9 @@ def test_attention_pairs_queries_with_keys_and_values_feed_the_output_projection
     assert_owners(owners(v, "outgoing"), {".attn.output_proj.weight": cols(8, (8, 8))})
     assert_owners(owners(o, "outgoing"), {".head.weight": cols(8, (1, 8))})
     assert q.paired_with == ("attn.key_proj",) and k.paired_with == ("attn.query_proj",)
-    assert q.kind() == "paired" and not q.resettable and "attention query units" in q.no_reset
+    assert (
+        q.kind() == "paired" and not q.resettable and "meet those of `attn.key_proj`" in q.no_reset
+    )
     assert [g.name for g in anatomy.resettable] == ["attn.value_proj", "attn.output_proj"]
     assert head.output and "not reset by default" in anatomy.summary()
     # by default a reset leaves the pairs alone; on request it re-draws the flagged query
@@ -92,9 +94,13 @@ def test_attention_pairs_queries_with_keys_and_values_feed_the_output_projection
     same = ns.reset(anatomy, model, flag, jax.random.key(0), init=lambda key: draw(Attention, 1))
     assert same.applied == {}
     new = ns.reset(
-        anatomy, model, flag, jax.random.key(0), init=lambda key: draw(Attention, 1),
+        anatomy,
+        model,
+        flag,
+        jax.random.key(0),
+        init=lambda key: draw(Attention, 1),
         include_shared=True,
-    ).model  # fmt: skip
+    ).model
     np.testing.assert_array_equal(
         new.attn.query_proj.weight[5], draw(Attention, 1).attn.query_proj.weight[5]
     )

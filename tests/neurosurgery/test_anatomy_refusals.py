@@ -1,6 +1,8 @@
 """What the anatomy refuses: each error names the operation, its source line and the way out,
 and no model maps with a parameter silently left out or an entry silently given one owner."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -200,3 +202,70 @@ def test_no_parameter_is_left_out_of_a_scanned_recurrent_model():
     anatomy = ns.anatomy(model, jnp.zeros((4, 3)))
     owned = {s.path for g in anatomy for s in (*g.incoming, *g.per_unit, *g.outgoing)}
     assert owned == set(anatomy.leaf_paths)
+
+
+class Maxout(Two):
+    def __call__(self, x):
+        return self.o(jnp.max(jax.nn.relu(self.a(x)).reshape(2, 2), axis=1))
+
+
+class SumReadout(eqx.Module):
+    a: eqx.nn.Linear
+
+    def __call__(self, x):
+        return jnp.sum(jax.nn.relu(self.a(x)))
+
+
+class ChannelMax(eqx.Module):
+    c: eqx.nn.Conv2d
+    o: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.o(jnp.max(jax.nn.relu(self.c(x)), axis=0).reshape(-1))
+
+
+@pytest.mark.parametrize(
+    "model, example",
+    [
+        (Maxout(*linears((3, 4), (2, 2))), jnp.zeros(3)),
+        (SumReadout(*linears((3, 4))), jnp.zeros(3)),
+        (
+            ChannelMax(eqx.nn.Conv2d(2, 4, 1, key=jax.random.key(1)), *linears((9, 2))),
+            jnp.zeros((2, 3, 3)),
+        ),
+    ],
+    ids=["maxout", "sum-readout", "max-over-channels"],
+)
+def test_units_that_reach_the_outputs_only_through_a_reduction_are_not_reset(model, example):
+    """A max or sum over units hands nothing downstream a unit's own weights: there is no
+    outgoing entry to zero, so the anatomy says so and leaves the group out of resets; forced,
+    the reset visibly changes the outputs."""
+    anatomy = ns.anatomy(model, example)
+    (group,) = anatomy.hidden
+    assert group.outgoing == () and group.normalized and not group.resettable
+    assert re.search(rf"only through `reduce_(max|sum)` at {HERE}", group.no_reset)
+    assert group.name in anatomy.summary() and "normalised" in anatomy.summary()
+    masks = {group.name: jnp.ones(group.unit_shape, bool)}
+    init = ns.Initializer(jax.nn.initializers.lecun_normal)
+    assert not ns.reset(anatomy, model, masks, jax.random.key(2), init=init).applied
+    forced = ns.reset(anatomy, model, masks, jax.random.key(2), init=init, include_shared=True)
+    assert not jnp.allclose(forced.model(example + 1.0), model(example + 1.0))
+
+
+class Temperature(Two):
+    t: jax.Array
+    unused: jax.Array
+
+    def __call__(self, x):
+        return self.o(jax.nn.relu(self.a(x))[:3]) / self.t
+
+
+def test_parameters_in_no_group_are_listed():
+    """A learned temperature and a parameter the call never reads belong to no group: the
+    anatomy lists them rather than leave them unsaid (a unit that reaches nothing is still a
+    unit of its layer)."""
+    a, o = linears((3, 4), (3, 2))
+    anatomy = ns.anatomy(Temperature(a, o, jnp.ones(()), jnp.zeros(5)), jnp.zeros(3))
+    assert anatomy.ungrouped == {".t": (1, 1), ".unused": (5, 5)}
+    assert anatomy["a"].n_units == 4
+    assert "in no group (never reset): .t (1 of 1 entries), .unused (5 of 5" in anatomy.summary()
