@@ -17,7 +17,6 @@ from jaxtyping import Array, Bool, PyTree
 from ._errors import AnatomyError
 from ._graph import Graph, evaluate
 from ._groups import NeuronGroup
-from ._trace import Trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +45,19 @@ class _Layout:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Taps:
+class _Site:
+    """One place where a group is observed: a call of its layer, or its layer inside a scan
+    body (then observed at every iteration: the scan's iterations lead the value's axes)."""
+
     pre: int  # value id where the gradient enters the unit's activation (after per-unit norms)
     post: int  # value id of the unit's output as its consumers read it
     pre_layout: _Layout
     post_layout: _Layout
+
+
+@dataclasses.dataclass(frozen=True)
+class _Taps:
+    sites: tuple[_Site, ...]
 
 
 def _compress(owner: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
@@ -101,6 +108,7 @@ class Anatomy:
         params_def: Any,
         example: tuple[tuple[int, ...], ...],
         model_type: str,
+        unobserved: dict[str, str] | None = None,
     ):
         self.groups = groups
         self.leaf_paths = leaf_paths
@@ -110,6 +118,8 @@ class Anatomy:
         self._taps = taps
         self._params_def = params_def
         self._example = example  # shapes of the example's array leaves, in call order
+        #: why some groups cannot be observed (declared groups aside), by name
+        self.unobserved = dict(unobserved or {})
 
     # ---- looking ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -144,6 +154,21 @@ class Anatomy:
     def observed(self) -> tuple[NeuronGroup, ...]:
         """Groups whose activations and gradients an observation records (all but declared)."""
         return tuple(g for g, t in zip(self.groups, self._taps, strict=True) if t is not None)
+
+    @property
+    def ungrouped(self) -> dict[str, tuple[int, int]]:
+        """Parameter leaves with entries in no group, as `{path: (entries in no group, size)}`:
+        scalars such as a learned temperature, or parameters the call never reads. A reset
+        never touches them."""
+        covered = [np.zeros(s, bool) for s in self.leaf_shapes]
+        for g in self.groups:
+            for sl in (*g.incoming, *g.per_unit, *g.outgoing):
+                covered[sl.leaf] |= sl.element_owner() != -1
+        out = {}
+        for path, cov in zip(self.leaf_paths, covered, strict=True):
+            if not cov.all():
+                out[path] = (int(cov.size - cov.sum()), int(cov.size))
+        return out
 
     def filter(
         self,
@@ -198,7 +223,7 @@ class Anatomy:
                     g.name,
                     g.layer_type.__name__,
                     "×".join(map(str, g.unit_shape)),
-                    g.kind(),
+                    g.kind() + (" normalised" if g.normalized and not g.output else ""),
                     ", ".join(map(repr, g.incoming)) or "-",
                     ", ".join(map(repr, g.per_unit)) or "-",
                     ", ".join(map(repr, g.outgoing)) or "-",
@@ -214,7 +239,17 @@ class Anatomy:
             f"{self.model_type}: {len(self.groups)} neuron groups, {n_hidden} hidden units "
             f"({sum(g.n_units for g in self.resettable)} resettable by default)"
         )
-        return head + "\n" + "\n".join(lines)
+        notes = [f"{g.name}: not reset by default: {g.no_reset}" for g in self.groups if g.no_reset]
+        notes += [f"{name}: not observed ({why})" for name, why in self.unobserved.items()]
+        if self.ungrouped:
+            notes.append(
+                "in no group (never reset): "
+                + ", ".join(
+                    f"{p} ({n} of {size} entries)" for p, (n, size) in self.ungrouped.items()
+                )
+            )
+        tail = "".join(f"\n* {n}" for n in notes)
+        return head + "\n" + "\n".join(lines) + tail
 
     def __repr__(self) -> str:
         return f"Anatomy({self.model_type}, groups={list(self.names)})"
@@ -276,63 +311,76 @@ class Anatomy:
 
     def _zeros(
         self, batch_shape: tuple[int, ...], sites: tuple[str, ...]
-    ) -> dict[str, dict[str, Array]]:
-        """Zero perturbations at each observed group's probe sites (`{site: {group: zeros}}`)."""
-        out: dict[str, dict[str, Array]] = {}
+    ) -> dict[str, dict[str, tuple[Array, ...]]]:
+        """Zero perturbations at each observed group's probe sites (`{site: {group: (zeros of
+        each call site, ...)}}`)."""
+        out: dict[str, dict[str, tuple[Array, ...]]] = {}
+        graph = self._graph
+        loops = [op for op in graph.all_ops() if op.name == "while"]
+        if loops:
+            raise AnatomyError(
+                f"{self.model_type} runs a `lax.while_loop` ({loops[0].source}), which JAX "
+                "cannot differentiate in reverse mode, so `ns.observe` cannot compute the "
+                "loss's gradients. Use `lax.scan` (or `lax.fori_loop` with static bounds) in the "
+                "model, or score it by its weights alone (`ns.WeightMagnitude` reads only "
+                "`Observation.params`: build `ns.Observation({}, None, None, None, params)`)."
+            )
         for site in sites:
             out[site] = {}
             for g, t in zip(self.groups, self._taps, strict=True):
                 if t is None:
                     continue
-                vid = t.pre if site == "preactivation" else t.post
-                shape = self._graph.shapes[vid]
-                out[site][g.name] = jnp.zeros((*batch_shape, *shape), self._graph.dtypes[vid])
+                zeros = []
+                for s in t.sites:
+                    vid = s.pre if site == "preactivation" else s.post
+                    shape = (*batch_shape, *graph.loops.get(vid, ()), *graph.shapes[vid])
+                    zeros.append(jnp.zeros(shape, graph.dtypes[vid]))
+                out[site][g.name] = tuple(zeros)
         return out
 
     def _tapped(
         self,
         model: PyTree,
-        perturb: Mapping[str, Mapping[str, Array]] | None,
+        perturb: Mapping[str, Mapping[str, tuple[Array, ...]]] | None,
         *args: Any,
         **kwargs: Any,
-    ) -> tuple[Any, dict[str, Array]]:
+    ) -> tuple[Any, dict[str, tuple[Array, ...]]]:
         """Run the model on one example with perturbations added at the probe sites.
 
-        Returns the model's output and each observed group's activation (the value's own
-        layout). The gradient of a loss with respect to `perturb["preactivation"]`
-        (`["activation"]`) is the gradient at the pre-activations (activations).
+        Returns the model's output and each observed group's activation at each of its sites
+        (the values' own layout). The gradient of a loss with respect to
+        `perturb["preactivation"]` (`["activation"]`) is the gradient at the pre-activations
+        (activations).
         """
         leaves = self._leaves(model)
         dyn_args = jax.tree_util.tree_leaves(eqx.filter((args, kwargs), eqx.is_array))
         pairs = [(g.name, t) for g, t in zip(self.groups, self._taps, strict=True) if t is not None]
-        pre = dict(perturb.get("preactivation", {})) if perturb is not None else {}
-        post = dict(perturb.get("activation", {})) if perturb is not None else {}
-        edits: dict[int, list[tuple[str, str]]] = {}
-        for name, t in pairs:
-            edits.setdefault(t.pre, []).append(("preactivation", name))
-            edits.setdefault(t.post, []).append(("activation", name))
-        acts: dict[str, Array] = {}
-
-        def edit(vid: int, value: Any) -> Any:
-            for site, name in edits[vid]:  # the pre-activation first where the two coincide
-                if site == "preactivation":
-                    if name in pre:
-                        value = value + pre[name].astype(value.dtype)
-                else:
-                    if name in post:
-                        value = value + post[name].astype(value.dtype)
-                    acts[name] = value
-            return value
-
-        outs = evaluate(self._graph, [*leaves, *dyn_args], edit, frozenset(edits))
+        add: dict[int, Any] = {}
+        for site_name in ("preactivation", "activation"):
+            given = perturb.get(site_name, {}) if perturb is not None else {}
+            for name, t in pairs:
+                if name not in given:
+                    continue
+                for s, p in zip(t.sites, given[name], strict=True):
+                    vid = s.pre if site_name == "preactivation" else s.post
+                    add[vid] = p if vid not in add else add[vid] + p
+        record = {s.post for _, t in pairs for s in t.sites}
+        outs, got = evaluate(self._graph, [*leaves, *dyn_args], add, record)
+        acts = {name: tuple(got[s.post] for s in t.sites) for name, t in pairs}
         return jax.tree_util.tree_unflatten(self._graph.out_tree, outs), acts
 
-    def _layout(self, name: str, values: Array, site: str, batch_ndim: int = 1) -> Array:
-        """A tapped value (leading batch axes) as `(*batch, positions, *unit_shape)`."""
+    def _layout(
+        self, name: str, values: tuple[Array, ...], site: str, batch_ndim: int = 1
+    ) -> Array:
+        """Tapped values (leading batch axes; one per call site) as `(*batch, positions,
+        *unit_shape)`, positions of all call sites (and scan iterations) concatenated."""
         taps = self._taps[self.names.index(name)]
         assert taps is not None
-        layout = taps.pre_layout if site == "preactivation" else taps.post_layout
-        return layout(values, batch_ndim)
+        parts = []
+        for s, v in zip(taps.sites, values, strict=True):
+            layout = s.pre_layout if site == "preactivation" else s.post_layout
+            parts.append(layout(v, batch_ndim))
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=batch_ndim)
 
 
 def _is_array_or_shape(x: Any) -> bool:
@@ -376,24 +424,25 @@ def _first_diff(a: tuple, b: tuple) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _make_layout(trace: Trace, vid: int, first: int, unit_shape: tuple[int, ...]) -> _Layout:
-    """The layout of value `vid`, whose unit labels run from `first` for `unit_shape` units."""
-    labels = trace.values[vid].units
-    assert labels is not None
-    n = int(np.prod(unit_shape, dtype=int))
-    local = np.where((labels >= first) & (labels < first + n), labels - first, -1)
-    axes, reduced = _compress(local)
-    positions = [a for a in range(local.ndim) if a not in axes]
-    if reduced.size == n and np.array_equal(reduced.ravel(), np.arange(n)):
-        count = int(np.prod([local.shape[a] for a in positions], dtype=int))
+def _make_layout(
+    local: np.ndarray, shape: tuple[int, ...], n: int, unit_shape: tuple[int, ...]
+) -> _Layout:
+    """The layout of a value of `shape` whose unit index per element is `local` (compact,
+    -1: no unit of the group)."""
+    axes = [d for d in range(local.ndim) if local.shape[d] > 1]
+    positions = [d for d in range(local.ndim) if d not in axes]
+    reduced = local[tuple(slice(None) if d in axes else 0 for d in range(local.ndim))]
+    if reduced.size == n and np.array_equal(np.ravel(reduced), np.arange(n)):
+        count = int(np.prod([shape[d] for d in positions], dtype=int))
         return _Layout((*positions, *axes), None, count, unit_shape)
-    flat = local.ravel()
+    flat = np.broadcast_to(local, shape).ravel()
     counts = np.bincount(flat[flat >= 0], minlength=n)
-    if (flat < 0).any() or not (counts == counts[0]).all():
+    if counts.size != n or not (counts == counts[0]).all() or counts[0] == 0:
         raise AnatomyError(
-            f"A group of {unit_shape} units is read at a value of shape {local.shape} where its "
+            f"A group of {unit_shape} units is read at a value of shape {shape} where its "
             "units do not appear equally often; its activations cannot be laid out per unit. "
             "Declare the module's groups explicitly (`__neuron_groups__`)."
         )
-    order = np.argsort(flat, kind="stable")
+    keep = np.flatnonzero(flat >= 0)
+    order = keep[np.argsort(flat[keep], kind="stable")]
     return _Layout(None, order.reshape(n, -1).T.copy(), int(counts[0]), unit_shape)

@@ -8,14 +8,25 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ._anatomy import Anatomy, _compress, _make_layout, _owner_type, _Taps
+from ._anatomy import Anatomy, _compress, _owner_type
 from ._declare import declared_groups, declaring_modules, make_opaque
 from ._errors import AnatomyError
-from ._graph import build_graph
+from ._graph import Graph, build_graph, evaluate
 from ._groups import LeafSlice, NeuronGroup
-from ._trace import RawGroup, Trace, Tracer
+from ._owners import LabelMap, owners
+from ._resolve import FinalGroup, one_to_one, resolve
+from ._taps import taps
+from ._trace import Tracer, collective_error
+
+PAIRED = (
+    "its units meet those of {partner} in a product of two activations (as attention's queries "
+    "and keys meet in the scores, unit i with unit i): a reset re-draws them and zeroes the "
+    "partners' rows, which removes the pair's term but changes what the product weighs once "
+    "training resumes"
+)
 
 
 def _call(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -33,14 +44,17 @@ def anatomy(
     Args:
         model: any Equinox module.
         *example_args: one example input (a single sample, as Equinox layers take it); any
-            pytree. Extra arguments (a diffusion time step, a key) are passed the same way.
+            pytree. Extra arguments (a diffusion time step, a PRNG key, a layer's
+            `eqx.nn.State`) are passed the same way.
         fn: how to call the model; defaults to `model(*args, **kwargs)`. Use it for methods,
-            e.g. `fn=lambda m, obs, act: m.q(obs, act)`, or for stacked ensembles,
-            `fn=lambda m, x: eqx.filter_vmap(lambda c: c(x))(m)`.
+            e.g. `fn=lambda m, obs, act: m.q(obs, act)`, for stacked ensembles,
+            `fn=lambda m, x: eqx.filter_vmap(lambda c: c(x))(m)`, or for stateful layers,
+            `fn=lambda m, x, state: m(x, state)[0]`.
 
     Raises:
         AnatomyError: the model is not an Equinox module, rejects the example input, performs an
-            operation on its units that the tracer cannot follow, or has no hidden units.
+            operation on its units (or its parameters) that the tracer cannot follow, gives a
+            parameter entry two owners that cannot be told apart, or has no hidden units.
     """
     if not isinstance(model, eqx.Module):
         raise AnatomyError(
@@ -66,6 +80,8 @@ def anatomy(
     try:
         graph = build_graph(flat_fn, [*leaves, *flat_args])
     except Exception as err:
+        if "unbound axis name" in str(err):
+            raise collective_error(f"a collective (JAX: {err})") from err
         shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", x), example_args)
         raise AnatomyError(
             f"{type(model).__name__} rejects the example input {shapes}: "
@@ -73,208 +89,168 @@ def anatomy(
             "(a single sample, not a batch, for Equinox layers), or give `fn=` to say how to call "
             "the model."
         ) from err
-    offsets = list(np.cumsum([0] + [int(np.prod(x.shape, dtype=int)) for x in leaves])[:-1])
-    tracer = Tracer(graph, [int(o) for o in offsets], n, paths)
-    trace = tracer.run()
-    owners = {i: _owner_type(model, p) for i, (p, _) in enumerate(path_leaves)}
     shapes = [tuple(x.shape) for x in leaves]
-    groups, taps = _resolve(trace, tracer, offsets, paths, shapes, owners)
+    offsets = [int(o) for o in np.cumsum([0] + [int(np.prod(s, dtype=int)) for s in shapes])[:-1]]
+    tracer = Tracer(graph, offsets, shapes, paths).run()
+    _, comp_of, _, finals, partners = resolve(tracer, paths)
+    lm = LabelMap(tracer, comp_of, finals)
+    owned = owners(tracer, lm, finals, partners)
+    owner_types = {i: _owner_type(model, p) for i, (p, _) in enumerate(path_leaves)}
+    group_taps, why = taps(tracer, lm, finals)
+    normalized = _normalized(tracer, lm, finals, graph, [*leaves, *flat_args])
+    index = {c: i for i, fg in enumerate(finals) for c in fg.comps}
+    for g, fg in enumerate(finals):  # a pair's reset goes through the partner's values
+        partner = {index[p] for c in fg.comps for p in partners.get(c, ()) if p in index}
+        if partner & normalized:
+            normalized.add(g)
+    groups = _groups(tracer, lm, finals, owned, paths, shapes, owner_types, partners, normalized)
     declared = declared_groups(declaring, paths, shapes, len(groups))
-    groups, taps = groups + declared, taps + [None] * len(declared)
-    if not any(g.hidden for g in groups):
+    all_groups = groups + declared
+    taps_all = [*group_taps, *([None] * len(declared))]
+    if not any(g.hidden for g in all_groups):
         raise AnatomyError(
             f"{type(model).__name__} has no hidden units: "
             + (
                 "no dense or convolution layer with parameter weights was found in its computation"
-                if not groups
+                if not all_groups
                 else "every layer feeds the output directly"
             )
             + ". There is nothing to score or reset; map a model with at least one hidden layer."
         )
     example = tuple(tuple(np.shape(x)) for x in flat_args)
+    unobserved = {finals[g].name: w for g, w in why.items()}
     return Anatomy(
-        tuple(groups),
+        tuple(all_groups),
         graph,
-        tuple(taps),
+        tuple(taps_all),
         tuple(paths),
         tuple(shapes),
         params_def,
         example,
         type(model).__name__,
+        unobserved,
     )
 
 
-def _expand(trace: Trace, pairs: list[tuple[np.ndarray, np.ndarray]]):
-    """Yield (unit, param element) arrays with mixed labels expanded to their member units."""
-    if not pairs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    labels = np.concatenate([p[0] for p in pairs]).astype(np.int64)
-    elems = np.concatenate([p[1] for p in pairs]).astype(np.int64)
-    key = np.sort((labels << 32) | elems)  # one sort of int64 keys, then drop repeats
-    key = key[np.r_[True, key[1:] != key[:-1]]]
-    labels, elems = key >> 32, key & 0xFFFFFFFF
-    is_mix = np.zeros(int(labels.max()) + 1, bool)
-    is_mix[[m for m in trace.mixes if m < is_mix.size]] = True
-    plain = ~is_mix[labels]
-    out_u, out_e = [labels[plain]], [elems[plain]]
-    mixed = ~plain
-    if mixed.any():
-        ml, me = labels[mixed], elems[mixed]
-        order = np.argsort(ml, kind="stable")
-        ml, me = ml[order], me[order]
-        starts = np.flatnonzero(np.r_[True, ml[1:] != ml[:-1]])
-        ends = [*starts[1:], len(ml)]
-        for s, e in zip(starts, ends, strict=True):
-            for member in trace.mixes[int(ml[s])]:
-                out_u.append(np.full(e - s, member, np.int64))
-                out_e.append(me[s:e])
-    return np.concatenate(out_u), np.concatenate(out_e)
-
-
-def _resolve(
-    trace: Trace,
-    tracer: Tracer,
-    offsets: list,
-    paths: list[str],
-    shapes: list[tuple[int, ...]],
-    owners: dict[int, type],
-):
-    offsets_arr = np.asarray(offsets, np.int64)
-    unit_group = np.full(tracer.next_label, -1, np.int64)
-    for u, g in tracer.unit_group.items():
-        unit_group[u] = g
-    firsts = np.array([g.first for g in trace.groups], np.int64)
-
-    def slices(pairs: list, drop_shared: bool, kind: str) -> dict[int, list[LeafSlice]]:
-        units, elems = _expand(trace, pairs)
-        result: dict[int, list[LeafSlice]] = defaultdict(list)
-        if units.size == 0:
-            return result
-        gids = unit_group[units]
-        local = units - firsts[gids]
-        leaf = np.searchsorted(offsets_arr, elems, side="right") - 1
-        flat = elems - offsets_arr[leaf]
-        # Sort by (group, leaf); each run of equal keys is one leaf slice of one group.
-        key = gids * (len(shapes) + 1) + leaf
-        order = np.argsort(key, kind="stable")
-        key, gids, local, leaf, flat = (
-            key[order],
-            gids[order],
-            local[order],
-            leaf[order],
-            flat[order],
+def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, normalized):
+    output = lm.groups_of(np.array(sorted(t.output_labels()), np.int64))
+    shared: dict[int, set[int]] = defaultdict(set)
+    n = len(finals)
+    for kind, a, b, _ in t.meetings:
+        if kind in ("add", "either") or (kind == "layer" and not one_to_one(a, b)):
+            met = lm.indicator(a, n).T.astype(np.int64) @ lm.indicator(b, n).astype(np.int64)
+            for g, h in zip(*np.nonzero(met), strict=True):
+                if g != h:
+                    shared[int(g)].add(int(h))
+                    shared[int(h)].add(int(g))
+    weightless: dict[int, str] = {}
+    for labels, op, what in t.weightless:
+        for g in lm.groups_of(labels):
+            weightless.setdefault(
+                g,
+                f"its units are read by {t.where(op)} through {what} (not a parameter of this "
+                "model), so no outgoing weight can be zeroed and a reset changes the outputs",
+            )
+    for labels, op in t.reduced:  # units that reach the outputs only through a reduction
+        for g in lm.groups_of(labels):
+            if g in output or g in weightless:
+                continue
+            reached: set[int] = set()
+            for (role, _, _), own in owned.get(g, {}).items():
+                if role == "outgoing":
+                    own = np.asarray(own)
+                    reached.update(np.unique(own[own >= 0]).tolist())
+            local = lm.local(np.unique(labels), g)
+            if any(int(u) not in reached for u in local[local >= 0]):
+                weightless[g] = (
+                    f"some of its units reach the outputs only through {t.where(op)}, which "
+                    "combines units (a sum, max or product over them), and not through outgoing "
+                    "weights: none can be zeroed, so a reset changes the outputs"
+                )
+    index = {c: i for i, fg in enumerate(finals) for c in fg.comps}
+    order = {"weight": 0, "bias": 1, "scale": 2, "shift": 3}
+    groups = []
+    for g, fg in enumerate(finals):
+        roles: dict[str, list[LeafSlice]] = defaultdict(list)
+        items = sorted(owned.get(g, {}).items(), key=lambda kv: (order[kv[0][1]], kv[0][2]))
+        for (role, kind, leaf), own in items:
+            axes, units = _compress(np.asarray(own, np.int64))
+            roles[role].append(LeafSlice(paths[leaf], leaf, shapes[leaf], axes, units, kind))
+        partner_groups = sorted(
+            {index[p] for c in fg.comps for p in partners.get(c, ()) if p in index}
         )
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        ends = [*starts[1:], len(key)]
-        for s, e in zip(starts, ends, strict=True):
-            g, lf = gids[s], leaf[s]
-            owner = np.full(int(np.prod(shapes[lf], dtype=int)), -1, np.int64)
-            f, u = flat[s:e], local[s:e]
-            if drop_shared:
-                # An entry that meets several units of one group (a scalar slope) is not per-unit.
-                counts = np.bincount(f, minlength=owner.size)
-                keep = counts[f] == 1
-                f, u = f[keep], u[keep]
-                if f.size == 0:
-                    continue
-            owner[f] = u
-            axes, units_map = _compress(owner.reshape(shapes[lf]))
-            result[int(g)].append(LeafSlice(paths[lf], int(lf), shapes[lf], axes, units_map, kind))
-        return result
-
-    def merged(*parts: dict[int, list[LeafSlice]]) -> dict[int, list[LeafSlice]]:
-        out: dict[int, list[LeafSlice]] = defaultdict(list)
-        for part in parts:
-            for g, items in part.items():
-                out[g].extend(items)
-        return out
-
-    incoming = merged(slices(trace.incoming, False, "weight"), slices(trace.bias, False, "bias"))
-    per_unit = merged(slices(trace.scale, True, "scale"), slices(trace.per_unit, True, "shift"))
-    outgoing = slices(trace.outgoing, False, "weight")
-    mixed_units: dict[int, set[int]] = defaultdict(set)
-    for members in trace.mixes.values():
-        gs = {int(unit_group[u]) for u in members}
-        for g in gs:
-            mixed_units[g] |= gs - {g}
-    output_groups = {int(unit_group[u]) for u in trace.output_labels}
-    names = _names(trace.groups, paths)
-    groups, taps = [], []
-    for i, raw in enumerate(trace.groups):
+        paired = tuple(finals[h].name for h in partner_groups)
+        note = weightless.get(g, "")
+        if fg.role and not note:
+            note = PAIRED.format(partner=", ".join(f"`{name}`" for name in paired))
         groups.append(
             NeuronGroup(
-                names[i],
-                i,
-                raw.unit_shape,
-                owners.get(raw.weight_leaf, object),
-                tuple(incoming.get(i, ())),
-                tuple(per_unit.get(i, ())),
-                tuple(outgoing.get(i, ())),
-                shared=bool(mixed_units.get(i)),
-                output=i in output_groups,
-                shared_with=tuple(sorted(names[j] for j in mixed_units.get(i, ()))),
-                normalized=raw.normalized,
+                fg.name,
+                g,
+                fg.unit_shape,
+                owner_types.get(t.groups[fg.raw[0]].leaf, object),
+                tuple(roles["incoming"]),
+                tuple(roles["per_unit"]),
+                tuple(roles["outgoing"]),
+                shared=bool(shared.get(g)),
+                output=g in output,
+                shared_with=tuple(sorted(finals[h].name for h in shared.get(g, ()))),
+                normalized=g in normalized,
+                paired_with=paired,
+                no_reset=note,
             )
         )
-        taps.append(_taps(trace, i, raw))
-    return groups, taps
+    return groups
 
 
-def _names(raw: list[RawGroup], paths: list[str]) -> list[str]:
-    base = []
-    for g in raw:
-        p = paths[g.weight_leaf].lstrip(".")
-        for suffix in (".weight", ".kernel", ".w"):
-            if p.endswith(suffix):
-                p = p[: -len(suffix)]
-                break
-        base.append(p or "root")
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for b in base:
-        out.append(b if base.count(b) == 1 else f"{b}@{seen[b]}")
-        seen[b] += 1
+def _normalized(t: Tracer, lm: LabelMap, finals: list[FinalGroup], graph: Graph, args) -> set[int]:
+    """Groups a statistic over their units acts on: reductions over units, and weights
+    normalised by a statistic of the whole weight (checked by re-drawing half the units)."""
+    out: set[int] = set()
+    for labels, _ in t.reduced:
+        out |= lm.groups_of(labels)
+    for gid, raw in enumerate(t.groups):
+        if not raw.weights:
+            continue
+        mine = lm.groups_of(np.arange(raw.first, raw.first + raw.size))
+        if mine <= out:
+            continue
+        if any(v in graph.loops for v, _ in raw.weights) or _moves_others(t, gid, graph, args):
+            out |= mine
     return out
 
 
-def _taps(trace: Trace, index: int, raw: RawGroup) -> _Taps:
-    """Where to read a group's activation and inject its pre-activation gradient."""
-    chain = raw.chain
-    sinks = trace.sinks.get(index) or [raw.output]
-    post = max(sinks)
-    ancestors: set[int] = set()
-    stack = [post]
-    while stack:
-        v = stack.pop()
-        if v in ancestors:
+def _moves_others(t: Tracer, gid: int, graph: Graph, args: list[Any]) -> bool:
+    """Re-draw the incoming entries of every other unit of raw group `gid`: does the computed
+    weight change for the units left alone?"""
+    raw = t.groups[gid]
+    lo, hi = raw.first, raw.first + raw.size
+    n = len(t.leaf_shapes)
+    masks = [np.zeros(s, bool) for s in t.leaf_shapes]
+    for rel in t.rels:
+        if rel.role != "incoming":
             continue
-        ancestors.add(v)
-        stack.extend(chain[v][1])
-
-    def reaches_start(avoid: int) -> bool:
-        seen, todo = set(), [post]
-        while todo:
-            v = todo.pop()
-            if v == avoid or v in seen:
-                continue
-            if v == raw.output:
-                return True
-            seen.add(v)
-            todo.extend(chain[v][1])
-        return False
-
-    def kind(v: int) -> str:
-        k, preds = chain[v]
-        while k == "pass" and preds:
-            k, preds = chain[preds[0]]
-        return k
-
-    candidates = [v for v in ancestors if kind(v) in ("producer", "pre")]
-    dominating = [v for v in candidates if v == raw.output or not reaches_start(v)]
-    pre = max(dominating)
-    return _Taps(
-        pre,
-        post,
-        _make_layout(trace, pre, raw.first, raw.unit_shape),
-        _make_layout(trace, post, raw.first, raw.unit_shape),
-    )
+        if rel.owner is not None:
+            own = np.broadcast_to(rel.owner, t.leaf_shapes[rel.leaf])
+            masks[rel.leaf] |= (own >= lo) & (own < hi) & ((own - lo) % 2 == 0)
+        else:
+            assert rel.flat is not None and rel.labels is not None
+            sel = (rel.labels >= lo) & (rel.labels < hi) & ((rel.labels - lo) % 2 == 0)
+            masks[rel.leaf].reshape(-1)[rel.flat[sel]] = True
+    leaves = list(args[:n])
+    key = jax.random.key(0)
+    moved = []
+    for i, (leaf, mask) in enumerate(zip(leaves, masks, strict=True)):
+        noise = jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+        moved.append(jnp.where(mask, leaf + noise * (jnp.std(leaf) + 1), leaf))
+    record = {v for v, _ in raw.weights}
+    _, before = evaluate(graph, args, {}, record)
+    _, after = evaluate(graph, [*moved, *args[n:]], {}, record)
+    for vid, labels in raw.weights:
+        local = np.broadcast_to(labels - lo, graph.shapes[vid])
+        kept = (local % 2 == 1) | (local < 0)
+        a, b = np.asarray(before[vid]), np.asarray(after[vid])
+        scale = float(np.max(np.abs(a))) + 1e-30
+        if kept.any() and float(np.max(np.abs(a - b)[kept])) > 1e-6 * scale:
+            return True
+    return False

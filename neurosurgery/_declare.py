@@ -79,12 +79,15 @@ class _Opaque(eqx.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params, static = eqx.partition(self.inner, eqx.is_array)
+        # Only arrays are traced: Python flags (`inference=True`, `key=None`) stay Python values.
+        dyn, fixed = eqx.partition((args, kwargs), eqx.is_array)
 
-        def run(p: Any, a: Any, k: Any) -> Any:
+        def run(p: Any, d: Any) -> Any:
+            a, k = eqx.combine(d, fixed)
             return eqx.combine(p, static)(*a, **k)
 
         run.__name__ = self.tag
-        return jax.jit(run)(params, args, kwargs)
+        return jax.jit(run)(params, dyn)
 
 
 def make_opaque(model: Any, found: list[tuple[tuple, Any]]) -> Any:

@@ -91,9 +91,19 @@ class NeuronGroup:
         shared: the units are residual-stream channels also written by other groups.
         output: the units leave the model (Q values, action means, noise predictions).
         shared_with: the other groups writing the same residual-stream channels.
-        normalized: a statistic over the layer's units (LayerNorm's mean and variance) acts on
-            them, so re-drawing some units changes the others' values: a reset of such a group is
-            not function-preserving even with zeroed outgoing weights.
+        normalized: a statistic over the layer's units (LayerNorm's mean and variance, a sum
+            or maximum over them, a norm of the whole weight such as spectral normalisation's σ)
+            enters the computation, so re-drawing some units changes what the others
+            contribute: a reset of such a group is not function-preserving even with zeroed
+            outgoing weights.
+        paired_with: for attention query (key) units, the groups of the key (query) units they
+            meet in the scores. Their outgoing entries are the partner units' incoming entries:
+            a reset re-draws a query unit and zeroes its key partner (so the pair's score term
+            starts from zero again), and the other way round.
+        no_reset: why the group is left out of resets by default ("": it is not), e.g. attention
+            query/key pairs, units read through a constant weight, or units that reach the
+            outputs only through a sum or max over units: no outgoing weight can be zeroed.
+            `ns.reset(..., include_shared=True)` resets such groups too.
     """
 
     name: str
@@ -107,6 +117,8 @@ class NeuronGroup:
     output: bool
     shared_with: tuple[str, ...] = ()
     normalized: bool = False
+    paired_with: tuple[str, ...] = ()
+    no_reset: str = ""
 
     @property
     def width(self) -> int:
@@ -128,8 +140,9 @@ class NeuronGroup:
 
     @property
     def resettable(self) -> bool:
-        """Reset by default: hidden units that are not residual-stream channels."""
-        return not self.output and not self.shared
+        """Reset by default: hidden units that are not residual-stream channels and have no
+        other reason to be left out (`no_reset`)."""
+        return not self.output and not self.shared and not self.no_reset
 
     def leaves(self) -> tuple[str, ...]:
         """Paths of every leaf touched by the group."""
@@ -140,7 +153,9 @@ class NeuronGroup:
     def kind(self) -> str:
         if self.output:
             return "output"
-        return "shared" if self.shared else "hidden"
+        if self.shared:
+            return "shared"
+        return "paired" if self.paired_with else "hidden"
 
     def __repr__(self) -> str:
         def show(slices: tuple[LeafSlice, ...]) -> str:

@@ -125,14 +125,16 @@ def observe(
     batch = _batch_size(anatomy, inputs)
     params, static = eqx.partition(model, eqx.is_array)
 
-    def run(params: PyTree, perturb: dict) -> tuple[Any, dict[str, Array]]:
+    def run(params: PyTree, perturb: dict) -> tuple[Any, dict[str, tuple[Array, ...]]]:
         m = eqx.combine(params, static)
         return jax.vmap(lambda p, *a: anatomy._tapped(m, p, *a))(perturb, *inputs)
 
     perturb = anatomy._zeros((batch,), tuple(sites))
     _check_loss(loss, jax.eval_shape(run, params, perturb)[0], has_aux)
 
-    def objective(params: PyTree, perturb: dict) -> tuple[Array, tuple[Any, dict[str, Array]]]:
+    def objective(
+        params: PyTree, perturb: dict
+    ) -> tuple[Array, tuple[Any, dict[str, tuple[Array, ...]]]]:
         outputs, acts = run(params, perturb)
         out = loss(outputs)
         value, aux = out if has_aux else (out, None)
@@ -141,7 +143,7 @@ def observe(
     grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
     (value, (aux, acts)), (weight_grads, probe_grads) = grad_fn(params, perturb)
 
-    def laid_out(values: dict[str, Array] | None, site: str) -> dict[str, Array] | None:
+    def laid_out(values: dict[str, tuple[Array, ...]] | None, site: str) -> dict[str, Array] | None:
         if values is None:
             return None
         return {name: anatomy._layout(name, v, site) for name, v in values.items()}

@@ -29,8 +29,8 @@ class ResetResult(NamedTuple):
     Attributes:
         model: the model with the flagged units reset.
         opt_state: the optimizer state with their entries reset (`None` when none was given).
-        applied: the unit masks that were applied: output groups (never reset) and shared
-            groups (unless `include_shared`) left out.
+        applied: the unit masks that were applied: output groups (never reset), shared
+            groups and groups with a `no_reset` reason (unless `include_shared`) left out.
     """
 
     model: PyTree
@@ -41,12 +41,13 @@ class ResetResult(NamedTuple):
 def applied_masks(
     anatomy: Anatomy, masks: Mapping[str, Array], include_shared: bool
 ) -> dict[str, Array]:
-    """The masks a reset applies: outputs never, residual-stream channels only on request."""
+    """The masks a reset applies: outputs never; residual-stream channels and groups with a
+    `no_reset` reason (attention query/key pairs, ...) only on request."""
     _check_unit_masks(anatomy, masks)
     out = {}
     for name, mask in masks.items():
         group = anatomy[name]
-        if group.output or (group.shared and not include_shared):
+        if group.output or ((group.shared or group.no_reset) and not include_shared):
             continue
         out[name] = jnp.asarray(mask)
     return out
@@ -92,8 +93,11 @@ def reset(
     outputs, so a unit that was dormant — zero activation — leaves the model's function
     unchanged at the moment of reset; a live unit's contribution is removed) or set to small
     random values (`"small"`: `outgoing_scale` × the consumer leaf's standard deviation ×
-    N(0, 1)). Output groups are never reset; residual-stream (shared) groups only with
-    `include_shared=True`. `key` is split once for the draw and the outgoing noise.
+    N(0, 1)). Output groups are never reset; residual-stream (shared) groups and groups left out
+    by default for another reason (`NeuronGroup.no_reset`: attention query/key pairs, units
+    read through a constant weight or reaching the outputs only through a sum or max over
+    units) only with `include_shared=True`. `key` is split once for
+    the draw and the outgoing noise.
 
     Every entry of `opt_state` that belongs to a touched parameter entry is zeroed (Adam's moments,
     momentum, ...), found generically in any optax state; `reset_count=True` also restarts per-entry

@@ -1,5 +1,7 @@
 """The docs' code runs, and the site builds strictly."""
 
+import contextlib
+import io
 import os
 import pathlib
 import re
@@ -15,11 +17,32 @@ PAGES = [
 ]
 
 
+FENCE = re.compile(r"```(\w*)\n(.*?)```", flags=re.S)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_page_code_runs(page, tmp_path, monkeypatch):
+    """Every python block runs, in order, in one namespace; where a block prints and a text
+    block follows it directly, that text is what it printed."""
     monkeypatch.chdir(tmp_path)
-    code = "\n".join(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))
-    exec(compile(code, str(page), "exec"), {"__name__": f"docs_{page.stem}"})
+    text = page.read_text()
+    fences = list(FENCE.finditer(text))
+    namespace = {"__name__": f"docs_{page.stem}"}
+    for i, fence in enumerate(fences):
+        if fence.group(1) != "python":
+            continue
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(fence.group(2), str(page), "exec"), namespace)
+        after = fences[i + 1] if i + 1 < len(fences) else None
+        if after is None or after.group(1) != "text" or not printed.getvalue():
+            continue
+        if not text[fence.end() : after.start()].strip():  # the text block shows the output
+            line = text[: after.start()].count("\n") + 1
+            shown, got = after.group(2).rstrip(), printed.getvalue().rstrip()
+            assert shown == got, (
+                f"{page.name}:{line}: the text block differs from the output:\n{got}"
+            )
 
 
 def test_mkdocs_build_strict(tmp_path):

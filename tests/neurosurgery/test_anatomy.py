@@ -358,14 +358,29 @@ class WithTrunk(eqx.Module):
         return self.head(self.trunk(x))
 
 
-def test_loop_is_named_and_points_to_declaration(getkey):
+def test_scan_over_stacked_layers_is_followed(getkey):
+    """A scan over stacked weights: one group with a leading layer axis; unit (l, i) owns row i
+    of layer l, and its outgoing weights are column i of layer l + 1 (or of the head)."""
     model = WithTrunk(
         ScanTrunk(jnp.ones((4, 3)), jnp.ones((2, 4, 4))), eqx.nn.Linear(4, 1, key=getkey())
     )
-    with pytest.raises(
-        ns.AnatomyError, match=r"cannot follow `scan`.*`\.trunk\.inp`.*__neuron_groups__"
-    ):
-        ns.anatomy(model, jnp.zeros(3))
+    inp, stack, head = ns.anatomy(model, jnp.zeros(3))
+    assert (inp.name, stack.name) == ("trunk.inp", "trunk.stack")
+    assert stack.unit_shape == (2, 4) and stack.hidden and not stack.shared
+    unit = np.arange(8).reshape(2, 4)
+    assert_owners(
+        owners(stack, "incoming"), {".trunk.stack": np.broadcast_to(unit[:, :, None], (2, 4, 4))}
+    )
+    next_layer = np.full((2, 4, 4), -1)
+    next_layer[1] = unit[0][None, :]  # layer 1 reads layer 0's unit i through column i
+    head_cols = unit[1][None, :]
+    assert_owners(
+        owners(stack, "outgoing"), {".trunk.stack": next_layer, ".head.weight": head_cols}
+    )
+    first = np.full((2, 4, 4), -1)
+    first[0] = np.arange(4)[None, :]
+    assert_owners(owners(inp, "outgoing"), {".trunk.stack": first})
+    assert head.output
 
 
 def test_declared_groups_override_inference(getkey):

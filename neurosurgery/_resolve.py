@@ -1,0 +1,180 @@
+"""Turn what the tracer recorded into neuron groups.
+
+Units that meet one to one in a product (a gate and the unit it gates, SwiGLU's two halves, a
+recurrent cell's gates) or in the sum of two layers' fresh outputs (`W x + U h`, one layer split
+in two) are one unit: they are merged, and so are their groups. Units that meet in any other
+sum (a residual stream) stay apart and are marked shared. Query and key units paired by an
+attention's scores become groups of their own, each the other's outgoing entries. Every
+parameter entry then gets at most one unit per group and role; anything else is an error that
+says where the two owners come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import numpy as np
+
+from ._errors import AnatomyError
+from ._trace import Tracer
+
+
+@dataclasses.dataclass
+class FinalGroup:
+    """A neuron group before it becomes a `NeuronGroup`: its components (merged units)."""
+
+    raw: list[int]
+    comps: list[int]  # component ids, in unit order
+    unit_shape: tuple[int, ...]
+    role: str  # "", "query" or "key"
+    name: str = ""
+
+
+class Units:
+    """Union-find over unit labels, and the map from labels to (group, unit)."""
+
+    def __init__(self, tracer: Tracer):
+        self.t = tracer
+        self.parent = np.arange(tracer.next_label)
+
+    def find(self, u: int) -> int:
+        root = u
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[u] != root:
+            self.parent[u], u = root, self.parent[u]
+        return int(root)
+
+    def join(self, labels) -> None:
+        base = [m for lab in labels for m in self.t.members(int(lab))]
+        root = self.find(base[0])
+        for m in base[1:]:
+            r = self.find(m)
+            if r != root:
+                self.parent[r] = root
+
+
+def one_to_one(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(np.unique(a)) == len(a) and len(np.unique(b)) == len(b)
+
+
+def resolve(t: Tracer, paths: list[str]):
+    """Merge units, build the final groups and the label -> (group, unit) maps."""
+    uf = Units(t)
+    leaving = t.output_labels()
+    for kind, a, b, _ in t.meetings:
+        if kind in ("mul", "layer") and one_to_one(a, b):
+            for x, y in zip(a, b, strict=True):
+                # two output layers summed stay two groups (outputs are never reset anyway)
+                if kind == "mul" or not (t.members(int(x)) | t.members(int(y))) & leaving:
+                    uf.join((x, y))
+    base = sorted(t.unit_group)
+    produced = {g.first + u for g in t.groups for u in g.produced}
+    comp_of = {u: uf.find(u) for u in base}
+    live = {comp_of[u] for u in produced}
+    roles: dict[int, set[str]] = defaultdict(set)
+    partners: dict[int, set[int]] = defaultdict(set)
+    for a, b, op in t.pairs:
+        for x, y in zip(a, b, strict=True):
+            cx = {comp_of[m] for m in t.members(int(x))}
+            cy = {comp_of[m] for m in t.members(int(y))}
+            for c in cx:
+                roles[c].add("query")
+                partners[c] |= cy
+            for c in cy:
+                roles[c].add("key")
+                partners[c] |= cx
+            if cx & cy:
+                raise AnatomyError(
+                    f"{t.where(op)} pairs the same units as queries and keys; the anatomy "
+                    "cannot tell them apart. Declare the module's groups (`__neuron_groups__`)."
+                )
+    for r in roles.values():
+        if len(r) > 1:
+            raise AnatomyError(
+                "Some attention units act as queries in one attention and as keys in another; "
+                "they cannot be paired one to one. Declare the module's groups "
+                "(`__neuron_groups__`)."
+            )
+    # raw groups linked by merged units form one group
+    link = list(range(len(t.groups)))
+
+    def top(g: int) -> int:
+        while link[g] != g:
+            g = link[g]
+        return g
+
+    members_of: dict[int, list[int]] = defaultdict(list)
+    for u in base:
+        members_of[comp_of[u]].append(u)
+    for us in members_of.values():
+        gs = sorted({t.unit_group[u] for u in us})
+        for g in gs[1:]:
+            a, b = top(gs[0]), top(g)
+            if a != b:
+                link[max(a, b)] = min(a, b)
+    clusters: dict[int, list[int]] = defaultdict(list)
+    for g in range(len(t.groups)):
+        clusters[top(g)].append(g)
+    finals: list[FinalGroup] = []
+    for root in sorted(clusters):
+        raw = clusters[root]
+        units = {
+            u for g in raw for u in range(t.groups[g].first, t.groups[g].first + t.groups[g].size)
+        }
+        comps = sorted({comp_of[u] for u in units} & live, key=lambda c: min(members_of[c]))
+        by_role: dict[str, list[int]] = defaultdict(list)
+        for c in comps:
+            by_role[next(iter(roles[c])) if roles.get(c) else ""].append(c)
+        for role in ("query", "key", ""):
+            if by_role.get(role):
+                finals.append(FinalGroup(raw, by_role[role], (), role))
+    for fg in finals:
+        fg.unit_shape, order = _shape(t, fg, members_of)
+        fg.comps = order
+    _name(t, finals, paths)
+    return uf, comp_of, members_of, finals, partners
+
+
+def _shape(t: Tracer, fg: FinalGroup, members_of) -> tuple[tuple[int, ...], list[int]]:
+    """The unit shape: the box of the raw group units that stand for the merged units."""
+    reps = {c: min(members_of[c]) for c in fg.comps}
+    groups = {t.unit_group[r] for r in reps.values()}
+    if len(groups) == 1:
+        g = t.groups[groups.pop()]
+        coords = np.array([np.unravel_index(r - g.first, g.unit_shape) for r in reps.values()])
+        coords = coords.reshape(len(reps), len(g.unit_shape))
+        values = [np.unique(coords[:, k]) for k in range(coords.shape[1])]
+        if len(reps) == int(np.prod([len(v) for v in values])):
+            pos = np.stack(
+                [np.searchsorted(values[k], coords[:, k]) for k in range(coords.shape[1])], 1
+            )
+            sizes = [len(v) for v in values]
+            local = np.ravel_multi_index(tuple(pos.T), sizes) if sizes else np.zeros(1, int)
+            ranks = [int(x) for x in np.ravel(local)]
+            order = [c for _, c in sorted(zip(ranks, list(reps), strict=True))]
+            shape = tuple(n for n, f in zip(sizes, g.fixed, strict=True) if not (f and n == 1))
+            return shape or (1,), order
+    return (len(fg.comps),), list(fg.comps)
+
+
+def _name(t: Tracer, finals: list[FinalGroup], paths: list[str]) -> None:
+    def base(g: int) -> str:
+        p = paths[t.groups[g].leaf].lstrip(".")
+        for suffix in (".weight", ".kernel", ".w"):
+            if p.endswith(suffix):
+                return p[: -len(suffix)] or "root"
+        return p or "root"
+
+    names = []
+    for fg in finals:
+        name = "+".join(dict.fromkeys(base(g) for g in fg.raw))
+        split = sum(1 for f in finals if f.raw == fg.raw) > 1
+        if split:
+            name += f":{fg.role or 'value'}"
+        names.append(name)
+    seen: dict[str, int] = defaultdict(int)
+    for fg, n in zip(finals, names, strict=True):
+        fg.name = n if names.count(n) == 1 else f"{n}@{seen[n]}"
+        seen[n] += 1
