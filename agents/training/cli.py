@@ -33,15 +33,64 @@ class TrainCommand(TrainConfig):
     saved value."""
 
 
+@dataclass(frozen=True)
+class ReportCommand:
+    """Tables, figures, report.md and report.html from the finished runs under the folders."""
+
+    folders: tyro.conf.Positional[tuple[str, ...]]
+    """Run folders, or folders of runs (a study)."""
+    out: str = "report"
+    """Folder the report is written to."""
+    baseline: tuple[str, ...] = ()
+    """Tidy results files (exp_name, env_name, seed, metric, env_step, value) put beside the runs,
+    e.g. published baselines."""
+    baseline_metric: str | None = None
+    """The baseline files' name of the evaluation return (default: eval/episode_return)."""
+    normalise_by: str | None = None
+    """A method (exp_name, e.g. sac or bro+regrama) every method's scores are normalised to."""
+    last_k: int = 1
+    """Score of a seed: the mean of its last k evaluation returns."""
+    name_by: tuple[str, ...] = ()
+    """Options that tell methods apart besides agent and reset method (e.g. sac.critic-width)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+
+def _report(cmd: ReportCommand) -> int:
+    import warnings
+
+    from ..reporting import report
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            done = report(
+                [Path(f) for f in cmd.folders],
+                Path(cmd.out),
+                baselines=[Path(b) for b in cmd.baseline],
+                baseline_metric=cmd.baseline_metric,
+                normalise_by=cmd.normalise_by,
+                last_k=cmd.last_k,
+                name_by=[n.replace("-", "_") for n in cmd.name_by],
+                seed=cmd.seed,
+            )
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 2
+    print(done.markdown)
+    print(f"\nreport: {done.html}")
+    return 0
+
+
 def _config(cmd: TrainCommand) -> TrainConfig:
     fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**fields)
 
 
-def parse(args: Sequence[str]) -> TrainCommand:
+def parse(args: Sequence[str]) -> TrainCommand | ReportCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
     return tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand}, args=list(args), prog="neurosurgery"
+        {"train": TrainCommand, "report": ReportCommand}, args=list(args), prog="neurosurgery"
     )
 
 
@@ -103,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     cmd = parse(args)
+    if isinstance(cmd, ReportCommand):
+        return _report(cmd)
     given = {_flag(a) for a in args if a.startswith("--")}
     run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
     try:

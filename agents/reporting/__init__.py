@@ -1,0 +1,37 @@
+"""Reading results: tidy results files, aggregate statistics over runs and tasks, reports."""
+
+from ._report import Report, final_scores, report
+from ._results import COLUMNS, Row, Run, find_runs, read_rows, rows_of, write_rows
+from ._stats import (
+    MIN_SEEDS,
+    Estimate,
+    FewSeedsWarning,
+    Ratio,
+    iqm,
+    mean,
+    median,
+    normalised,
+    stratified_bootstrap,
+)
+
+__all__ = [
+    "COLUMNS",
+    "MIN_SEEDS",
+    "Estimate",
+    "FewSeedsWarning",
+    "Ratio",
+    "Report",
+    "Row",
+    "Run",
+    "final_scores",
+    "find_runs",
+    "iqm",
+    "mean",
+    "median",
+    "normalised",
+    "read_rows",
+    "report",
+    "rows_of",
+    "stratified_bootstrap",
+    "write_rows",
+]
