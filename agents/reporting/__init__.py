@@ -1,5 +1,6 @@
 """Reading results: tidy results files, aggregate statistics over runs and tasks, reports."""
 
+from ._inspect import Inspection, inspect, jaccard, quadrants
 from ._report import Report, final_scores, report
 from ._results import COLUMNS, Row, Run, find_runs, read_rows, rows_of, write_rows
 from ._stats import (
@@ -19,16 +20,20 @@ __all__ = [
     "MIN_SEEDS",
     "Estimate",
     "FewSeedsWarning",
+    "Inspection",
     "Ratio",
     "Report",
     "Row",
     "Run",
     "final_scores",
     "find_runs",
+    "inspect",
     "iqm",
+    "jaccard",
     "mean",
     "median",
     "normalised",
+    "quadrants",
     "read_rows",
     "report",
     "rows_of",

@@ -82,15 +82,63 @@ def _report(cmd: ReportCommand) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class InspectCommand:
+    """Score every metric on a run's checkpoint, on its own replay data."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run folder (its checkpoint and config.json)."""
+    out: str | None = None
+    """Folder for inspect.md, inspect.json and quadrants.png (default: RUN_DIR/inspect)."""
+    against: str | None = None
+    """A second checkpoint file of the run: which flagged units are still flagged there."""
+    metrics: tuple[str, ...] = ()
+    """Metrics to score (default: every named metric)."""
+    networks: tuple[str, ...] = ()
+    """Networks to inspect (default: the run's --surgery.networks)."""
+    tau: float = 0.0
+    """A unit is flagged when its score is <= tau."""
+    batch_size: int = 256
+    """Replay samples scored."""
+    seed_index: int = 0
+    """Which of the run's seeds (position in its --seeds)."""
+
+
+def _inspect(cmd: InspectCommand) -> int:
+    import neurosurgery as ns
+
+    from ..reporting import inspect
+
+    try:
+        done = inspect(
+            Path(cmd.run_dir),
+            None if cmd.out is None else Path(cmd.out),
+            against=None if cmd.against is None else Path(cmd.against),
+            metrics=cmd.metrics or tuple(ns.METRICS),
+            networks=cmd.networks or None,
+            tau=cmd.tau,
+            batch_size=cmd.batch_size,
+            seed_index=cmd.seed_index,
+        )
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 2
+    print(done.markdown)
+    print("written: " + ", ".join(str(f) for f in done.files))
+    return 0
+
+
 def _config(cmd: TrainCommand) -> TrainConfig:
     fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**fields)
 
 
-def parse(args: Sequence[str]) -> TrainCommand | ReportCommand:
+def parse(args: Sequence[str]) -> TrainCommand | ReportCommand | InspectCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
     return tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand, "report": ReportCommand}, args=list(args), prog="neurosurgery"
+        {"train": TrainCommand, "report": ReportCommand, "inspect": InspectCommand},
+        args=list(args),
+        prog="neurosurgery",
     )
 
 
@@ -154,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = parse(args)
     if isinstance(cmd, ReportCommand):
         return _report(cmd)
+    if isinstance(cmd, InspectCommand):
+        return _inspect(cmd)
     given = {_flag(a) for a in args if a.startswith("--")}
     run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
     try:
