@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._results import RETURN, Row, Run, find_runs, read_rows, rows_of, write_rows
+from ._results import RETURN, Row, Run, find_runs, option, read_rows, rows_of, write_rows
 from ._stats import MIN_SEEDS, FewSeedsWarning, iqm, normalised, stratified_bootstrap
 
 
@@ -68,6 +68,7 @@ def report(
     normalise_by: str | None = None,
     last_k: int = 1,
     name_by: Sequence[str] = (),
+    against: Sequence[str] = (),
     seed: int = 0,
 ) -> Report:
     """Read every run under `folders`, write `results.csv`, figures, `report.md` and
@@ -78,14 +79,26 @@ def report(
     published baselines) put beside the runs; their return metric is `baseline_metric`
     (default: ours, `eval/episode_return`). `normalise_by`: a method (exp_name) to which every
     method's scores are normalised per task (Table 8 format) and aggregated (IQM of normalised
-    scores with stratified-bootstrap 95 % CIs).
+    scores with stratified-bootstrap 95 % CIs) and drawn as box plots. `against`: run options
+    (dotted paths, e.g. `bro.critic_blocks` for a scaling study, `reset.tau` for a threshold
+    sweep) each giving a figure of the final score against the option's value, per task and
+    method.
 
     Raises:
         FileNotFoundError: a folder holds no run.
         ValueError: no finished run; a baseline file in another format or without the return
             metric; `normalise_by` names a method absent from a task.
     """
-    runs = find_runs(folders, name_by)
+    runs = find_runs(folders, tuple(dict.fromkeys((*name_by, *against))))
+    for key in against:
+        for r in runs:
+            value = option(r.config, key, "--against")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(
+                    f"--against {key!r}: {value!r} (in {r.path}) is not a number; plot against "
+                    "a numeric option, e.g. bro.critic_blocks or reset.tau"
+                )
+    _check_distinct(runs)
     finished = [r for r in runs if r.finished]
     partial = [r for r in runs if not r.finished]
     if not finished:
@@ -94,7 +107,8 @@ def report(
             f"(partial: {[str(r.path) for r in partial]}); report them once they have, or "
             "resume them with `neurosurgery train --resume RUN_DIR`"
         )
-    rows = [row for r in finished for row in rows_of(r)]
+    by_run = {r.path: rows_of(r) for r in finished}
+    rows = [row for r in finished for row in by_run[r.path]]
     for path in baselines:
         extra = read_rows(path)
         metric = baseline_metric or RETURN
@@ -140,9 +154,14 @@ def report(
             )
         md += [f"### {task}", "", _table(("method", "seeds", "mean ± std", "IQM [95 % CI]"), body)]
         md.append("")
+    figures = []
     if normalise_by is not None:
-        md += _normalised_section(scores, methods, tasks, normalise_by, seed)
-    figures = _figures(rows, out, methods, tasks)
+        section, per_seed = _normalised_section(scores, methods, tasks, normalise_by, seed)
+        md += section
+        figures.append(_boxes(per_seed, normalise_by, out / "normalised.png"))
+    figures = _figures(rows, out, methods, tasks) + figures
+    for key in against:
+        figures.append(_against(finished, by_run, key, last_k, out))
     if figures:
         md += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     if notes:
@@ -153,7 +172,35 @@ def report(
     return Report(out, finished, partial, text, notes)
 
 
-def _normalised_section(scores, methods, tasks, base: str, seed: int) -> list[str]:
+def _flat_options(value: object, prefix: str = "") -> dict[str, object]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            out |= _flat_options(getattr(value, f.name), f"{prefix}{f.name}.")
+        return out
+    return {prefix[:-1]: value}
+
+
+def _check_distinct(runs: Sequence[Run]) -> None:
+    """Two runs of one method on one task with a seed in common would be mixed in its cell."""
+    seen: dict[tuple[str, str, int], Run] = {}
+    for r in runs:
+        for s in r.seeds:
+            other = seen.setdefault((r.exp_name, r.env_name, s), r)
+            if other is r:
+                continue
+            a, b = _flat_options(other.config), _flat_options(r.config)
+            skip = ("run_dir", "sinks", "progress", "env_workers", "steps")
+            differ = sorted(k for k in a if a.get(k) != b.get(k) and not k.startswith(skip))
+            raise ValueError(
+                f"{other.path} and {r.path} are both {r.exp_name!r} on {r.env_name} with seed "
+                f"{s}: their results would be mixed. Tell them apart with --name-by "
+                f"{' '.join(differ[:3]) or 'OPTION'} (the options they differ in: "
+                f"{differ or 'none: the same run twice'})"
+            )
+
+
+def _normalised_section(scores, methods, tasks, base: str, seed: int):
     missing = [t for t in tasks if not scores.get((base, t))]
     if base not in methods or missing:
         have = sorted(t for t in tasks if scores.get((base, t)))
@@ -161,7 +208,7 @@ def _normalised_section(scores, methods, tasks, base: str, seed: int) -> list[st
             f"--normalise-by {base!r}: the method has no finished runs on {missing or tasks} "
             f"(its tasks: {have}; methods: {methods}); normalise by a method run on every task"
         )
-    body = []
+    body, per_seed = [], {}
     for m in methods:
         common = [t for t in tasks if scores.get((m, t))]
         seeds = sorted(set.intersection(*(set(scores[(m, t)]) for t in common)))
@@ -171,6 +218,7 @@ def _normalised_section(scores, methods, tasks, base: str, seed: int) -> list[st
         ref = [list(scores[(base, t)].values()) for t in common]
         ref_mean = np.array([np.mean(r) for r in ref])
         ratio = normalised(mine, ref_mean[None, :])
+        per_seed[m] = (mine / ref_mean).mean(axis=1)
         body.append(
             (m, ", ".join(common), str(len(seeds)), str(ratio), _bootstrap(mine / ref_mean, seed))
         )
@@ -183,14 +231,73 @@ def _normalised_section(scores, methods, tasks, base: str, seed: int) -> list[st
         "",
         _table(("method", "tasks", "seeds", f"score / {base}", "IQM [95 % CI]"), body),
         "",
-    ]
+    ], per_seed
 
 
-def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str]) -> list[str]:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _boxes(per_seed: dict[str, np.ndarray], base: str, path: Path) -> str:
+    """Box plots of each method's per-seed normalised score (the paper's Fig. 10)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 * len(per_seed) + 2, 3.6))
+    ax.boxplot(list(per_seed.values()), showmeans=True)
+    ax.set_xticks(range(1, len(per_seed) + 1), list(per_seed), rotation=20, fontsize=8)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(ylabel=f"score / {base}", title="normalised score per seed (mean over tasks)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _against(runs: list[Run], by_run: dict, key: str, last_k: int, out: Path) -> str:
+    """Final score against the value of run option `key`, per task and method, mean and 95 %
+    interval over seeds (a scaling study, Fig. 9; a τ sweep, Fig. 13)."""
+    plt = _plt()
+    points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        value = option(r.config, key, "--against")
+        assert isinstance(value, int | float)  # checked in `report`
+        name = " ".join(
+            p for p in r.exp_name.split(" ") if not p.startswith(key.rsplit(".")[-1] + "=")
+        )
+        for (_, task), s in final_scores(by_run[r.path], last_k).items():
+            points[(name, task)][float(value)] += list(s.values())
+    tasks = sorted({t for _, t in points})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for (name, t), by_value in sorted(points.items()):
+            if t != task:
+                continue
+            xs = sorted(by_value)
+            m = np.array([np.mean(by_value[x]) for x in xs])
+            half = np.array(
+                [
+                    1.96 * np.std(by_value[x], ddof=1) / np.sqrt(len(by_value[x]))
+                    if len(by_value[x]) > 1
+                    else 0
+                    for x in xs
+                ]
+            )
+            ax.errorbar(xs, m, yerr=half, marker="o", capsize=3, label=name)
+        ax.set(title=task, xlabel=key, ylabel="final evaluation return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = f"against_{key.replace('.', '_')}.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str]) -> list[str]:
+    plt = _plt()
 
     curves: dict[tuple[str, str, str], dict[int, list[tuple[int, float]]]] = defaultdict(
         lambda: defaultdict(list)

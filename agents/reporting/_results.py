@@ -58,17 +58,22 @@ def exp_name(config: TrainConfig, name_by: Sequence[str] = ()) -> str:
     if method != "none":
         name += f"+{method}"
     for key in name_by:
-        value: object = config
-        for part in key.split("."):
-            if not dataclasses.is_dataclass(value) or not hasattr(value, part):
-                options = [f.name for f in dataclasses.fields(config)]
-                raise ValueError(
-                    f"--name-by {key!r}: the run configuration has no option {part!r}; use a "
-                    f"dotted option path, e.g. one of {options}"
-                )
-            value = getattr(value, part)
-        name += f" {key.rsplit('.', 1)[-1]}={value}"
+        name += f" {key.rsplit('.', 1)[-1]}={option(config, key, '--name-by')}"
     return name
+
+
+def option(config: TrainConfig, key: str, flag: str = "option") -> object:
+    """The value of a dotted option path (`sac.critic.width`, `reset.tau`) of a run's config."""
+    value: object = config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(value) or not hasattr(value, part):
+            options = [f.name for f in dataclasses.fields(config)]
+            raise ValueError(
+                f"{flag} {key!r}: the run configuration has no option {part!r}; use a "
+                f"dotted option path, e.g. one of {options}"
+            )
+        value = getattr(value, part)
+    return value
 
 
 def find_runs(folders: Iterable[Path], name_by: Sequence[str] = ()) -> list[Run]:

@@ -51,7 +51,9 @@ class ReportCommand:
     last_k: int = 1
     """Score of a seed: the mean of its last k evaluation returns."""
     name_by: tuple[str, ...] = ()
-    """Options that tell methods apart besides agent and reset method (e.g. sac.critic-width)."""
+    """Options that tell methods apart besides agent and reset method (e.g. sac.critic.width)."""
+    against: tuple[str, ...] = ()
+    """Numeric options to plot the final score against (bro.critic-blocks, reset.tau)."""
     seed: int = 0
     """Seed of the bootstrap."""
 
@@ -72,6 +74,7 @@ def _report(cmd: ReportCommand) -> int:
                 normalise_by=cmd.normalise_by,
                 last_k=cmd.last_k,
                 name_by=[n.replace("-", "_") for n in cmd.name_by],
+                against=[n.replace("-", "_") for n in cmd.against],
                 seed=cmd.seed,
             )
     except (ValueError, FileNotFoundError, CheckpointError) as err:

@@ -74,7 +74,7 @@ def test_report_tables_match_values_computed_by_hand(study, tmp_path):
     assert f"| {np.mean(per_seed):.2f} ± {np.std(per_seed):.2f} |" in line
     assert "killed" in done.markdown and not done.notes  # 5 seeds: no warning
     page = done.html.read_text()
-    assert page.count("<table>") == 3 and page.count("data:image/png;base64,") == 2
+    assert page.count("<table>") == 3 and page.count("data:image/png;base64,") == 3
     assert (out / "returns.png").stat().st_size > 0 and (out / "inactive.png").exists()
 
 
@@ -138,7 +138,27 @@ def test_methods_told_apart_by_an_option(tmp_path):
         cfg["config"]["sac"]["critic"]["width"] = width
         (tmp_path / "s" / f"w{width}" / "config.json").write_text(json.dumps(cfg))
     done = report([tmp_path / "s"], tmp_path / "out", name_by=["sac.critic.width"])
-    assert (
-        "| sac width=64 |" in done.markdown and "| sac width=128 |" in done.markdown
-    )
+    assert "| sac width=64 |" in done.markdown and "| sac width=128 |" in done.markdown
     assert dataclasses.is_dataclass(done.runs[0].config)
+
+
+def test_runs_that_differ_in_an_unnamed_option_are_not_mixed(tmp_path):
+    for width in (64, 128):
+        write_run(tmp_path / "s" / f"w{width}", "none", 0)
+        cfg = json.loads((tmp_path / "s" / f"w{width}" / "config.json").read_text())
+        cfg["config"]["sac"]["critic"]["width"] = width
+        (tmp_path / "s" / f"w{width}" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"would be mixed.*--name-by sac\.critic\.width"):
+        report([tmp_path / "s"], tmp_path / "out")
+    # plotted against the option: one point per width, and the tables tell them apart
+    done = report([tmp_path / "s"], tmp_path / "out", against=["sac.critic.width"])
+    assert "| sac width=64 |" in done.markdown
+    assert (tmp_path / "out" / "against_sac_critic_width.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="is not a number"):
+        report([tmp_path / "s"], tmp_path / "out", against=["env"])
+
+
+def test_normalised_scores_are_drawn_as_box_plots(study, tmp_path):
+    done = report([study], tmp_path / "out", normalise_by="sac")
+    assert "![normalised.png](normalised.png)" in done.markdown
+    assert done.html.read_text().count("data:image/png;base64,") == 3
