@@ -4,7 +4,9 @@ and a self-contained HTML report, and the refusals."""
 import csv
 import dataclasses
 import json
+import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +164,48 @@ def test_normalised_scores_are_drawn_as_box_plots(study, tmp_path):
     done = report([study], tmp_path / "out", normalise_by="sac")
     assert "![normalised.png](normalised.png)" in done.markdown
     assert done.html.read_text().count("data:image/png;base64,") == 3
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / ".test-artifacts"
+PROBE = """<script>window.addEventListener('load', () => {
+  const images = [...document.images];
+  const shown = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  const tables = document.querySelectorAll('table').length;
+  document.title = `images ${shown}/${images.length} tables ${tables}`;
+});</script>"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium, installed by the repository's script where it is missing."""
+    script = ROOT / "scripts" / "install-chromium.sh"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(f"Chromium cannot be installed here: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_report_html_opens_in_a_real_browser(chromium, study, tmp_path):
+    """Every figure of report.html decodes and every table is there, in headless Chromium; a
+    screenshot is kept in .test-artifacts/."""
+    done = report([study], tmp_path / "out", normalise_by="sac")
+    probe = tmp_path / "out" / "probe.html"
+    probe.write_text(done.html.read_text() + PROBE)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "<title>images 3/3 tables 3</title>" in dom, dom[:500]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-screenshot.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1200,2600", f"--screenshot={shot}", done.html.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
