@@ -25,6 +25,7 @@ from ._metrics import EmptyState as EmptyState
 from ._metrics import GradientActivity as GradientActivity
 from ._metrics import GraMa as GraMa
 from ._metrics import Metric as Metric
+from ._metrics import RunningAverage as RunningAverage
 from ._metrics import Utility as Utility
 from ._metrics import UtilityState as UtilityState
 from ._metrics import WeightMagnitude as WeightMagnitude
