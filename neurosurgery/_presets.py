@@ -13,7 +13,20 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ._metrics import Dormant, GradientActivity, GraMa, Metric, Utility, WeightMagnitude
+from ._metrics import (
+    GXD,
+    Dormant,
+    Duplicates,
+    FeatureRank,
+    Fisher,
+    GradientActivity,
+    GradientFlow,
+    GraMa,
+    Metric,
+    Saturation,
+    Utility,
+    WeightMagnitude,
+)
 from ._schedule import Schedule
 from ._select import Selection
 from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy
@@ -27,6 +40,17 @@ METRICS: dict[str, Callable[[], Metric]] = {
     "utility": Utility,
     "grad_activity": GradientActivity,
     "weight_norm": WeightMagnitude,
+    "fisher": Fisher,
+    "fisher_activation": lambda: Fisher(site="activation"),
+    "grad_flow": GradientFlow,
+    "grad_flow_preactivation": lambda: GradientFlow(site="preactivation"),
+    "saturation_tanh": Saturation,
+    "saturation_sigmoid": lambda: Saturation("sigmoid"),
+    "duplicates": Duplicates,
+    "duplicates_centered": lambda: Duplicates(centered=True),
+    "feature_rank": FeatureRank,
+    "gxd": GXD,
+    "gxd_mean": lambda: GXD("mean"),
 }
 
 

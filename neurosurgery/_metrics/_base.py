@@ -33,7 +33,13 @@ class EmptyState(NamedTuple):
 
 @runtime_checkable
 class Metric(Protocol):
-    """What a metric plugin provides."""
+    """What a metric plugin provides.
+
+    A metric may also provide `figures(anatomy, observation) -> {name: scalar}`: figures of
+    whole layers that have no per-unit form (a layer's rank, see
+    [`FeatureRank`][neurosurgery.FeatureRank]). A training run logs them as
+    `<metric name>/<figure name>`, next to the inactive ratios of the per-unit scores.
+    """
 
     @property
     def name(self) -> str: ...
