@@ -7,6 +7,8 @@ state, and reset strategies that combine them on a schedule.
 
 from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
+from ._cbp import CBP as CBP
+from ._cbp import CBPState as CBPState
 from ._compare import Comparison as Comparison
 from ._compare import compare as compare
 from ._compare import score_all as score_all

@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ._cbp import CBP
 from ._metrics import (
     GXD,
     Dormant,
@@ -147,6 +148,30 @@ def _full_reset(
     return FullReset(schedule, reset_optimizer)
 
 
+def _cbp(
+    replacement_rate: float = 1e-4,
+    maturity: int = 100,
+    decay: float = 0.99,
+    bias_correction: bool = True,
+    every: int = 1,
+    start: int = 0,
+    end: int | None = None,
+    include_shared: bool = False,
+    reset_count: bool = False,
+) -> Strategy:
+    """cbp: continual backprop, replacing `replacement_rate` of the units older than `maturity`
+    updates per update, lowest utility first (replacements made every `every` updates)."""
+    return CBP(
+        replacement_rate,
+        maturity,
+        decay,
+        bias_correction,
+        Schedule(every, start, end),
+        include_shared,
+        reset_count,
+    )
+
+
 #: strategy presets by name: each takes keyword options (see `strategy_options`)
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "redo": _unit_reset(Dormant(), "redo"),
@@ -155,6 +180,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "regrama_weight": _unit_reset(GraMa("weight"), "regrama_weight"),
     "shrink_perturb": _shrink_perturb,
     "full_reset": _full_reset,
+    "cbp": _cbp,
 }
 
 
