@@ -22,6 +22,8 @@ from ._init import lecun_normal as lecun_normal
 from ._init import orthogonal as orthogonal
 from ._init import uniform_fan_in as uniform_fan_in
 from ._init import xavier_uniform as xavier_uniform
+from ._l2init import L2InitState as L2InitState
+from ._l2init import l2_init as l2_init
 from ._metrics import GXD as GXD
 from ._metrics import Dormant as Dormant
 from ._metrics import Duplicates as Duplicates
