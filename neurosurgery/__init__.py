@@ -56,6 +56,7 @@ from ._presets import STRATEGIES as STRATEGIES
 from ._presets import metric as metric
 from ._presets import strategy as strategy
 from ._presets import strategy_options as strategy_options
+from ._reborn import ReBorn as ReBorn
 from ._reset import ResetResult as ResetResult
 from ._reset import reset as reset
 from ._schedule import Schedule as Schedule

@@ -28,6 +28,7 @@ from ._metrics import (
     Utility,
     WeightMagnitude,
 )
+from ._reborn import ReBorn
 from ._schedule import Schedule
 from ._select import Selection
 from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy
@@ -172,6 +173,19 @@ def _cbp(
     )
 
 
+def _reborn(
+    tau: float = 0.0,
+    overactive: float = 1.0,
+    share: float = 0.5,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+) -> Strategy:
+    """reborn: every `every` updates, units with τ-dormant score <= tau take over the incoming
+    weights of units scoring above `overactive` and `share` of their outgoing weights."""
+    return ReBorn(tau, overactive, share, schedule=Schedule(every, start, end))
+
+
 #: strategy presets by name: each takes keyword options (see `strategy_options`)
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "redo": _unit_reset(Dormant(), "redo"),
@@ -181,6 +195,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "shrink_perturb": _shrink_perturb,
     "full_reset": _full_reset,
     "cbp": _cbp,
+    "reborn": _reborn,
 }
 
 

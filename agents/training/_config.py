@@ -76,6 +76,8 @@ STRATEGY_OPTIONS = (
     "maturity",
     "decay",
     "bias_correction",
+    "overactive",
+    "share",
 )
 
 
@@ -85,7 +87,7 @@ class ResetConfig:
 
     method: StrategySpec = "none"
     """none, redo, regrama (GraMa at the pre-activation), regrama_activation, regrama_weight,
-    shrink_perturb, full_reset, cbp (continual backprop), or `package.module:attribute`; from
+    shrink_perturb, full_reset, cbp (continual backprop), reborn, or `package.module:attribute`; from
     Python, a strategy object."""
     networks: tuple[str, ...] = ("critic",)
     """Networks reset: critic, actor (bro also: optimistic_actor)."""
@@ -123,6 +125,10 @@ class ResetConfig:
     """cbp: decay of the utility's running average, in [0, 1) (default 0.99)."""
     bias_correction: bool | None = None
     """cbp: consumers' biases absorb a replaced unit's mean contribution (default True)."""
+    overactive: float | None = None
+    """reborn: units scoring above it give their weights to dormant ones (default 1.0)."""
+    share: float | None = None
+    """reborn: the dormant unit's share of its donor's outgoing weights (default 0.5)."""
 
     def given(self) -> dict[str, Any]:
         """The strategy options set here (the others take the preset's defaults)."""

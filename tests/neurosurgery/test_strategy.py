@@ -194,6 +194,7 @@ def test_presets_and_their_options():
         "shrink_perturb",
         "full_reset",
         "cbp",
+        "reborn",
     }
     cbp = ns.strategy("cbp", replacement_rate=0.01, maturity=5, every=10, bias_correction=False)
     assert cbp == ns.CBP(0.01, 5, 0.99, False, ns.Schedule(10))

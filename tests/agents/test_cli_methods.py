@@ -1,4 +1,5 @@
-"""Continual backprop from the command line: a SAC run on test/point-mass, and its bad options."""
+"""The methods beyond ReDo and ReGraMa from the command line: SAC runs on test/point-mass, and
+their bad options."""
 
 import numpy as np
 import pytest
@@ -8,17 +9,26 @@ from agents.training.cli import main
 
 from .test_cli import TINY
 
+LAYER = "members[0].net.layers[0].linear"
+RUNS = {
+    "cbp": (["--reset.replacement-rate", "0.01", "--reset.maturity", "20"], f"mature/{LAYER}"),
+    "reborn": (["--reset.every", "50", "--reset.share", "0.3"], f"donors/{LAYER}"),
+}
 
-def test_sac_trains_with_cbp_from_the_command_line(tmp_path):
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_sac_trains_from_the_command_line(tmp_path, method):
     run_dir = tmp_path / "run"
+    options, figure = RUNS[method]
     args = ["--seeds", "0", "--steps", "600", "--no-progress", "--sinks", "csv"]
-    args += ["--reset.method", "cbp", "--reset.replacement-rate", "0.01", "--reset.maturity", "20"]
+    args += ["--reset.method", method, *options]
     assert main(["train", *TINY, *args, "--run-dir", str(run_dir)]) == 0
     curves = read_metrics(run_dir / "metrics.csv")
-    layer = "members[0].net.layers[0].linear"
-    mature = [v for _, v in curves[f"surgery/critic/mature/{layer}"][0] if np.isfinite(v)]
-    assert mature and mature[-1] > 0  # units lived past maturity: CBP tracked their ages
-    assert f"surgery/critic/reset/{layer}" in curves
+    values = [v for _, v in curves[f"surgery/critic/{figure}"][0] if np.isfinite(v)]
+    assert values  # the method's own figures were logged
+    assert f"surgery/critic/reset/{LAYER}" in curves
+    if method == "cbp":
+        assert values[-1] > 0  # units lived past maturity: CBP tracked their ages
 
 
 @pytest.mark.parametrize(
@@ -32,9 +42,11 @@ def test_sac_trains_with_cbp_from_the_command_line(tmp_path):
             ["--reset.method", "regrama", "--reset.maturity", "5"],
             "maturity do not apply to the regrama strategy",
         ),
+        (["--reset.method", "reborn", "--reset.share", "1"], "share=1.0 is invalid"),
+        (["--reset.method", "reborn", "--reset.maturity", "5"], "maturity do not apply"),
     ],
 )
-def test_bad_cbp_options_fail_before_any_work(tmp_path, capsys, args, message):
+def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
     assert message in capsys.readouterr().err
