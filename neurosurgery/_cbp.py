@@ -32,11 +32,13 @@ class CBPState(NamedTuple):
         activation: running average of each unit's mean activation (for the bias correction).
         pending: replacements owed but not yet made, per ensemble member (a fraction below 1
             between replacements): ρ · (mature units) is added per update.
+        last: the update count of the previous call (-1 before the first).
     """
 
     utility: RunningAverage
     activation: RunningAverage
     pending: dict[str, Array]
+    last: Array
 
 
 def _lowest(values: Array, eligible: Array, count: Array) -> Array:
@@ -50,8 +52,9 @@ def _lowest(values: Array, eligible: Array, count: Array) -> Array:
 class CBP:
     """Continual backprop (Dohare et al. 2024): generate-and-test on the hidden units.
 
-    At every call (one call per update; pass `since`, the update count at the previous call,
-    when calls are further apart: the averages and ages then advance by the updates between):
+    At every call (one per update, or further apart: the averages, ages and replacements owed
+    advance by the updates since the previous call, whose count the state keeps; the first call
+    counts the updates `(since, step]`, one without `since`):
 
     1. each unit's contribution utility u_i ← η u_i + (1 − η) E_x|h_i(x)| · Σ_k |w_ki| (its
        activation times the total magnitude of its outgoing weights) and its age advance, and
@@ -117,6 +120,7 @@ class CBP:
             RunningAverage.zeros(anatomy, groups),
             RunningAverage.zeros(anatomy, groups),
             {g.name: jnp.zeros(g.members, jnp.float32) for g in groups},
+            jnp.asarray(-1, jnp.int32),
         )
 
     def step(
@@ -137,7 +141,9 @@ class CBP:
         if observation is None:
             raise ValueError("cbp scores units: pass the observation of this update")
         names = [g.name for g in self.groups(anatomy)]
-        elapsed = jnp.asarray(1 if since is None else jnp.asarray(step) - since, jnp.int32)
+        step = jnp.asarray(step, jnp.int32)
+        first = jnp.asarray(1 if since is None else step - since, jnp.int32)
+        elapsed = jnp.where(state.last < 0, first, step - state.last)
         values = contribution(anatomy, observation)
         means = per_unit_mean(observation.activations)
         utility = state.utility.advance({k: values[k] for k in names}, self.decay, elapsed)
@@ -179,7 +185,7 @@ class CBP:
             return result.model, result.opt_state
 
         model, opt_state = _when(due & any_chosen, act, model, opt_state)
-        new_state = CBPState(utility.restart(chosen), activation.restart(chosen), pending)
+        new_state = CBPState(utility.restart(chosen), activation.restart(chosen), pending, step)
         info = unit_info(anatomy, {}, chosen)
         info.update({f"mature/{k}": jnp.mean(inactive_ratio(m)) for k, m in mature.items()})
         return StepResult(model, opt_state, new_state, info)

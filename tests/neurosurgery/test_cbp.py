@@ -122,6 +122,21 @@ def test_updates_between_calls_advance_ages_and_pending_together():
     )
 
 
+def test_calls_further_apart_count_the_updates_between():
+    """A training run calls CBP on its schedule and passes only the last cycle's span as
+    `since`: the state's own count of the previous call makes the ages count every update."""
+    model = make(jax.random.key(1))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    cbp = ns.CBP(0.01, 100, DECAY)
+    run = stepper(anatomy, cbp)
+    x = jax.random.normal(jax.random.key(2), (8, 3))
+    first = run(model, cbp.init(anatomy), x, jax.random.key(3), 10, since=9)
+    assert (np.asarray(first.state.utility.ages["layers[0]"]) == 1).all()
+    second = run(first.model, first.state, x, jax.random.key(4), 20, since=19)
+    assert (np.asarray(second.state.utility.ages["layers[0]"]) == 11).all()
+    assert int(second.state.last) == 20
+
+
 def _forced(cbp, anatomy, n=2):
     """A state in which every unit is mature and each group owes `n` replacements."""
     state = cbp.init(anatomy)
