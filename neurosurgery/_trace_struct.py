@@ -24,10 +24,11 @@ UPDATES = {"dynamic_update_slice", "scatter", "scatter-add", "scatter_add", "sca
 UPDATES |= {"scatter-min", "scatter-max"}
 STRUCTURAL = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "rev"}
 STRUCTURAL |= {"slice", "pad", "split", "concatenate", "dynamic_slice", "gather"} | UPDATES
-STRUCTURAL |= {"stack"}  # one primitive for `jnp.stack` from JAX 0.10 on
+# one primitive each for `jnp.stack`, `jnp.unstack` (from JAX 0.10) and `jnp.tile` (from 0.9)
+STRUCTURAL |= {"stack", "unstack", "tile"}
 #: operations that join their operands (all of them move into the result)
 JOINS = ("concatenate", "stack")
-MOVES = {"reshape", "transpose", "squeeze", "expand_dims", "split", "slice", "rev"}
+MOVES = {"reshape", "transpose", "squeeze", "expand_dims", "split", "slice", "rev", "unstack"}
 WINDOWS = {"reduce_window_max", "reduce_window_min", "reduce_window_sum"}
 ALONG_AXIS = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp", "sort", "top_k"}
 
@@ -51,6 +52,9 @@ def axis_map(op: Op, src: Sequence[Any], dst: Sequence[Any]) -> dict[int, int]:
         return {i: int(d) for i, d in enumerate(p["broadcast_dimensions"])}
     if name == "gather":
         return {}
+    if name == "unstack":
+        axis = p["axis"]
+        return {d: d - (d > axis) for d in range(len(src)) if d != axis}
     return {d: d for d in range(len(src))}
 
 
@@ -141,6 +145,12 @@ class StructOps(DenseOps):
             axis = p["axis"]
             grown = [(*s[:axis], 1, *s[axis:]) for s in shapes]
             return lambda *a: [L.concatenate([np.expand_dims(x, axis) for x in a], grown, axis)]
+        if name == "unstack":  # slices of one along the axis, which each result drops
+            axis = p["axis"]
+            return lambda a: [np.squeeze(x, axis) for x in L.split(a, [1] * shape[axis], axis)]
+        if name == "tile":  # copies side by side along each axis where the labels change
+            reps = p["reps"]
+            return lambda a: [np.tile(a, [r if a.shape[d] > 1 else 1 for d, r in enumerate(reps)])]
         if name == "dynamic_slice":
             starts = [_scalar(v.const) for v in ins[1:]]
             return lambda a: [L.dynamic_slice(a, shape, starts, p["slice_sizes"])]
