@@ -132,6 +132,7 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.newest
 def test_train_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0

@@ -9,6 +9,8 @@ import pytest
 import neurosurgery as ns
 from agents.networks import BroCritic, BroNet, Denoiser
 
+pytestmark = pytest.mark.newest  # the tracer reads JAX's programs: all of it on the newest JAX
+
 
 def owners(group: ns.NeuronGroup, role: str) -> dict[str, np.ndarray]:
     """Leaf path -> owning unit of every leaf entry (-1 where not owned)."""
