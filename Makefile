@@ -7,7 +7,7 @@ export MUJOCO_GL ?= disable
 export NO_MKDOCS_2_WARNING ?= 1
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=1
 
-.PHONY: demo test lint typecheck docs bench clean
+.PHONY: demo test test-newest lint typecheck docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,22 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
+# The newest versions that pyproject.toml's ranges allow, without constraints.txt, in their own
+# environment (`make clean` to pick up later releases): the versions, then the tests marked
+# `newest` (import, anatomy, metrics, observation, resets, environments, one short training run).
+NEWEST := .venv-newest
+NEWEST_STAMP := $(NEWEST)/.installed-stamp
+
+$(NEWEST_STAMP): pyproject.toml
+	test -x $(NEWEST)/bin/python || $(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install -q --upgrade pip==25.3
+	$(NEWEST)/bin/python -m pip install -q -e ".[dev]"
+	touch $(NEWEST_STAMP)
+
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST)/bin/python -m pip list | grep -iE "jax|equinox|optax|numpy|mujoco|brax|dm.control|playground"
+	$(NEWEST)/bin/python -m pytest -q -m newest -n 2 --dist loadscope
+
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
@@ -36,4 +52,4 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) $(NEWEST) site .pytest_cache

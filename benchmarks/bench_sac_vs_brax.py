@@ -53,6 +53,11 @@ time per update, caps the ratio any implementation of the same SAC could reach h
 On two CPU cores the default run takes about five minutes, half of it compiling; raise `--rounds`
 for steadier figures (keep rounds × round updates a multiple of the reset period, so that the
 timed rounds hold whole surgery periods).
+
+Brax 0.14.2's SAC trainer calls `jax.device_put_replicated`, which JAX 0.10 removed. On JAX 0.10
+and later this script puts an equivalent back into the `jax` module of its own process, before it
+imports Brax's trainer (`_device_put_replicated`: every leaf stacked once per device and sharded
+over them, what `jax.pmap` takes); on older JAX, Brax calls JAX's own function.
 """
 
 from __future__ import annotations
@@ -162,7 +167,7 @@ def _device_put_replicated(x: Any, devices: list) -> Any:
 
 
 def run_setting(args: argparse.Namespace, rr: int) -> dict[str, Any]:
-    if jax.__version_info__ >= (0, 10, 0):
+    if jax.__version_info__ >= (0, 10, 0):  # Brax's SAC trainer still calls it
         jax.device_put_replicated = _device_put_replicated
     from brax.training.agents.sac import train as brax_sac
     from mujoco_playground import registry, wrapper

@@ -117,6 +117,19 @@ def _call_jaxpr(eqn: jcore.JaxprEqn) -> jcore.ClosedJaxpr | jcore.Jaxpr | None:
     return eqn.params[key]
 
 
+def bind(primitive: jcore.Primitive, params: Mapping[str, Any], args: Sequence[Any]) -> Any:
+    """Apply `primitive` with an equation's `params` to `args`, as `jax.core.eval_jaxpr` does.
+
+    `Primitive.get_bind_params` returns `(subfuns, params)` up to JAX 0.9.1, and from 0.9.2 on
+    the params alone, with any sub-functions among them (`subfuns`); both are handled here.
+    """
+    bound = primitive.get_bind_params(params)
+    if isinstance(bound, tuple):
+        subfuns, bound = bound
+        return primitive.bind(*subfuns, *args, **bound)
+    return primitive.bind(*args, **bound)
+
+
 def _bodies(eqn: jcore.JaxprEqn) -> list[tuple[jcore.ClosedJaxpr, str]]:
     """The sub-programs of a control-flow operation, each with its kind."""
     name = eqn.primitive.name
@@ -292,8 +305,7 @@ def evaluate(
             if eqn.primitive.name == "scan" and holds(inner):
                 outvals = scan(eqn, invals, inner, pert, acts)
             else:
-                subfuns, bind_params = eqn.primitive.get_bind_params(eqn.params)
-                outvals = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+                outvals = bind(eqn.primitive, eqn.params, invals)
                 if not eqn.primitive.multiple_results:
                     outvals = [outvals]
             for var, val in zip(eqn.outvars, outvals, strict=True):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import AnatomyError
-from ._graph import CONTROL, DECLARED_PREFIX, Op, _const
+from ._graph import CONTROL, DECLARED_PREFIX, Op, _const, bind
 from ._labels import NONE, lift
 from ._trace_core import PFactor, Value, params_leaves
 from ._trace_flow import FlowOps
@@ -103,9 +103,8 @@ class Tracer(FlowOps):
             return False
         if sum(int(np.prod(self.graph.shapes[o], dtype=int)) for o in op.outputs) > 1_000_000:
             return False
-        subfuns, params = op.primitive.get_bind_params(op.params)
         try:
-            out = op.primitive.bind(*subfuns, *[jnp.asarray(v.const) for v in ins], **params)
+            out = bind(op.primitive, op.params, [jnp.asarray(v.const) for v in ins])
         except Exception:  # pragma: no cover - leave such values unknown
             return False
         outs = out if op.primitive.multiple_results else [out]

@@ -24,7 +24,11 @@ UPDATES = {"dynamic_update_slice", "scatter", "scatter-add", "scatter_add", "sca
 UPDATES |= {"scatter-min", "scatter-max"}
 STRUCTURAL = {"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "rev"}
 STRUCTURAL |= {"slice", "pad", "split", "concatenate", "dynamic_slice", "gather"} | UPDATES
-MOVES = {"reshape", "transpose", "squeeze", "expand_dims", "split", "slice", "rev"}
+# one primitive each for `jnp.stack`, `jnp.unstack` (from JAX 0.10) and `jnp.tile` (from 0.9)
+STRUCTURAL |= {"stack", "unstack", "tile"}
+#: operations that join their operands (all of them move into the result)
+JOINS = ("concatenate", "stack")
+MOVES = {"reshape", "transpose", "squeeze", "expand_dims", "split", "slice", "rev", "unstack"}
 WINDOWS = {"reduce_window_max", "reduce_window_min", "reduce_window_sum"}
 ALONG_AXIS = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp", "sort", "top_k"}
 
@@ -48,6 +52,9 @@ def axis_map(op: Op, src: Sequence[Any], dst: Sequence[Any]) -> dict[int, int]:
         return {i: int(d) for i, d in enumerate(p["broadcast_dimensions"])}
     if name == "gather":
         return {}
+    if name == "unstack":
+        axis = p["axis"]
+        return {d: d - (d > axis) for d in range(len(src)) if d != axis}
     return {d: d for d in range(len(src))}
 
 
@@ -58,8 +65,8 @@ class StructOps(DenseOps):
         name = op.name
         if name in UPDATES:
             return self.update(op, ins)
-        moved = tuple(range(len(ins))) if name == "concatenate" else (0,)
-        index_ops = [] if name in ("pad", "concatenate") else list(range(1, len(ins)))
+        moved = tuple(range(len(ins))) if name in JOINS else (0,)
+        index_ops = [] if name in ("pad", *JOINS) else list(range(1, len(ins)))
         for i in index_ops:
             if ins[i].units:
                 raise self.cannot_follow(
@@ -80,7 +87,7 @@ class StructOps(DenseOps):
         shapes = [self.shape(a) for a in op.inputs]
         outs = [self.graph.shapes[o] for o in op.outputs]
         try:
-            if name == "concatenate":
+            if name in JOINS:
                 units = [self.normal(self.concat_factors(fn, ins, shapes), len(outs[0]))]
             else:
                 got = [fn(L.lift(f, len(shapes[0]))) for f in ins[0].units]
@@ -134,6 +141,16 @@ class StructOps(DenseOps):
             return lambda a: L.split(a, p["sizes"], p["axis"])
         if name == "concatenate":
             return lambda *a: [L.concatenate(a, shapes, p["dimension"])]
+        if name == "stack":  # a new axis, then a concatenation along it
+            axis = p["axis"]
+            grown = [(*s[:axis], 1, *s[axis:]) for s in shapes]
+            return lambda *a: [L.concatenate([np.expand_dims(x, axis) for x in a], grown, axis)]
+        if name == "unstack":  # slices of one along the axis, which each result drops
+            axis = p["axis"]
+            return lambda a: [np.squeeze(x, axis) for x in L.split(a, [1] * shape[axis], axis)]
+        if name == "tile":  # copies side by side along each axis where the labels change
+            reps = p["reps"]
+            return lambda a: [np.tile(a, [r if a.shape[d] > 1 else 1 for d, r in enumerate(reps)])]
         if name == "dynamic_slice":
             starts = [_scalar(v.const) for v in ins[1:]]
             return lambda a: [L.dynamic_slice(a, shape, starts, p["slice_sizes"])]
@@ -151,7 +168,7 @@ class StructOps(DenseOps):
         return got
 
     def move_params(self, op, ins, fn, moved, shapes, outs) -> list[list[PFactor]]:
-        if op.name != "concatenate":
+        if op.name not in JOINS:
             out: list[list[PFactor]] = [[] for _ in outs]
             where = axis_map(op, shapes[0], outs[0])
             for pf in ins[0].params:

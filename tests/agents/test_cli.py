@@ -132,6 +132,7 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.newest
 def test_train_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0
@@ -249,8 +250,10 @@ def test_resume_without_a_checkpoint_says_it_starts_from_zero(tmp_path, capsys, 
 def test_a_run_from_before_the_options_were_nested_resumes(tmp_path, capsys):
     """A run folder written by the version with flat `--reset*` options (config.json and
     checkpoint, SAC on the point mass with ReGraMa every 50 updates, 400 steps) resumes, and
-    continues exactly as a run of today started from scratch."""
+    continues as a run of today started from scratch: exactly on the JAX and jaxlib that wrote
+    the folder, to float rounding on others (their compilers may round differently)."""
     import shutil
+    from importlib import metadata
     from pathlib import Path
 
     from agents import load_run_config
@@ -258,6 +261,8 @@ def test_a_run_from_before_the_options_were_nested_resumes(tmp_path, capsys):
 
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "data" / "run-before-nesting", old)
+    written = json.loads((old / "config.json").read_text())["versions"]
+    exact = all(written[pkg] == metadata.version(pkg) for pkg in ("jax", "jaxlib"))
     config = load_run_config(old)
     assert config.reset.method == "regrama" and config.reset.every == 50
     assert config.surgery.every == 50 and config.surgery.networks == ("critic",)
@@ -290,7 +295,13 @@ def test_a_run_from_before_the_options_were_nested_resumes(tmp_path, capsys):
             continue
         for seed, points in by_seed.items():
             later = [p for p in points if p[0] > 400]
-            assert [p for p in resumed[name][seed] if p[0] > 400] == later, (name, seed)
+            got = [p for p in resumed[name][seed] if p[0] > 400]
+            if exact:
+                assert got == later, (name, seed)
+            else:
+                assert [p[0] for p in got] == [p[0] for p in later], (name, seed)
+                values = [p[1] for p in later]
+                assert [p[1] for p in got] == pytest.approx(values, rel=1e-5), (name, seed)
 
 
 def test_flags_of_earlier_versions_name_their_replacements(capsys):

@@ -59,6 +59,7 @@ def _act(env: envs.Env, value: float | list[float]) -> jax.Array:
     return jnp.broadcast_to(a, (env.num_envs, 1))
 
 
+@pytest.mark.newest
 def test_reset_layout(line, getkey):
     _, step = line.reset(getkey())
     assert line.jittable
@@ -126,6 +127,7 @@ def test_action_repeat_sums_rewards_and_stops_at_terminal(getkey):
     np.testing.assert_array_equal(step.episode_length, [9, 3])
 
 
+@pytest.mark.newest
 def test_runs_inside_scan_jit_and_vmap(line, getkey):
     @jax.jit
     def rollout(key):

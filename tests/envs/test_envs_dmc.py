@@ -54,6 +54,7 @@ def _actions(seed: int, steps: int, env: envs.Env) -> np.ndarray:
     return rng.uniform(-1, 1, (steps, env.num_envs, env.action_size)).astype(np.float32)
 
 
+@pytest.mark.newest
 def test_layout_and_flat_observations(env):
     assert not env.jittable
     assert env.observation_size == 5 and env.action_size == 1
@@ -106,6 +107,7 @@ def test_same_seed_same_trajectories_whatever_the_workers(env):
         np.testing.assert_array_equal(first, run(local, jax.random.key(7)))
 
 
+@pytest.mark.newest
 def test_matches_a_plain_dm_control_loop(env):
     """Observations, rewards and returns equal dm_control's own, stepped in this process with
     the clipped actions twice each (action_repeat = 2), seeded as the pool seeds environment i."""

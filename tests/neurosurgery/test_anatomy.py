@@ -9,6 +9,8 @@ import pytest
 import neurosurgery as ns
 from agents.networks import BroCritic, BroNet, Denoiser
 
+pytestmark = pytest.mark.newest  # the tracer reads JAX's programs: all of it on the newest JAX
+
 
 def owners(group: ns.NeuronGroup, role: str) -> dict[str, np.ndarray]:
     """Leaf path -> owning unit of every leaf entry (-1 where not owned)."""
@@ -449,3 +451,27 @@ def test_split_gather_and_update_slices(getkey):
     l3 = np.full((1, 4), -1)
     l3[0, 1], l3[0, 2] = 5, 3
     assert_owners(owners(g1, "outgoing"), {".l2.weight": cols(3, (1, 3)), ".l3.weight": l3})
+
+
+class Stacking(eqx.Module):
+    """Units moved by `jnp.stack`, `jnp.unstack` and `jnp.tile` (one primitive each from JAX
+    0.10 on, `tile` from 0.9; broadcasts, slices and concatenations before)."""
+
+    l1: eqx.nn.Linear
+    l2: eqx.nn.Linear
+    l3: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.l1(x))  # units 0 and 1
+        a, b = jnp.unstack(jnp.stack([h, h[::-1]]))  # units (0, 1) and (1, 0)
+        return self.l2(b) + self.l3(jnp.tile(a, 2))  # l3 sees units (0, 1, 0, 1)
+
+
+def test_stack_unstack_and_tile(getkey):
+    k = jax.random.split(getkey(), 3)
+    model = Stacking(
+        eqx.nn.Linear(3, 2, key=k[0]), eqx.nn.Linear(2, 1, key=k[1]), eqx.nn.Linear(4, 1, key=k[2])
+    )
+    g1, _, _ = ns.anatomy(model, jnp.zeros(3))
+    expected = {".l2.weight": np.array([[1, 0]]), ".l3.weight": np.array([[0, 1, 0, 1]])}
+    assert_owners(owners(g1, "outgoing"), expected)

@@ -55,6 +55,7 @@ def setup():
     return anatomy, mlp, obs, value, np_
 
 
+@pytest.mark.newest
 def test_observe_loss_and_gradients(setup):
     _, _, obs, value, n = setup
     np.testing.assert_allclose(value, n["loss"], rtol=1e-5)
@@ -69,6 +70,7 @@ def test_observe_loss_and_gradients(setup):
     np.testing.assert_allclose(obs.activations["layers[0]"][:, 0], n["h"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.newest
 def test_dormant(setup):
     anatomy, _, obs, _, n = setup
     metric = ns.Dormant()
@@ -77,6 +79,7 @@ def test_dormant(setup):
     assert (scores["layers[0]"][:2] == 0).all()
 
 
+@pytest.mark.newest
 def test_grama_sources(setup):
     anatomy, _, obs, _, n = setup
     empty = ns.EmptyState()
@@ -159,6 +162,7 @@ def test_twin_critics_normalise_per_member(getkey):
         np.testing.assert_allclose(scores["layers[0]"][m], norm(h.mean(0)), rtol=1e-5)
 
 
+@pytest.mark.newest
 def test_metrics_jit_and_vmap_over_seeds(getkey):
     make = lambda k: eqx.nn.MLP(3, 1, 8, 1, key=k)
     anatomy = ns.anatomy(make(getkey()), jnp.zeros(3))

@@ -10,6 +10,7 @@ import neurosurgery as ns
 from agents.networks import BroNet
 
 
+@pytest.mark.newest
 def test_activations_match_the_model_and_hand_computed_values(getkey):
     mlp = eqx.nn.MLP(3, 2, 5, 2, activation=jax.nn.relu, key=getkey())
     anatomy = ns.anatomy(mlp, jnp.zeros(3))
@@ -25,6 +26,7 @@ def test_activations_match_the_model_and_hand_computed_values(getkey):
     np.testing.assert_allclose(obs.activations["layers[2]"][:, 0], jax.vmap(mlp)(xs), rtol=1e-6)
 
 
+@pytest.mark.newest
 def test_preactivation_gradient_per_sample(getkey):
     """d loss / d perturbation = the gradient at W x + b (before ReLU), one per sample."""
     mlp = eqx.nn.MLP(3, 1, 4, 1, activation=jax.nn.relu, key=getkey())

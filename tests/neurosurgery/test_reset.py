@@ -22,6 +22,7 @@ def leaves(model):
     return jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
 
 
+@pytest.mark.newest
 def test_empty_mask_is_bit_identical(arch_name, archs):
     arch = archs(arch_name)
     new = arch.reset(arch.model, arch.anatomy.unit_masks(False), jax.random.key(0))
@@ -55,6 +56,7 @@ def test_reset_changes_only_flagged_entries_and_redraws_are_invisible(arch_name,
     assert max(jax.tree_util.tree_leaves(delta)) <= 1e-6
 
 
+@pytest.mark.newest
 def test_resetting_dormant_units_keeps_outputs(getkey):
     """ReDo's premise: units with zero activation contribute nothing, so resetting them with
     zeroed outgoing weights leaves the outputs unchanged at the moment of reset."""
@@ -144,6 +146,7 @@ def test_small_random_outgoing(getkey, archs):
     assert (col != 0).all() and np.abs(col).max() < 6 * scale
 
 
+@pytest.mark.newest
 def test_optimizer_moments_zero_exactly_at_touched_entries(getkey, archs):
     arch = archs("mlp")
     model, anatomy = arch.model, arch.anatomy
