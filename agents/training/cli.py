@@ -32,9 +32,9 @@ class TrainCommand(TrainConfig):
 
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks, --progress and --env-workers may be
-    given (each then replaces the saved value); any other is refused unless it repeats the
-    saved value."""
+    options only --steps (to extend the run), --sinks, --progress, --env-workers and
+    --shard-seeds may be given (each then replaces the saved value); any other is refused
+    unless it repeats the saved value."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ RESUME_OPTIONS = (
     "progress",
     "no-progress",
     "env-workers",
+    "shard-seeds",
+    "no-shard-seeds",
     "wandb.project",
     "wandb.group",
     "wandb.entity",
@@ -198,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sinks=cmd.sinks if "sinks" in given else config.sinks,
                 progress=progress,
                 env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
+                shard_seeds=(
+                    cmd.shard_seeds
+                    if given & {"shard-seeds", "no-shard-seeds"}
+                    else config.shard_seeds
+                ),
                 wandb=dataclasses.replace(config.wandb, **wandb),
             )
             if not (Path(cmd.resume) / CHECKPOINT).exists():
