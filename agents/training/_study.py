@@ -378,7 +378,7 @@ def expand(study: Study, root: str | Path) -> list[Run]:
     that cannot train, before any work."""
     axes = [a for a in study.grid if a.option != "seeds"]
     seed_axis = [a for a in study.grid if a.option == "seeds"]
-    seed_values = seed_axis[0].values if seed_axis else (study.base.seeds,)
+    seed_values = seed_axis[0].values if seed_axis else ()
     groups: dict[str, tuple[TrainConfig, list[int], list[str]]] = {}
     for point in itertools.product(*(a.values for a in axes)):
         config = study.base
@@ -394,7 +394,12 @@ def expand(study: Study, root: str | Path) -> list[Run]:
                 f"grid points {groups[key][2][0]!r} and {name!r} give the same run; remove the "
                 "duplicate value"
             )
-        seeds: list[int] = [s for v in seed_values for s in v]
+        if seed_axis and "seeds" in options[len(study.given) :]:
+            raise StudyError(
+                f"grid point {name!r} sets seeds in a table while [grid] has a seeds axis; "
+                "give the seeds in one place"
+            )
+        seeds: list[int] = [s for v in seed_values for s in v] if seed_axis else list(config.seeds)
         if len(set(seeds)) != len(seeds):
             raise StudyError(f"seeds: each seed once, got {seeds}")
         groups[key] = (config, seeds, [name, *options])

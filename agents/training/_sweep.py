@@ -116,6 +116,17 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _is_job(pid: int) -> bool:
+    """Whether `pid` is a live submitit job process (a local job's id is its process id, which
+    the system may give to another process once the job has ended)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: the process is alive, take it as the job
+
+
 #: Slurm job states of a job that has not ended
 _SLURM_LIVE = {
     "PENDING",
@@ -167,7 +178,7 @@ def run_status(root: Path, run: Run, slurm_live: set[str] | None = None) -> tupl
             alive = live is None or job in live  # squeue unreachable: assume it still runs
         else:
             alive = (
-                state.get("host") == socket.gethostname() and job.isdigit() and _pid_alive(int(job))
+                state.get("host") == socket.gethostname() and job.isdigit() and _is_job(int(job))
             )
         if alive:
             return "queued", state
@@ -215,8 +226,12 @@ class RunJob(_Checkpointable):  # type: ignore[misc,valid-type]
                 time.sleep(0.2)
         me = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid()}
         me["launcher"] = "local" if os.environ.get("SUBMITIT_EXECUTOR") == "local" else "slurm"
+        started = time.time()
         with _states_locked(study):
-            _write_state(study, name, {**me, "state": "running", "started": time.time()})
+            before = read_state(study, name) or {}
+            if str(before.get("job_id")) == str(job_id) and "submitted" in before:
+                me["submitted"] = before["submitted"]  # when the sweep submitted this job
+            _write_state(study, name, {**me, "state": "running", "started": started})
         run_dir = Path(config.run_dir)
         try:
             resume = (run_dir / "config.json").exists()
@@ -231,11 +246,13 @@ class RunJob(_Checkpointable):  # type: ignore[misc,valid-type]
                         "state": "failed",
                         "error": f"{type(err).__name__}: {err}",
                         "traceback": traceback.format_exc(limit=20),
+                        "finished": time.time(),
                     },
                 )
             raise
         with _states_locked(study):
-            _write_state(study, name, {**me, "state": "done", "env_steps": summary["env_steps"]})
+            done = {"state": "done", "env_steps": summary["env_steps"], "finished": time.time()}
+            _write_state(study, name, {**me, **done, "started": started})
         lock.close()
         return summary
 
@@ -322,8 +339,15 @@ def submit(executor: Any, root: Path, runs: Sequence[Run], launcher: str) -> lis
     from ._trainer import Trainer
 
     job = RunJob(Trainer.compiler_options)
-    with executor.batch():
-        jobs = [executor.submit(job, str(root), r.name, r.config) for r in runs]
+    try:
+        with executor.batch():
+            jobs = [executor.submit(job, str(root), r.name, r.config) for r in runs]
+    except Exception as err:  # sbatch refused the array, a job folder cannot be written, ...
+        raise StudyError(
+            f"submitting {len(runs)} runs ({launcher}) failed: {type(err).__name__}: "
+            f"{str(err).strip()[:500]}; nothing of them started: fix the cause and run the "
+            "sweep again"
+        ) from err
     with _states_locked(root):
         for run, job in zip(runs, jobs, strict=True):
             state = read_state(root, run.name) or {}

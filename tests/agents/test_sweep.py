@@ -1,11 +1,13 @@
 """`neurosurgery sweep`: studies read from a file, checked before any work, trained through
 submitit's local executor like `neurosurgery train`, continued after a kill, and their status."""
 
+import dataclasses
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,6 +135,10 @@ sac.tau = 0.01
         ("agent=sac+replay_ratio=0.5+sac.tau=0.01,seeds=2", (2,)),
     ]
     assert runs[2].config.sac.tau == 0.01 and runs[0].config.sac.tau == 0.005
+    # without a seeds axis, each point keeps the seeds it is given
+    text = BASE + "\n[[grid.run]]\nseeds = [3, 4]\n[[grid.run]]\nseeds = [5]\nsac.tau = 0.01\n"
+    runs = expand(study_from_dict(read_study_file(_study_file(tmp_path, text))), "out")
+    assert [r.config.seeds for r in runs] == [(3, 4), (5,)]
 
 
 def test_local_runs_are_sized_from_the_cores():
@@ -189,6 +195,10 @@ GRID = '\n[grid]\n"sac.critic.width" = [16, 24]\n'
         ),
         (BASE + GRID + '\n[launcher]\nkind = "slurm"\n', "no sbatch on PATH"),
         (BASE + "\n[grid\n", "is not valid TOML"),
+        (
+            BASE + "\n[grid]\nseeds = [0]\n[[grid.run]]\nseeds = [1]\n",
+            "sets seeds in a table while [grid] has a seeds axis",
+        ),
     ],
 )
 def test_bad_studies_fail_before_any_work(tmp_path, capsys, monkeypatch, text, message):
@@ -273,7 +283,8 @@ def test_status_lists_done_running_queued_interrupted_failed_and_pending_runs(tm
     _write_state(out, runs[0].name, {**me, "state": "done", "job_id": "1", "env_steps": 1000})
     _write_state(out, runs[1].name, {**me, "state": "failed", "job_id": "2", "error": "E: boom"})
     _write_state(out, runs[2].name, {**me, "state": "running", "job_id": str(os.getpid())})
-    _write_state(out, runs[3].name, {**me, "state": "submitted", "job_id": str(os.getpid())})
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit"])
+    _write_state(out, runs[3].name, {**me, "state": "submitted", "job_id": str(waiting.pid)})
     _write_state(out, runs[4].name, {**me, "state": "running", "job_id": str(dead.pid)})
     with open(_lock_path(out, runs[2].name), "a") as lock:
         import fcntl
@@ -281,6 +292,8 @@ def test_status_lists_done_running_queued_interrupted_failed_and_pending_runs(tm
         fcntl.flock(lock, fcntl.LOCK_EX)
         _, states = status_report(out)
         assert main(["sweep", "--status", str(out)]) == 0
+    waiting.kill()
+    waiting.wait()
     printed = capsys.readouterr().out.splitlines()
     assert list(states.values()) == [
         "done",
@@ -297,6 +310,9 @@ def test_status_lists_done_running_queued_interrupted_failed_and_pending_runs(tm
     assert printed[1].split() == ["done", runs[0].name, "0/1000", "steps"]
     assert printed[2].split()[:2] == ["failed", runs[1].name] and printed[2].endswith("E: boom")
     assert printed[3].split()[-2:] == ["job", str(os.getpid())]
+    assert printed[4].split()[-2:] == ["job", str(waiting.pid)]
+    # a local job's id is its process id: once it has ended, the run is no longer queued
+    assert status_report(out)[1][runs[3].name] == "interrupted"
     assert printed[5].split()[0] == "interrupted" and printed[6].split()[0] == "pending"
     assert main(["sweep", "--status", str(tmp_path)]) == 2
     assert "holds no study" in capsys.readouterr().err
@@ -404,3 +420,46 @@ def test_a_failed_run_is_reported_and_retried_only_when_asked(tmp_path, capsys):
     assert f"retrying {name}" in capsys.readouterr().out
     again = read_state(out, name)
     assert again["state"] == "failed" and again["job_id"] != first["job_id"]
+
+
+def test_the_docs_study_files_read_as_they_say(tmp_path):
+    import re
+
+    page = (Path(__file__).parents[2] / "docs" / "sweep.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", page, re.S)
+    assert len(blocks) == 2
+    first = expand(study_from_dict(read_study_file(_study_file(tmp_path, blocks[0]))), "o")
+    assert len(first) == 12 and all(r.config.seeds == (0, 1, 2, 3) for r in first)
+    assert "2 × 2 × 3 = 12 runs" in page
+    second = expand(
+        study_from_dict(read_study_file(_study_file(tmp_path, blocks[1], "b.toml"))), "o"
+    )
+    assert [r.config.agent for r in second] == ["sac", "bro", "sac", "bro"]
+    assert second[1].config.bro.critic_blocks == 2
+
+
+def test_the_main_job_is_a_study(tmp_path):
+    """agents/experiments/main_job.toml gives the main job's two runs, option for option."""
+    import argparse
+
+    from agents.experiments import main_job
+    from agents.training import read_study
+
+    root = Path(__file__).parents[2]
+    study = read_study(root / "agents" / "experiments" / "main_job.toml")
+    runs = expand(study, tmp_path)
+    args = argparse.Namespace(
+        out=str(tmp_path),
+        env="dmc/cartpole-balance",
+        steps=12000,
+        seeds=[0, 1],
+        width=64,
+        learning_starts=1000,
+        log_every=1000,
+        reset_period=1000,
+    )
+    for run, method in zip(runs, main_job.METHODS, strict=True):
+        expected = main_job._config(args, method)
+        assert run.config == dataclasses.replace(
+            expected, run_dir=run.config.run_dir, progress=False
+        )
