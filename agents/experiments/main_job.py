@@ -6,6 +6,9 @@ Trains the same SAC configuration twice — no resets, then ReGraMa on the criti
 vmapped in one process, writes one run folder per method, a comparison plot of evaluation returns
 and inactive ratios, and prints a comparison table. It reports what it measured, whatever that
 shows: a short CPU run is a smoke test of the pipeline, not evidence for or against resets.
+
+The same two runs as a study: `neurosurgery sweep agents/experiments/main_job.toml` (tested to
+give these configurations option for option).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training: configuration, the trainer (vmapped seeds, compiled segments, host loops), replay,
+"""Training: configuration, studies (`sweep`), the trainer (vmapped seeds, compiled segments, host loops), replay,
 checkpoints, metric sinks, neuron surgery through the library's pipeline, and the command."""
 
 from ._checkpoint import CheckpointError as CheckpointError
@@ -22,6 +22,12 @@ from ._sinks import History as History
 from ._sinks import JSONLSink as JSONLSink
 from ._sinks import TensorBoardSink as TensorBoardSink
 from ._sinks import read_metrics as read_metrics
+from ._study import LauncherConfig as LauncherConfig
+from ._study import Study as Study
+from ._study import StudyError as StudyError
+from ._study import read_study as read_study
 from ._surgery import Surgery as Surgery
+from ._sweep import status_report as status_report
+from ._sweep import sweep as sweep
 from ._trainer import NonFiniteError as NonFiniteError
 from ._trainer import Trainer as Trainer

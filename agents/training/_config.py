@@ -185,6 +185,11 @@ class TrainConfig:
     """dm_control only: worker processes of each seed's environments (0: step them in the
     training process). Default: one per core for more than one environment per seed, else 0.
     Trajectories do not depend on it, so a run may resume with another value."""
+    shard_seeds: bool = False
+    """Shard the seed axis over this process's devices (`jax.devices()`, e.g. several GPUs):
+    each device trains its block of the seeds, with the same records as on one device. The
+    number of seeds must be a multiple of the device count. A run may resume with another
+    value."""
     env_impl: str | None = None
     """Playground only: physics implementation, "jax" (MJX) or "warp" (MuJoCo Warp, for
     GPUs). Default: "jax"."""

@@ -190,6 +190,7 @@ def train(
         env_steps = updates = 0
         if header is not None:  # checked against the state's shapes before anything runs
             ts, header = load_checkpoint(ckpt_path, trainer.state_shapes())
+            ts = trainer.place(ts)
             env_steps, updates = header["env_steps"], header["updates"]
             if not trainer.jittable:  # host environments restart their episodes
                 trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)

@@ -28,8 +28,17 @@ from ._surgery import Surgery
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
 #: options that may differ between a run and its resumption (steps: a run can be extended;
-#: env_workers: dm_control trajectories do not depend on the worker count)
-RUNTIME_OPTIONS = ("run_dir", "sinks", "progress", "steps", "env_workers", "wandb")
+#: env_workers: dm_control trajectories do not depend on the worker count; shard_seeds: the
+#: records do not depend on where the seeds run)
+RUNTIME_OPTIONS = (
+    "run_dir",
+    "sinks",
+    "progress",
+    "steps",
+    "env_workers",
+    "wandb",
+    "shard_seeds",
+)
 _JIT_CACHE: dict[Any, dict[str, Any]] = {}
 
 
@@ -115,6 +124,22 @@ def seeds_in_sequence(config: TrainConfig) -> bool:
     return config.env_impl == "warp"
 
 
+def seed_sharding(config: TrainConfig) -> jax.sharding.NamedSharding | None:
+    """With `shard_seeds`, the sharding of arrays whose first axis is the seed axis over the
+    process's devices (`jax.devices()`), one block of seeds per device; else None."""
+    if not config.shard_seeds:
+        return None
+    devices = jax.devices()
+    if len(config.seeds) % len(devices):
+        raise ValueError(
+            f"shard_seeds: {len(config.seeds)} seeds do not split evenly over this process's "
+            f"{len(devices)} devices; give a multiple of {len(devices)} seeds, or leave "
+            "shard_seeds off"
+        )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
 def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0, sequential: bool = False) -> Callable:
     """`jax.vmap(fn, in_axes)` over the leading seed axis (`in_axes`: 0 or None per argument).
     With one seed, `fn` runs on the arguments without that axis and its outputs get it back:
@@ -141,6 +166,31 @@ def _over_seeds(fn: Callable, n_seeds: int, in_axes: Any = 0, sequential: bool =
         return jax.tree.map(lambda x: x[None], fn(*args))
 
     return one
+
+
+def _over_seeds_sharded(
+    fn: Callable,
+    n_seeds: int,
+    in_axes: Any = 0,
+    sequential: bool = False,
+    sharding: jax.sharding.NamedSharding | None = None,
+) -> Callable:
+    """`_over_seeds`, and with a seed sharding, run on each device for its block of seeds
+    (`shard_map`): each device computes exactly what a run of its seeds alone computes, so the
+    records are those of the unsharded run."""
+    if sharding is None:
+        return _over_seeds(fn, n_seeds, in_axes, sequential)
+    mesh = sharding.mesh
+    local = _over_seeds(fn, n_seeds // mesh.size, in_axes, sequential)
+    seeds, whole = jax.sharding.PartitionSpec("seeds"), jax.sharding.PartitionSpec()
+
+    def call(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        specs = tuple(whole if ax is None else seeds for ax in axes)
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seeds, check_vma=False)
+        return mapped(*args)
+
+    return call
 
 
 def _step_all(envs: Sequence[Any], states: Sequence[Any], actions: np.ndarray) -> list:
@@ -179,7 +229,8 @@ class Trainer:
         self.agent = make_agent(c, env.observation_size, env.action_size)
         self.surgery = Surgery.of(c)
         self.loop = Loop(self.agent, env, c, self.surgery)
-        self.keys = jnp.stack([_seed_key(s) for s in seeds])
+        self.sharding = seed_sharding(c)
+        self.keys = self.place(jnp.stack([_seed_key(s) for s in seeds]))
         n, per_body = c.num_envs, self.loop.env_per_body
         self.bodies = max(1, math.ceil(c.log_every / (n * per_body)))
         self.segment_env_steps = self.bodies * per_body * n
@@ -211,7 +262,10 @@ class Trainer:
         loop, env = self.loop, self.envs[0]
         jit = functools.partial(jax.jit, compiler_options=self.compiler_options)
         vmap = functools.partial(
-            _over_seeds, n_seeds=len(self.config.seeds), sequential=seeds_in_sequence(self.config)
+            _over_seeds_sharded,
+            n_seeds=len(self.config.seeds),
+            sequential=seeds_in_sequence(self.config),
+            sharding=self.sharding,
         )
 
         def init(key):
@@ -282,6 +336,11 @@ class Trainer:
             close = getattr(env, "close", None)
             if close is not None:
                 close()
+
+    def place(self, tree: Any) -> Any:
+        """`tree` (arrays with the seed axis first) sharded over the devices along that axis
+        with `shard_seeds`; unchanged without."""
+        return tree if self.sharding is None else jax.device_put(tree, self.sharding)
 
     def state_shapes(self) -> TrainState:
         """Shapes and dtypes of the training state (no computation), e.g. as a template."""

@@ -4,6 +4,9 @@ Every option of `TrainConfig` is a flag, nested ones with a dot (`--sac.batch-si
 `--surgery.metrics`, `--reset.method regrama --reset.tau 0.01`); `--help` lists them with their
 defaults. `--resume RUN_DIR` continues a run from its checkpoint with the configuration saved in
 that folder.
+
+`neurosurgery sweep STUDY_FILE --out DIR` trains a study, a grid of runs (see `_study.py`);
+`neurosurgery sweep --status DIR` shows how its runs stand.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tyro
 from ._checkpoint import CheckpointError
 from ._config import TrainConfig
 from ._run import load_run_config, train
+from ._study import LauncherConfig, StudyError
 from ._trainer import CHECKPOINT, NonFiniteError
 
 
@@ -28,9 +32,30 @@ class TrainCommand(TrainConfig):
 
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks, --progress and --env-workers may be
-    given (each then replaces the saved value); any other is refused unless it repeats the
-    saved value."""
+    options only --steps (to extend the run), --sinks, --progress, --env-workers and
+    --shard-seeds may be given (each then replaces the saved value); any other is refused
+    unless it repeats the saved value."""
+
+
+@dataclass(frozen=True)
+class SweepCommand:
+    """Train a study: the runs of a grid read from a study file, each in its own folder under
+    --out. Run again, it skips finished runs, resumes killed ones from their checkpoints and
+    retries failed ones only with --retry-failed."""
+
+    study: tyro.conf.Positional[str | None] = None
+    """The study file (TOML; YAML where PyYAML is installed). Without it, the study saved in
+    --out continues."""
+    out: str | None = None
+    """The study folder: its manifest, one folder per run (default: the study file's `out`)."""
+    status: str | None = None
+    """Print how the runs of the study in this folder stand (done, running, failed, ...)."""
+    retry_failed: bool = False
+    """Train failed runs again (from their last checkpoint)."""
+    launcher: LauncherConfig = dataclasses.field(default_factory=LauncherConfig)
+    """Where the runs train (replaces the study file's [launcher] options given here)."""
+    base: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """The options shared by every run (replaces the study file's [base] options given here)."""
 
 
 @dataclass(frozen=True)
@@ -136,13 +161,58 @@ def _config(cmd: TrainCommand) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def parse(args: Sequence[str]) -> TrainCommand | ReportCommand | InspectCommand:
+def parse(args: Sequence[str]) -> TrainCommand | SweepCommand | ReportCommand | InspectCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
     return tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand, "report": ReportCommand, "inspect": InspectCommand},
+        {
+            "train": TrainCommand,
+            "sweep": SweepCommand,
+            "report": ReportCommand,
+            "inspect": InspectCommand,
+        },
         args=list(args),
         prog="neurosurgery",
     )
+
+
+def sweep_main(args: Sequence[str]) -> int:
+    """`neurosurgery sweep ...`: the study file's options as defaults, the command line's on
+    top of them; returns the exit status (0: every run done; 1: some are not; 2: bad input)."""
+    from ._study import read_manifest, read_study, study_from_dict
+    from ._sweep import status_report, sweep
+
+    args = list(args)
+    first = tyro.cli(SweepCommand, args=args, prog="neurosurgery sweep")
+    try:
+        if first.status is not None:
+            print(status_report(first.status)[0])
+            return 0
+        if first.study is not None:
+            study = read_study(first.study)
+        elif first.out is not None:
+            saved = read_manifest(first.out)
+            if saved is None:
+                raise StudyError(
+                    f"{first.out} holds no study to continue; give the study file: "
+                    f"neurosurgery sweep STUDY_FILE --out {first.out}"
+                )
+            study = study_from_dict(saved["definition"], str(Path(first.out) / "study.json"))
+        else:
+            raise StudyError("give a study file (neurosurgery sweep STUDY_FILE --out DIR)")
+        default = SweepCommand(
+            study=first.study, out=first.out, launcher=study.launcher, base=study.base
+        )
+        cmd = tyro.cli(SweepCommand, args=args, default=default, prog="neurosurgery sweep")
+        study = dataclasses.replace(study, base=cmd.base, launcher=cmd.launcher)
+        out = cmd.out or study.out
+        if out is None:
+            raise StudyError("give the study folder with --out DIR (or `out = ...` in the file)")
+        return sweep(study, out, retry_failed=cmd.retry_failed).code
+    except (ValueError, CheckpointError) as err:
+        print(f"neurosurgery sweep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 #: the options a resumed run takes from the command line (the rest come from its folder)
@@ -152,6 +222,8 @@ RESUME_OPTIONS = (
     "progress",
     "no-progress",
     "env-workers",
+    "shard-seeds",
+    "no-shard-seeds",
     "wandb.project",
     "wandb.group",
     "wandb.entity",
@@ -193,6 +265,8 @@ def _differs(cmd: TrainCommand, config: TrainConfig, flag: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sweep"]:
+        return sweep_main(args[1:])
     renamed = [f for f in (_flag(a) for a in args if a.startswith("--")) if f in RENAMED]
     if renamed:
         print(
@@ -207,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(cmd)
     if isinstance(cmd, InspectCommand):
         return _inspect(cmd)
+    if not isinstance(cmd, TrainCommand):  # `neurosurgery sweep` is handled above
+        return sweep_main(args[1:])
     given = {_flag(a) for a in args if a.startswith("--")}
     run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
     try:
@@ -233,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sinks=cmd.sinks if "sinks" in given else config.sinks,
                 progress=progress,
                 env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
+                shard_seeds=(
+                    cmd.shard_seeds
+                    if given & {"shard-seeds", "no-shard-seeds"}
+                    else config.shard_seeds
+                ),
                 wandb=dataclasses.replace(config.wandb, **wandb),
             )
             if not (Path(cmd.resume) / CHECKPOINT).exists():

@@ -1,0 +1,86 @@
+"""`neurosurgery sweep` on a real Slurm: a one-node cluster on this machine, started by
+scripts/slurm-one-node.sh (Debian's slurm-wlm and munge), a job cancelled mid-run with
+`scancel`, and the same records as a local study."""
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.training._checkpoint import read_header
+from agents.training._study import expand, read_study_file, study_from_dict
+from agents.training._sweep import read_state, sweep
+from agents.training._trainer import CHECKPOINT, Trainer
+from agents.training.cli import main
+
+from .test_sweep import BASE, _curves
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "slurm-one-node.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A running one-node Slurm; skipped only where its packages cannot be installed."""
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900
+    )
+    if started.returncode == 77:
+        reason = f"Slurm's packages cannot be installed here: {started.stderr.strip()}"
+        print(reason)
+        pytest.skip(reason)
+    assert started.returncode == 0, started.stderr
+    yield
+    stopped = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def test_a_study_on_slurm_survives_scancel_and_matches_a_local_study(
+    slurm, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
+    text = BASE.replace("steps = 1000", "steps = 2000") + (
+        '\n[grid]\nreset = [{ method = "none" }, { method = "regrama", every = 50 }]\n'
+        '\n[launcher]\nkind = "slurm"\ntime_min = 20\n'
+    )
+    file = tmp_path / "study.toml"
+    file.write_text(text)
+    out = tmp_path / "slurm"
+    study = study_from_dict(read_study_file(file))
+    runs = expand(study, out)
+    victim = Path(runs[1].config.run_dir)
+    result = []
+    driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
+    driver.start()
+    cancelled = None
+    deadline = time.monotonic() + 300
+    while driver.is_alive() and cancelled is None and time.monotonic() < deadline:
+        ckpt = victim / CHECKPOINT
+        mid_run = ckpt.exists() and not (victim / "summary.json").exists()
+        if mid_run and read_header(ckpt)["env_steps"] >= 400:
+            cancelled = read_state(out, runs[1].name)["job_id"]
+            subprocess.run(["scancel", cancelled], check=True)
+        time.sleep(0.01)
+    driver.join(timeout=300)
+    assert cancelled is not None, "the run finished before its job could be cancelled"
+    assert not (victim / "summary.json").exists()
+    outcome = result[0]
+    assert outcome.states == {runs[0].name: "done", runs[1].name: "interrupted"}
+    assert outcome.code == 1
+    jobs = [read_state(out, r.name)["job_id"] for r in runs]
+    assert {j.split("_")[0] for j in jobs} == {jobs[0].split("_")[0]}  # one job array
+    assert sorted(j.split("_")[1] for j in jobs) == ["0", "1"]
+    capsys.readouterr()
+
+    assert main(["sweep", str(file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming {runs[1].name}" in printed and "training 1 now (slurm)" in printed
+    assert read_state(out, runs[1].name)["launcher"] == "slurm"
+
+    local = tmp_path / "local"
+    assert main(["sweep", str(file), "--out", str(local), "--launcher.kind", "local"]) == 0
+    for run in runs:
+        assert _curves(out / run.name) == _curves(local / run.name), run.name
+    assert os.path.exists(out / ".sweep" / "jobs")
