@@ -7,6 +7,8 @@ state, and reset strategies that combine them on a schedule.
 
 from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
+from ._cbp import CBP as CBP
+from ._cbp import CBPState as CBPState
 from ._compare import Comparison as Comparison
 from ._compare import compare as compare
 from ._compare import score_all as score_all
@@ -20,15 +22,26 @@ from ._init import lecun_normal as lecun_normal
 from ._init import orthogonal as orthogonal
 from ._init import uniform_fan_in as uniform_fan_in
 from ._init import xavier_uniform as xavier_uniform
+from ._l2init import L2InitState as L2InitState
+from ._l2init import l2_init as l2_init
+from ._metrics import GXD as GXD
 from ._metrics import Dormant as Dormant
+from ._metrics import Duplicates as Duplicates
 from ._metrics import EmptyState as EmptyState
+from ._metrics import FeatureRank as FeatureRank
+from ._metrics import Fisher as Fisher
 from ._metrics import GradientActivity as GradientActivity
+from ._metrics import GradientFlow as GradientFlow
 from ._metrics import GraMa as GraMa
 from ._metrics import Metric as Metric
+from ._metrics import RunningAverage as RunningAverage
+from ._metrics import Saturation as Saturation
 from ._metrics import Utility as Utility
 from ._metrics import UtilityState as UtilityState
 from ._metrics import WeightMagnitude as WeightMagnitude
+from ._metrics import effective_rank as effective_rank
 from ._metrics import per_unit_mean as per_unit_mean
+from ._metrics import srank as srank
 from ._metrics import unit_reduce as unit_reduce
 from ._observe import SITES as SITES
 from ._observe import Observation as Observation
@@ -43,6 +56,7 @@ from ._presets import STRATEGIES as STRATEGIES
 from ._presets import metric as metric
 from ._presets import strategy as strategy
 from ._presets import strategy_options as strategy_options
+from ._reborn import ReBorn as ReBorn
 from ._reset import ResetResult as ResetResult
 from ._reset import reset as reset
 from ._schedule import Schedule as Schedule

@@ -13,7 +13,22 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ._metrics import Dormant, GradientActivity, GraMa, Metric, Utility, WeightMagnitude
+from ._cbp import CBP
+from ._metrics import (
+    GXD,
+    Dormant,
+    Duplicates,
+    FeatureRank,
+    Fisher,
+    GradientActivity,
+    GradientFlow,
+    GraMa,
+    Metric,
+    Saturation,
+    Utility,
+    WeightMagnitude,
+)
+from ._reborn import ReBorn
 from ._schedule import Schedule
 from ._select import Selection
 from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy
@@ -27,6 +42,17 @@ METRICS: dict[str, Callable[[], Metric]] = {
     "utility": Utility,
     "grad_activity": GradientActivity,
     "weight_norm": WeightMagnitude,
+    "fisher": Fisher,
+    "fisher_activation": lambda: Fisher(site="activation"),
+    "grad_flow": GradientFlow,
+    "grad_flow_preactivation": lambda: GradientFlow(site="preactivation"),
+    "saturation_tanh": Saturation,
+    "saturation_sigmoid": lambda: Saturation("sigmoid"),
+    "duplicates": Duplicates,
+    "duplicates_centered": lambda: Duplicates(centered=True),
+    "feature_rank": FeatureRank,
+    "gxd": GXD,
+    "gxd_mean": lambda: GXD("mean"),
 }
 
 
@@ -123,6 +149,43 @@ def _full_reset(
     return FullReset(schedule, reset_optimizer)
 
 
+def _cbp(
+    replacement_rate: float = 1e-4,
+    maturity: int = 100,
+    decay: float = 0.99,
+    bias_correction: bool = True,
+    every: int = 1,
+    start: int = 0,
+    end: int | None = None,
+    include_shared: bool = False,
+    reset_count: bool = False,
+) -> Strategy:
+    """cbp: continual backprop, replacing `replacement_rate` of the units older than `maturity`
+    updates per update, lowest utility first (replacements made every `every` updates)."""
+    return CBP(
+        replacement_rate,
+        maturity,
+        decay,
+        bias_correction,
+        Schedule(every, start, end),
+        include_shared,
+        reset_count,
+    )
+
+
+def _reborn(
+    tau: float = 0.0,
+    overactive: float = 1.0,
+    share: float = 0.5,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+) -> Strategy:
+    """reborn: every `every` updates, units with τ-dormant score <= tau take over the incoming
+    weights of units scoring above `overactive` and `share` of their outgoing weights."""
+    return ReBorn(tau, overactive, share, schedule=Schedule(every, start, end))
+
+
 #: strategy presets by name: each takes keyword options (see `strategy_options`)
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "redo": _unit_reset(Dormant(), "redo"),
@@ -131,6 +194,8 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "regrama_weight": _unit_reset(GraMa("weight"), "regrama_weight"),
     "shrink_perturb": _shrink_perturb,
     "full_reset": _full_reset,
+    "cbp": _cbp,
+    "reborn": _reborn,
 }
 
 

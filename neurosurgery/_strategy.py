@@ -176,14 +176,22 @@ class Resetter:
             return result.model, result.opt_state
 
         model, opt_state = _when(due, act, model, opt_state)
-        hidden = {k: m for k, m in flagged.items() if not anatomy[k].output}
-        info = {f"flagged/{k}": jnp.mean(inactive_ratio(m)) for k, m in hidden.items()}
         now = {k: m & due for k, m in applied.items()}
-        info.update({f"reset/{k}": jnp.mean(inactive_ratio(m)) for k, m in now.items()})
-        if hidden:
-            info["flagged"] = jnp.mean(network_inactive_ratio(hidden))
-        info["reset"] = jnp.mean(network_inactive_ratio(now)) if now else jnp.zeros((), jnp.float32)
-        return StepResult(model, opt_state, state, info)
+        return StepResult(model, opt_state, state, unit_info(anatomy, flagged, now))
+
+
+def unit_info(
+    anatomy: Anatomy, flagged: Mapping[str, Array], now: Mapping[str, Array]
+) -> dict[str, Array]:
+    """A unit-level strategy's figures: `flagged/<group>` and `reset/<group>` (fractions of the
+    group's units), and `flagged` and `reset` over the network (weighted by units)."""
+    hidden = {k: m for k, m in flagged.items() if not anatomy[k].output}
+    info = {f"flagged/{k}": jnp.mean(inactive_ratio(m)) for k, m in hidden.items()}
+    info.update({f"reset/{k}": jnp.mean(inactive_ratio(m)) for k, m in now.items()})
+    if hidden:
+        info["flagged"] = jnp.mean(network_inactive_ratio(hidden))
+    info["reset"] = jnp.mean(network_inactive_ratio(now)) if now else jnp.zeros((), jnp.float32)
+    return info
 
 
 def _fresh_params(anatomy: Anatomy, model: PyTree, init: Init, key: PRNGKeyArray) -> PyTree:

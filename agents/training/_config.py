@@ -44,7 +44,8 @@ class SurgeryConfig:
     """Networks scored and logged: critic, actor (bro also: optimistic_actor)."""
     metrics: Annotated[tuple[MetricSpec, ...], tyro.conf.arg(constructor=tuple[str, ...])] = LOGGED
     """Metrics logged per network and per layer: names (grama, grama_activation, grama_weight,
-    dormant, utility, grad_activity, weight_norm) or `package.module:attribute` for your own;
+    dormant, utility, grad_activity, weight_norm, fisher, grad_flow, saturation_tanh,
+    duplicates, feature_rank, gxd, ...: see ns.METRICS) or `package.module:attribute` for your own;
     from Python, metric objects too. Empty: no surgery step unless a reset is configured."""
     tau: float = 0.0
     """In the logs a unit counts as inactive where its score is <= tau."""
@@ -71,6 +72,12 @@ STRATEGY_OPTIONS = (
     "perturb",
     "at",
     "reset_optimizer",
+    "replacement_rate",
+    "maturity",
+    "decay",
+    "bias_correction",
+    "overactive",
+    "share",
 )
 
 
@@ -80,7 +87,8 @@ class ResetConfig:
 
     method: StrategySpec = "none"
     """none, redo, regrama (GraMa at the pre-activation), regrama_activation, regrama_weight,
-    shrink_perturb, full_reset, or `package.module:attribute`; from Python, a strategy object."""
+    shrink_perturb, full_reset, cbp (continual backprop), reborn, or `package.module:attribute`; from
+    Python, a strategy object."""
     networks: tuple[str, ...] = ("critic",)
     """Networks reset: critic, actor (bro also: optimistic_actor)."""
     tau: float | None = None
@@ -109,6 +117,18 @@ class ResetConfig:
     """full_reset: the update counts of the resets (instead of every)."""
     reset_optimizer: bool | None = None
     """shrink_perturb / full_reset: start the optimizer state afresh."""
+    replacement_rate: float | None = None
+    """cbp: fraction of the mature units replaced per update, in (0, 1) (default 1e-4)."""
+    maturity: int | None = None
+    """cbp: updates a unit must have lived before it can be replaced (default 100)."""
+    decay: float | None = None
+    """cbp: decay of the utility's running average, in [0, 1) (default 0.99)."""
+    bias_correction: bool | None = None
+    """cbp: consumers' biases absorb a replaced unit's mean contribution (default True)."""
+    overactive: float | None = None
+    """reborn: units scoring above it give their weights to dormant ones (default 1.0)."""
+    share: float | None = None
+    """reborn: the dormant unit's share of its donor's outgoing weights (default 0.5)."""
 
     def given(self) -> dict[str, Any]:
         """The strategy options set here (the others take the preset's defaults)."""

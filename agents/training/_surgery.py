@@ -141,7 +141,8 @@ class Surgery:
     def _log(
         self, anatomy: ns.Anatomy, observation: ns.Observation, states: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Array]]:
-        """Each metric's inactive ratio (score <= tau) per hidden layer and over the network."""
+        """Each metric's inactive ratio (score <= tau) per hidden layer and over the network,
+        and the whole-layer figures of metrics that have them."""
         out: dict[str, Array] = {}
         new = {}
         hidden = {g.name for g in anatomy.hidden}
@@ -152,4 +153,9 @@ class Surgery:
                 out[f"{metric.name}/{group}"] = jnp.mean(ns.inactive_ratio(mask))
             if flagged:
                 out[metric.name] = jnp.mean(ns.network_inactive_ratio(flagged))
+            figures = getattr(metric, "figures", None)
+            if figures is not None:  # whole-layer figures (a layer's rank), logged as they are
+                out.update(
+                    {f"{metric.name}/{k}": v for k, v in figures(anatomy, observation).items()}
+                )
         return new, out

@@ -39,9 +39,9 @@ class TrainCommand(TrainConfig):
 
 @dataclass(frozen=True)
 class SweepCommand:
-    """Train a study: the runs of a grid read from a study file, each in its own folder under
-    --out. Run again, it skips finished runs, resumes killed ones from their checkpoints and
-    retries failed ones only with --retry-failed."""
+    """Train a study: the runs of a grid read from a study file, each in its own run folder.
+    Run again, it skips finished runs, resumes killed ones from their checkpoints and retries
+    failed ones only when asked."""
 
     study: tyro.conf.Positional[str | None] = None
     """The study file (TOML; YAML where PyYAML is installed). Without it, the study saved in
@@ -58,15 +58,120 @@ class SweepCommand:
     """The options shared by every run (replaces the study file's [base] options given here)."""
 
 
+@dataclass(frozen=True)
+class ReportCommand:
+    """Tables, figures, report.md and report.html from the finished runs under the folders."""
+
+    folders: tyro.conf.Positional[tuple[str, ...]]
+    """Run folders, or folders of runs (a study)."""
+    out: str = "report"
+    """Folder the report is written to."""
+    baseline: tuple[str, ...] = ()
+    """Tidy results files (exp_name, env_name, seed, metric, env_step, value) put beside the runs,
+    e.g. published baselines."""
+    baseline_metric: str | None = None
+    """The baseline files' name of the evaluation return (default: eval/episode_return)."""
+    normalise_by: str | None = None
+    """A method (exp_name, e.g. sac or bro+regrama) every method's scores are normalised to."""
+    last_k: int = 1
+    """Score of a seed: the mean of its last k evaluation returns."""
+    name_by: tuple[str, ...] = ()
+    """Options that tell methods apart besides agent and reset method (e.g. sac.critic.width)."""
+    against: tuple[str, ...] = ()
+    """Numeric options to plot the final score against (bro.critic-blocks, reset.tau)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+
+def _report(cmd: ReportCommand) -> int:
+    import warnings
+
+    from ..reporting import report
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            done = report(
+                [Path(f) for f in cmd.folders],
+                Path(cmd.out),
+                baselines=[Path(b) for b in cmd.baseline],
+                baseline_metric=cmd.baseline_metric,
+                normalise_by=cmd.normalise_by,
+                last_k=cmd.last_k,
+                name_by=[n.replace("-", "_") for n in cmd.name_by],
+                against=[n.replace("-", "_") for n in cmd.against],
+                seed=cmd.seed,
+            )
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 2
+    print(done.markdown)
+    print(f"\nreport: {done.html}")
+    return 0
+
+
+@dataclass(frozen=True)
+class InspectCommand:
+    """Score every metric on a run's checkpoint, on its own replay data."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run folder (its checkpoint and config.json)."""
+    out: str | None = None
+    """Folder for inspect.md, inspect.json and quadrants.png (default: RUN_DIR/inspect)."""
+    against: str | None = None
+    """A second checkpoint file of the run: which flagged units are still flagged there."""
+    metrics: tuple[str, ...] = ()
+    """Metrics to score (default: every named metric)."""
+    networks: tuple[str, ...] = ()
+    """Networks to inspect (default: the run's --surgery.networks)."""
+    tau: float = 0.0
+    """A unit is flagged when its score is <= tau."""
+    batch_size: int = 256
+    """Replay samples scored."""
+    seed_index: int = 0
+    """Which of the run's seeds (position in its --seeds)."""
+
+
+def _inspect(cmd: InspectCommand) -> int:
+    import neurosurgery as ns
+
+    from ..reporting import inspect
+
+    try:
+        done = inspect(
+            Path(cmd.run_dir),
+            None if cmd.out is None else Path(cmd.out),
+            against=None if cmd.against is None else Path(cmd.against),
+            metrics=cmd.metrics or tuple(ns.METRICS),
+            networks=cmd.networks or None,
+            tau=cmd.tau,
+            batch_size=cmd.batch_size,
+            seed_index=cmd.seed_index,
+        )
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 2
+    print(done.markdown)
+    print("written: " + ", ".join(str(f) for f in done.files))
+    return 0
+
+
 def _config(cmd: TrainCommand) -> TrainConfig:
     fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**fields)
 
 
-def parse(args: Sequence[str]) -> TrainCommand | SweepCommand:
+def parse(args: Sequence[str]) -> TrainCommand | SweepCommand | ReportCommand | InspectCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
     return tyro.extras.subcommand_cli_from_dict(
-        {"train": TrainCommand, "sweep": SweepCommand}, args=list(args), prog="neurosurgery"
+        {
+            "train": TrainCommand,
+            "sweep": SweepCommand,
+            "report": ReportCommand,
+            "inspect": InspectCommand,
+        },
+        args=list(args),
+        prog="neurosurgery",
     )
 
 
@@ -172,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     cmd = parse(args)
+    if isinstance(cmd, ReportCommand):
+        return _report(cmd)
+    if isinstance(cmd, InspectCommand):
+        return _inspect(cmd)
     if not isinstance(cmd, TrainCommand):  # `neurosurgery sweep` is handled above
         return sweep_main(args[1:])
     given = {_flag(a) for a in args if a.startswith("--")}

@@ -193,7 +193,11 @@ def test_presets_and_their_options():
         "regrama_weight",
         "shrink_perturb",
         "full_reset",
+        "cbp",
+        "reborn",
     }
+    cbp = ns.strategy("cbp", replacement_rate=0.01, maturity=5, every=10, bias_correction=False)
+    assert cbp == ns.CBP(0.01, 5, 0.99, False, ns.Schedule(10))
     regrama = ns.strategy("regrama_weight", tau=0.01, every=500, max_fraction=0.05)
     assert isinstance(regrama, ns.Resetter) and regrama.name == "regrama_weight"
     assert regrama.metric == ns.GraMa("weight") and regrama.schedule == ns.Schedule(500)

@@ -1,0 +1,388 @@
+"""`neurosurgery report`: one folder of results from any runs — a tidy results file, tables with
+honest statistics, figures, and a self-contained `report.md` and `report.html`."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._results import RETURN, Row, Run, find_runs, option, read_rows, rows_of, write_rows
+from ._stats import MIN_SEEDS, FewSeedsWarning, iqm, normalised, stratified_bootstrap
+
+
+@dataclasses.dataclass
+class Report:
+    """What `report` wrote: the folder, the runs read and those left out as partial."""
+
+    out: Path
+    runs: list[Run]
+    partial: list[Run]
+    markdown: str
+    notes: list[str]
+
+    @property
+    def html(self) -> Path:
+        return self.out / "report.html"
+
+
+def final_scores(rows: Sequence[Row], last_k: int = 1) -> dict[tuple[str, str], dict[int, float]]:
+    """{(exp_name, env_name): {seed: mean of the seed's last `last_k` evaluation returns}}."""
+    if last_k < 1:
+        raise ValueError(f"last_k must be at least 1, got {last_k}")
+    points: dict[tuple[str, str, int], list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        if r.metric == RETURN:
+            points[(r.exp_name, r.env_name, r.seed)].append((r.env_step, r.value))
+    out: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for (e, env, seed), p in sorted(points.items()):
+        p.sort()
+        out[(e, env)][seed] = float(np.mean([v for _, v in p[-last_k:]]))
+    return dict(out)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _bootstrap(scores: np.ndarray, seed: int) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewSeedsWarning)  # flagged per cell instead
+        return str(stratified_bootstrap(scores, iqm, seed=seed))
+
+
+def report(
+    folders: Sequence[Path],
+    out: Path,
+    *,
+    baselines: Sequence[Path] = (),
+    baseline_metric: str | None = None,
+    normalise_by: str | None = None,
+    last_k: int = 1,
+    name_by: Sequence[str] = (),
+    against: Sequence[str] = (),
+    seed: int = 0,
+) -> Report:
+    """Read every run under `folders`, write `results.csv`, figures, `report.md` and
+    `report.html` to `out`.
+
+    Finished runs are reported; runs still in progress (or killed) are listed as partial and
+    left out of every table and figure. `baselines`: tidy results files (e.g. SimbaV2's
+    published baselines) put beside the runs; their return metric is `baseline_metric`
+    (default: ours, `eval/episode_return`). `normalise_by`: a method (exp_name) to which every
+    method's scores are normalised per task (Table 8 format) and aggregated (IQM of normalised
+    scores with stratified-bootstrap 95 % CIs) and drawn as box plots. `against`: run options
+    (dotted paths, e.g. `bro.critic_blocks` for a scaling study, `reset.tau` for a threshold
+    sweep) each giving a figure of the final score against the option's value, per task and
+    method.
+
+    Raises:
+        FileNotFoundError: a folder holds no run.
+        ValueError: no finished run; a baseline file in another format or without the return
+            metric; `normalise_by` names a method absent from a task.
+    """
+    runs = find_runs(folders, tuple(dict.fromkeys((*name_by, *against))))
+    for key in against:
+        for r in runs:
+            value = option(r.config, key, "--against")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(
+                    f"--against {key!r}: {value!r} (in {r.path}) is not a number; plot against "
+                    "a numeric option, e.g. bro.critic_blocks or reset.tau"
+                )
+    _check_distinct(runs)
+    finished = [r for r in runs if r.finished]
+    partial = [r for r in runs if not r.finished]
+    if not finished:
+        raise ValueError(
+            f"none of the {len(runs)} runs under {[str(f) for f in folders]} has finished "
+            f"(partial: {[str(r.path) for r in partial]}); report them once they have, or "
+            "resume them with `neurosurgery train --resume RUN_DIR`"
+        )
+    by_run = {r.path: rows_of(r) for r in finished}
+    rows = [row for r in finished for row in by_run[r.path]]
+    for path in baselines:
+        extra = read_rows(path)
+        metric = baseline_metric or RETURN
+        if not any(r.metric == metric for r in extra):
+            raise ValueError(
+                f"{path} has no rows of metric {metric!r}; its metrics are "
+                f"{sorted({r.metric for r in extra})}: name its return with --baseline-metric"
+            )
+        rows += [dataclasses.replace(r, metric=RETURN) if r.metric == metric else r for r in extra]
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(rows, out / "results.csv")
+    scores = final_scores(rows, last_k)
+    methods = sorted({e for e, _ in scores})
+    tasks = sorted({t for _, t in scores})
+    notes: list[str] = []
+    md = ["# Results", ""]
+    md.append(
+        f"{len(finished)} finished runs under {', '.join(str(f) for f in folders)}"
+        + (f"; baselines: {', '.join(str(b) for b in baselines)}" if baselines else "")
+        + f". Score: mean of the last {last_k} evaluation return(s) of each seed."
+    )
+    if partial:
+        md += ["", "Partial runs (in progress or killed), left out of every table and figure:"]
+        md += [f"- `{r.path}`" for r in partial]
+    md += ["", "## Per task", ""]
+    for task in tasks:
+        body = []
+        for m in methods:
+            s = scores.get((m, task))
+            if not s:
+                continue
+            x = np.array(list(s.values()))
+            few = " (fewer than 5 seeds)" if len(x) < MIN_SEEDS else ""
+            if few:
+                notes.append(f"{m} on {task}: {len(x)} seeds; its interval is too narrow to trust")
+            body.append(
+                (
+                    m,
+                    str(len(x)),
+                    f"{x.mean():.1f} ± {x.std():.1f}",
+                    _bootstrap(x[:, None], seed) + few,
+                )
+            )
+        md += [f"### {task}", "", _table(("method", "seeds", "mean ± std", "IQM [95 % CI]"), body)]
+        md.append("")
+    figures = []
+    if normalise_by is not None:
+        section, per_seed = _normalised_section(scores, methods, tasks, normalise_by, seed)
+        md += section
+        figures.append(_boxes(per_seed, normalise_by, out / "normalised.png"))
+    figures = _figures(rows, out, methods, tasks) + figures
+    for key in against:
+        figures.append(_against(finished, by_run, key, last_k, out))
+    if figures:
+        md += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    text = "\n".join(md)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(_html(text, out))
+    return Report(out, finished, partial, text, notes)
+
+
+def _flat_options(value: object, prefix: str = "") -> dict[str, object]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            out |= _flat_options(getattr(value, f.name), f"{prefix}{f.name}.")
+        return out
+    return {prefix[:-1]: value}
+
+
+def _check_distinct(runs: Sequence[Run]) -> None:
+    """Two runs of one method on one task with a seed in common would be mixed in its cell."""
+    seen: dict[tuple[str, str, int], Run] = {}
+    for r in runs:
+        for s in r.seeds:
+            other = seen.setdefault((r.exp_name, r.env_name, s), r)
+            if other is r:
+                continue
+            a, b = _flat_options(other.config), _flat_options(r.config)
+            skip = ("run_dir", "sinks", "progress", "env_workers", "steps")
+            differ = sorted(k for k in a if a.get(k) != b.get(k) and not k.startswith(skip))
+            raise ValueError(
+                f"{other.path} and {r.path} are both {r.exp_name!r} on {r.env_name} with seed "
+                f"{s}: their results would be mixed. Tell them apart with --name-by "
+                f"{' '.join(differ[:3]) or 'OPTION'} (the options they differ in: "
+                f"{differ or 'none: the same run twice'})"
+            )
+
+
+def _normalised_section(scores, methods, tasks, base: str, seed: int):
+    missing = [t for t in tasks if not scores.get((base, t))]
+    if base not in methods or missing:
+        have = sorted(t for t in tasks if scores.get((base, t)))
+        raise ValueError(
+            f"--normalise-by {base!r}: the method has no finished runs on {missing or tasks} "
+            f"(its tasks: {have}; methods: {methods}); normalise by a method run on every task"
+        )
+    body, per_seed = [], {}
+    for m in methods:
+        common = [t for t in tasks if scores.get((m, t))]
+        seeds = sorted(set.intersection(*(set(scores[(m, t)]) for t in common)))
+        if not seeds:
+            continue
+        mine = np.array([[scores[(m, t)][s] for t in common] for s in seeds])
+        ref = [list(scores[(base, t)].values()) for t in common]
+        ref_mean = np.array([np.mean(r) for r in ref])
+        ratio = normalised(mine, ref_mean[None, :])
+        per_seed[m] = (mine / ref_mean).mean(axis=1)
+        body.append(
+            (m, ", ".join(common), str(len(seeds)), str(ratio), _bootstrap(mine / ref_mean, seed))
+        )
+    return [
+        f"## Normalised to {base}",
+        "",
+        "Each seed's score over the mean of the baseline's seeds on the same task, averaged over "
+        "tasks (mean ± std over seeds), and the IQM over runs and tasks of those normalised "
+        "scores with a stratified-bootstrap 95 % interval (Agarwal et al. 2021).",
+        "",
+        _table(("method", "tasks", "seeds", f"score / {base}", "IQM [95 % CI]"), body),
+        "",
+    ], per_seed
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _boxes(per_seed: dict[str, np.ndarray], base: str, path: Path) -> str:
+    """Box plots of each method's per-seed normalised score (the paper's Fig. 10)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.6 * len(per_seed) + 2, 3.6))
+    ax.boxplot(list(per_seed.values()), showmeans=True)
+    ax.set_xticks(range(1, len(per_seed) + 1), list(per_seed), rotation=20, fontsize=8)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(ylabel=f"score / {base}", title="normalised score per seed (mean over tasks)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _against(runs: list[Run], by_run: dict, key: str, last_k: int, out: Path) -> str:
+    """Final score against the value of run option `key`, per task and method, mean and 95 %
+    interval over seeds (a scaling study, Fig. 9; a τ sweep, Fig. 13)."""
+    plt = _plt()
+    points: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        value = option(r.config, key, "--against")
+        assert isinstance(value, int | float)  # checked in `report`
+        name = " ".join(
+            p for p in r.exp_name.split(" ") if not p.startswith(key.rsplit(".")[-1] + "=")
+        )
+        for (_, task), s in final_scores(by_run[r.path], last_k).items():
+            points[(name, task)][float(value)] += list(s.values())
+    tasks = sorted({t for _, t in points})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for (name, t), by_value in sorted(points.items()):
+            if t != task:
+                continue
+            xs = sorted(by_value)
+            m = np.array([np.mean(by_value[x]) for x in xs])
+            half = np.array(
+                [
+                    1.96 * np.std(by_value[x], ddof=1) / np.sqrt(len(by_value[x]))
+                    if len(by_value[x]) > 1
+                    else 0
+                    for x in xs
+                ]
+            )
+            ax.errorbar(xs, m, yerr=half, marker="o", capsize=3, label=name)
+        ax.set(title=task, xlabel=key, ylabel="final evaluation return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = f"against_{key.replace('.', '_')}.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str]) -> list[str]:
+    plt = _plt()
+
+    curves: dict[tuple[str, str, str], dict[int, list[tuple[int, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for r in rows:
+        curves[(r.metric, r.exp_name, r.env_name)][r.seed].append((r.env_step, r.value))
+    written = []
+
+    def band(ax, by_seed, label, color):
+        steps = sorted(set.intersection(*(set(s for s, _ in p) for p in by_seed.values())))
+        if not steps:
+            return
+        values = np.array([[dict(p)[s] for s in steps] for p in by_seed.values()])
+        m = values.mean(axis=0)
+        half = 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0
+        ax.plot(steps, m, label=f"{label} ({len(values)} seeds)", color=color)
+        ax.fill_between(steps, m - half, m + half, alpha=0.2, color=color)
+
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for m in methods:
+            if curves.get((RETURN, m, task)):
+                band(ax, curves[(RETURN, m, task)], m, colors[m])
+        ax.set(title=task, xlabel="environment steps", ylabel="evaluation return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "returns.png", dpi=110)
+    plt.close(fig)
+    written.append("returns.png")
+    inactive = sorted(
+        {r.metric for r in rows if r.metric.startswith("surgery/") and r.metric.count("/") == 2}
+    )
+    if inactive:
+        fig, axes = plt.subplots(
+            len(inactive), len(tasks), figsize=(5 * len(tasks), 2.8 * len(inactive)), squeeze=False
+        )
+        for i, metric in enumerate(inactive):
+            for ax, task in zip(axes[i], tasks, strict=True):
+                for m in methods:
+                    if curves.get((metric, m, task)):
+                        band(ax, curves[(metric, m, task)], m, colors[m])
+                _, network, name = metric.split("/")
+                ax.set(title=f"{task}: {network}, {name}", ylabel="inactive fraction")
+                ax.legend(fontsize=7)
+        axes[-1][0].set_xlabel("environment steps")
+        fig.tight_layout()
+        fig.savefig(out / "inactive.png", dpi=110)
+        plt.close(fig)
+        written.append("inactive.png")
+    return written
+
+
+def _html(markdown: str, out: Path) -> str:
+    """The report as one HTML file: tables as tables, figures embedded."""
+    parts = ["<!doctype html><meta charset='utf-8'><title>Results</title>"]
+    parts.append(
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}</style>"
+    )
+    lines = markdown.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head, body = block[0], block[2:]
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head))
+            for row in body:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row))
+            parts.append("</table>")
+            continue
+        if line.startswith("!["):
+            name = line[line.index("(") + 1 : line.index(")")]
+            data = base64.b64encode((out / name).read_bytes()).decode()
+            parts.append(f"<p><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            parts.append(f"<li>{html.escape(line[2:])}")
+        elif line:
+            parts.append(f"<p>{html.escape(line)}")
+        i += 1
+    return "\n".join(parts) + "\n"

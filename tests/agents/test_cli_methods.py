@@ -1,0 +1,53 @@
+"""The methods beyond ReDo and ReGraMa from the command line: SAC runs on test/point-mass, and
+their bad options."""
+
+import numpy as np
+import pytest
+
+from agents.training import read_metrics
+from agents.training.cli import main
+
+from .test_cli import TINY
+
+LAYER = "members[0].net.layers[0].linear"
+RUNS = {
+    "cbp": (["--reset.replacement-rate", "0.01", "--reset.maturity", "20"], f"mature/{LAYER}"),
+    "reborn": (["--reset.every", "50", "--reset.share", "0.3"], f"donors/{LAYER}"),
+}
+
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_sac_trains_from_the_command_line(tmp_path, method):
+    run_dir = tmp_path / "run"
+    options, figure = RUNS[method]
+    args = ["--seeds", "0", "--steps", "600", "--no-progress", "--sinks", "csv"]
+    args += ["--reset.method", method, *options]
+    assert main(["train", *TINY, *args, "--run-dir", str(run_dir)]) == 0
+    curves = read_metrics(run_dir / "metrics.csv")
+    values = [v for _, v in curves[f"surgery/critic/{figure}"][0] if np.isfinite(v)]
+    assert values  # the method's own figures were logged
+    assert f"surgery/critic/reset/{LAYER}" in curves
+    if method == "cbp":
+        assert values[-1] > 0  # units lived past maturity: CBP tracked their ages
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--reset.method", "cbp", "--reset.replacement-rate", "1.5"], "replacement_rate=1.5"),
+        (["--reset.method", "cbp", "--reset.maturity", "-1"], "maturity=-1 is invalid"),
+        (["--reset.method", "cbp", "--reset.decay", "1"], "decay=1.0 is invalid"),
+        (["--reset.method", "cbp", "--reset.tau", "0.1"], "tau do not apply to the cbp strategy"),
+        (
+            ["--reset.method", "regrama", "--reset.maturity", "5"],
+            "maturity do not apply to the regrama strategy",
+        ),
+        (["--reset.method", "reborn", "--reset.share", "1"], "share=1.0 is invalid"),
+        (["--reset.method", "reborn", "--reset.maturity", "5"], "maturity do not apply"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
