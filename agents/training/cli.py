@@ -39,9 +39,9 @@ class TrainCommand(TrainConfig):
 
 @dataclass(frozen=True)
 class SweepCommand:
-    """Train a study: the runs of a grid read from a study file, each in its own folder under
-    --out. Run again, it skips finished runs, resumes killed ones from their checkpoints and
-    retries failed ones only with --retry-failed."""
+    """Train a study: the runs of a grid read from a study file, each in its own run folder.
+    Run again, it skips finished runs, resumes killed ones from their checkpoints and retries
+    failed ones only when asked."""
 
     study: tyro.conf.Positional[str | None] = None
     """The study file (TOML; YAML where PyYAML is installed). Without it, the study saved in

@@ -41,8 +41,11 @@ def test_a_study_on_slurm_survives_scancel_and_matches_a_local_study(
     slurm, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
-    text = BASE.replace("steps = 1000", "steps = 2000") + (
-        '\n[grid]\nreset = [{ method = "none" }, { method = "regrama", every = 50 }]\n'
+    # the cancelled run is long enough to outlast Slurm's KillWait (2 s from scancel's SIGTERM,
+    # which submitit's jobs ignore, to its SIGKILL), so that it is stopped mid-run
+    text = BASE + (
+        '\n[[grid.run]]\nreset = { method = "none" }\n'
+        '\n[[grid.run]]\nreset = { method = "regrama", every = 50 }\nsteps = 8000\n'
         '\n[launcher]\nkind = "slurm"\ntime_min = 20\n'
     )
     file = tmp_path / "study.toml"
@@ -55,7 +58,7 @@ def test_a_study_on_slurm_survives_scancel_and_matches_a_local_study(
     driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
     driver.start()
     cancelled = None
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 400
     while driver.is_alive() and cancelled is None and time.monotonic() < deadline:
         ckpt = victim / CHECKPOINT
         mid_run = ckpt.exists() and not (victim / "summary.json").exists()
