@@ -9,8 +9,6 @@ import pytest
 import neurosurgery as ns
 from agents.networks import BroCritic, BroNet, Denoiser
 
-pytestmark = pytest.mark.newest  # the tracer reads JAX's programs: all of it on the newest JAX
-
 
 def owners(group: ns.NeuronGroup, role: str) -> dict[str, np.ndarray]:
     """Leaf path -> owning unit of every leaf entry (-1 where not owned)."""
@@ -37,6 +35,7 @@ def assert_owners(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -
         np.testing.assert_array_equal(got[path], want, err_msg=path)
 
 
+@pytest.mark.newest
 @pytest.mark.parametrize("activation", [jax.nn.relu, jnp.tanh, jax.nn.mish, jax.nn.gelu])
 def test_mlp(activation, getkey):
     mlp = eqx.nn.MLP(3, 2, 5, 2, activation=activation, key=getkey())
@@ -240,6 +239,7 @@ def test_two_heads_on_a_shared_trunk(getkey, zoo):
     assert policy.output and value.output and trunk.hidden and not trunk.shared
 
 
+@pytest.mark.newest
 def test_twin_critics_stacked_with_vmap(getkey):
     """One group per layer with a leading member axis: unit (m, k) owns member m's row k."""
     w, members = 4, 2
@@ -360,6 +360,7 @@ class WithTrunk(eqx.Module):
         return self.head(self.trunk(x))
 
 
+@pytest.mark.newest
 def test_scan_over_stacked_layers_is_followed(getkey):
     """A scan over stacked weights: one group with a leading layer axis; unit (l, i) owns row i
     of layer l, and its outgoing weights are column i of layer l + 1 (or of the head)."""
@@ -442,6 +443,7 @@ class Indexing(eqx.Module):
         return self.l2(a) + self.l3(placed)
 
 
+@pytest.mark.newest
 def test_split_gather_and_update_slices(getkey):
     k = jax.random.split(getkey(), 3)
     model = Indexing(
@@ -467,6 +469,7 @@ class Stacking(eqx.Module):
         return self.l2(b) + self.l3(jnp.tile(a, 2))  # l3 sees units (0, 1, 0, 1)
 
 
+@pytest.mark.newest
 def test_stack_unstack_and_tile(getkey):
     k = jax.random.split(getkey(), 3)
     model = Stacking(

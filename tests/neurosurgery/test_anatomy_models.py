@@ -6,11 +6,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import neurosurgery as ns
 
 from .archs import draw
 from .test_anatomy import assert_owners, cols, owners, rows
+
+pytestmark = pytest.mark.newest  # many kinds of JAX programs: all of them on the newest JAX
 
 
 def batch(key, n, *shape):
