@@ -82,6 +82,14 @@ def _load(run_dir: Path, checkpoint: Path, trainer: Trainer) -> tuple[Any, int]:
     return ts, int(header.get("env_steps", 0))
 
 
+#: named metrics that apply only to layers with one activation (tanh, sigmoid): scored only when
+#: asked for by name, since on other layers they refuse (see `ns.Saturation`)
+ACTIVATION_SPECIFIC = ("saturation_tanh", "saturation_sigmoid")
+
+#: what `inspect` scores by default: every named metric that applies to any layer
+DEFAULT_METRICS = tuple(n for n in ns.METRICS if n not in ACTIVATION_SPECIFIC)
+
+
 def _scores_of(trainer, ts, seed_index, metrics, networks, batch_size, key):
     one = jax.tree.map(lambda x: x[seed_index], ts)
     k_batch, k_obj = jax.random.split(key)
@@ -112,14 +120,15 @@ def inspect(
     out: Path | None = None,
     *,
     against: Path | None = None,
-    metrics: Sequence[str] = tuple(ns.METRICS),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     networks: Sequence[str] | None = None,
     tau: float = 0.0,
     batch_size: int = 256,
     seed_index: int = 0,
     key: int = 0,
 ) -> Inspection:
-    """Score every metric of `metrics` on the run's checkpoint (seed `seed_index` of the run),
+    """Score every metric of `metrics` (default: every named metric but the activation-specific
+    ones, `ACTIVATION_SPECIFIC`, which score tanh or sigmoid layers only) on the run's checkpoint (seed `seed_index` of the run),
     on a batch of its replay buffer, and write `inspect.md`, `inspect.json` and
     `quadrants.png` to `out` (default: `run_dir/inspect`).
 

@@ -243,14 +243,16 @@ class Trainer:
     def _jit_cached(self) -> None:
         """Reuse the compiled functions of an earlier trainer with the same program in-process.
 
-        The functions depend on the configuration (seed values and runtime options aside), not
-        on the seeds themselves, so a resumed run or a repeated call does not compile again.
+        The functions depend on the configuration (seed values and runtime options aside) and
+        on `compiler_options`, not on the seeds themselves, so a resumed run or a repeated call
+        does not compile again.
         """
         if not self.jittable:
             self._aot: dict[str, Any] = {}
             self._jit()
             return
-        key = _program_key(self.config)
+        options = tuple(sorted((self.compiler_options or {}).items()))
+        key = (_program_key(self.config), options)
         names = ("_init", "_finite", "_segment", "_warmup", "_evaluate", "_aot")
         if key not in _JIT_CACHE:
             self._aot = {}

@@ -121,7 +121,8 @@ class InspectCommand:
     against: str | None = None
     """A second checkpoint file of the run: which flagged units are still flagged there."""
     metrics: tuple[str, ...] = ()
-    """Metrics to score (default: every named metric)."""
+    """Metrics to score (default: every named metric but saturation_tanh and saturation_sigmoid,
+    which apply to tanh or sigmoid layers only)."""
     networks: tuple[str, ...] = ()
     """Networks to inspect (default: the run's --surgery.networks)."""
     tau: float = 0.0
@@ -133,16 +134,15 @@ class InspectCommand:
 
 
 def _inspect(cmd: InspectCommand) -> int:
-    import neurosurgery as ns
-
     from ..reporting import inspect
+    from ..reporting._inspect import DEFAULT_METRICS
 
     try:
         done = inspect(
             Path(cmd.run_dir),
             None if cmd.out is None else Path(cmd.out),
             against=None if cmd.against is None else Path(cmd.against),
-            metrics=cmd.metrics or tuple(ns.METRICS),
+            metrics=cmd.metrics or DEFAULT_METRICS,
             networks=cmd.networks or None,
             tau=cmd.tau,
             batch_size=cmd.batch_size,

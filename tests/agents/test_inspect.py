@@ -8,6 +8,7 @@ import pytest
 
 from agents import train
 from agents.reporting import inspect, jaccard, quadrants
+from agents.reporting._inspect import DEFAULT_METRICS
 from agents.training.cli import main
 
 from .conftest import BASE
@@ -41,7 +42,7 @@ def test_inspect_a_checkpoint(run_dir, tmp_path):
     got = inspect(run_dir, tmp_path / "out", against=against, batch_size=32)
     assert got.env_steps == 400 and got.seed == 0
     critic = got.inactive["critic"]
-    assert set(critic) >= {"grama", "dormant", "utility", "weight_norm"}
+    assert set(critic) == set(DEFAULT_METRICS) and "saturation_tanh" not in critic
     for metric, layers in critic.items():
         ratios = [v for k, v in layers.items() if k != "network"]
         assert all(0 <= v <= 1 for v in ratios), metric

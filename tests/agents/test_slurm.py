@@ -1,8 +1,9 @@
 """`neurosurgery sweep` on a real Slurm: a one-node cluster on this machine, started by
-scripts/slurm-one-node.sh (Debian's slurm-wlm and munge), a job cancelled mid-run with
-`scancel`, and the same records as a local study."""
+scripts/slurm-one-node.sh (Debian's slurm-wlm and munge), a job killed mid-run and cancelled,
+and the same records as a local study."""
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -37,15 +38,16 @@ def slurm():
     assert stopped.returncode == 0, stopped.stderr
 
 
-def test_a_study_on_slurm_survives_scancel_and_matches_a_local_study(
+def test_a_study_on_slurm_survives_a_killed_job_and_matches_a_local_study(
     slurm, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
-    # the cancelled run is long enough to outlast Slurm's KillWait (2 s from scancel's SIGTERM,
-    # which submitit's jobs ignore, to its SIGKILL), so that it is stopped mid-run
+    # the run's training process is killed (SIGKILL: a node lost, the OOM killer) and its job
+    # cancelled: a plain `scancel` alone sends SIGCONT and SIGTERM, which submitit's jobs ignore,
+    # and SIGKILL only after KillWait, time in which a fast machine can finish the run
     text = BASE + (
         '\n[[grid.run]]\nreset = { method = "none" }\n'
-        '\n[[grid.run]]\nreset = { method = "regrama", every = 50 }\nsteps = 8000\n'
+        '\n[[grid.run]]\nreset = { method = "regrama", every = 50 }\nsteps = 2000\n'
         '\n[launcher]\nkind = "slurm"\ntime_min = 20\n'
     )
     file = tmp_path / "study.toml"
@@ -63,8 +65,10 @@ def test_a_study_on_slurm_survives_scancel_and_matches_a_local_study(
         ckpt = victim / CHECKPOINT
         mid_run = ckpt.exists() and not (victim / "summary.json").exists()
         if mid_run and read_header(ckpt)["env_steps"] >= 400:
-            cancelled = read_state(out, runs[1].name)["job_id"]
-            subprocess.run(["scancel", cancelled], check=True)
+            state = read_state(out, runs[1].name)
+            cancelled = state["job_id"]
+            os.kill(state["pid"], signal.SIGKILL)  # the job's training process, mid-run
+            subprocess.run(["scancel", cancelled], capture_output=True)  # and its job
         time.sleep(0.01)
     driver.join(timeout=300)
     assert cancelled is not None, "the run finished before its job could be cancelled"

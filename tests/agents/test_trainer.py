@@ -435,3 +435,18 @@ def test_a_checkpoint_header_without_counters_is_refused(full_run, tmp_path):
     agents.save_checkpoint(ckpt, state, {"config": header["config"]})
     with pytest.raises(agents.CheckpointError, match="lacks env_steps, updates in its header"):
         agents.train(dataclasses.replace(config, run_dir=str(run_dir)), resume=True)
+
+
+def test_compiled_functions_are_shared_only_under_the_same_compiler_options(
+    base_config, monkeypatch
+):
+    """Trainers of one program share their compiled functions in-process, but a trainer under
+    other `compiler_options` compiles its own: options set later are never ignored."""
+    config = dataclasses.replace(base_config, seeds=(7,))
+    monkeypatch.setattr(agents.Trainer, "compiler_options", None)
+    plain = agents.Trainer(config)
+    assert agents.Trainer(dataclasses.replace(config, seeds=(3,)))._segment is plain._segment
+    monkeypatch.setattr(agents.Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
+    level0 = agents.Trainer(config)
+    assert level0._segment is not plain._segment
+    assert agents.Trainer(config)._segment is level0._segment
