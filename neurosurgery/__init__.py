@@ -12,6 +12,9 @@ from ._cbp import CBPState as CBPState
 from ._compare import Comparison as Comparison
 from ._compare import compare as compare
 from ._compare import score_all as score_all
+from ._cpr import CPR as CPR
+from ._cpr import CPRState as CPRState
+from ._cpr import cpr_fraction as cpr_fraction
 from ._declare import DeclaredGroup as DeclaredGroup
 from ._errors import AnatomyError as AnatomyError
 from ._groups import LeafSlice as LeafSlice
@@ -51,6 +54,7 @@ from ._optstate import adam_per_entry as adam_per_entry
 from ._optstate import adamw_per_entry as adamw_per_entry
 from ._optstate import reset_optimizer_state as reset_optimizer_state
 from ._optstate import scale_by_adam_per_entry as scale_by_adam_per_entry
+from ._optstate import scale_optimizer_state as scale_optimizer_state
 from ._presets import METRICS as METRICS
 from ._presets import STRATEGIES as STRATEGIES
 from ._presets import metric as metric

@@ -29,6 +29,7 @@ __all__ = [
     "adamw_per_entry",
     "reset_optimizer_state",
     "scale_by_adam_per_entry",
+    "scale_optimizer_state",
 ]
 
 _FIX_STATE = (
@@ -203,6 +204,35 @@ def reset_optimizer_state(
             "or scale_by_adam_per_entry, or pass reset_count=False"
         )
     return new_state
+
+
+def scale_optimizer_state(
+    optimizer: Initable, opt_state: PyTree, params: PyTree, factors: PyTree
+) -> PyTree:
+    """Multiply the optimizer's per-entry memory by `factors`, entry by entry.
+
+    Every floating-point, parameter-shaped array in the state (found as
+    [`reset_optimizer_state`][neurosurgery.reset_optimizer_state] finds them) is multiplied by
+    the factor of its parameter entry; integer entries (per-entry step counts) and entries that
+    are not parameter-shaped are kept. `factors` has params' structure, each leaf an array of
+    the parameter's shape or `None` (kept). A factor of 0 is a reset of the entry, 1 keeps it.
+    """
+    _check_state(optimizer, opt_state, params)
+
+    def scale_leaf(leaf: Any, factor: Any) -> Any:
+        if leaf is None or factor is None or isinstance(leaf, optax.MaskedNode):
+            return leaf
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact) or jnp.shape(leaf) != jnp.shape(factor):
+            return leaf
+        return leaf * jnp.asarray(factor, leaf.dtype)
+
+    return optax.tree_utils.tree_map_params(
+        optimizer,
+        scale_leaf,
+        opt_state,
+        factors,
+        is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode),
+    )
 
 
 class ScaleByAdamPerEntryState(NamedTuple):

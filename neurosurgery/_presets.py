@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cbp import CBP
+from ._cpr import CPR
 from ._metrics import (
     GXD,
     Dormant,
@@ -186,6 +187,31 @@ def _reborn(
     return ReBorn(tau, overactive, share, schedule=Schedule(every, start, end))
 
 
+def _cpr(
+    replacement_rate: float = 0.015,
+    sharpness: float = 16.0,
+    threshold: float = 1.0,
+    decay: float = 0.99,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+    include_shared: bool = False,
+    optimizer_state: str = "keep",
+) -> Strategy:
+    """cpr: calibrated partial resets, every `every` updates each hidden unit moved towards
+    fresh weights by ρ · min(1, 2σ(−sharpness · (s̄ − threshold))), s̄ its running GraMa
+    (weight-gradient) score, and its outgoing weights decayed by the same fraction."""
+    return CPR(
+        replacement_rate,
+        sharpness,
+        threshold,
+        decay,
+        schedule=Schedule(every, start, end),
+        include_shared=include_shared,
+        optimizer_state=optimizer_state,
+    )
+
+
 #: strategy presets by name: each takes keyword options (see `strategy_options`)
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "redo": _unit_reset(Dormant(), "redo"),
@@ -196,6 +222,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "full_reset": _full_reset,
     "cbp": _cbp,
     "reborn": _reborn,
+    "cpr": _cpr,
 }
 
 
