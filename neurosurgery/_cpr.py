@@ -178,7 +178,7 @@ class CPR:
             params, static = eqx.partition(model, eqx.is_array)
             leaves = anatomy._leaves(model)
             fresh = anatomy._leaves(_fresh_params(anatomy, model, init, key))
-            old = [jnp.ones_like(x) if eqx.is_inexact_array(x) else None for x in leaves]
+            old: list[Any] = [jnp.ones_like(x) if eqx.is_inexact_array(x) else None for x in leaves]
             for g in groups:
                 f = fraction[g.name]
                 for s in g.outgoing:
