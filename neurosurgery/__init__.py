@@ -25,6 +25,9 @@ from ._init import lecun_normal as lecun_normal
 from ._init import orthogonal as orthogonal
 from ._init import uniform_fan_in as uniform_fan_in
 from ._init import xavier_uniform as xavier_uniform
+from ._injection import Injected as Injected
+from ._injection import PlasticityInjection as PlasticityInjection
+from ._injection import injectable as injectable
 from ._l2init import L2InitState as L2InitState
 from ._l2init import l2_init as l2_init
 from ._metrics import GXD as GXD

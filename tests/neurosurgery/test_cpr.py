@@ -2,6 +2,7 @@
 scores and keys, the default score's running average, jit and vmap over seeds, bad options."""
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -113,7 +114,8 @@ def test_cpr_against_numpy(moments):
     assert "layers[2]" not in second.state.average
     assert int(second.state.last) == 4
 
-    adam, new_adam = opt_state[0], second.opt_state[0]
+    adam: Any = opt_state[0]  # type: ignore[index]
+    new_adam: Any = second.opt_state[0]  # type: ignore[index]
     assert int(new_adam.count) == int(adam.count)
     for moment in ("mu", "nu"):
         old_m = [np.asarray(layer.weight) for layer in getattr(adam, moment).layers]
