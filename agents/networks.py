@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+import neurosurgery as ns
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
@@ -132,6 +134,29 @@ class MLP(eqx.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(x)
+
+
+def inject_heads(strategy: ns.PlasticityInjection, network: eqx.Module) -> eqx.Module:
+    """`network` with the head of every `MLP` inside it made injectable (plasticity injection:
+    the injected head's parameters exist from the start, so the training state keeps its
+    shapes)."""
+    found = [x for x in jax.tree.leaves(network, is_leaf=_is_mlp) if _is_mlp(x)]
+    if not found:
+        raise ValueError(
+            f"plasticity injection: the {type(network).__name__} holds no MLP whose head could "
+            "be injected"
+        )
+
+    def wrap(x):
+        if not _is_mlp(x):
+            return x
+        return strategy.wrap(x, jnp.zeros(x.layers[0].linear.weight.shape[0]))
+
+    return jax.tree.map(wrap, network, is_leaf=_is_mlp)
+
+
+def _is_mlp(x: object) -> bool:
+    return isinstance(x, MLP)
 
 
 def orthogonal_linear(

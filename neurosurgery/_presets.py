@@ -15,6 +15,7 @@ from typing import Any
 
 from ._cbp import CBP
 from ._cpr import CPR
+from ._injection import PlasticityInjection
 from ._metrics import (
     GXD,
     Dormant,
@@ -212,6 +213,17 @@ def _cpr(
     )
 
 
+def _injection(at: tuple[int, ...] = (100_000,), layers: int = 2) -> Strategy:
+    """injection: plasticity injection at the update count `at` (one), into the last `layers`
+    layers of each network built injectable."""
+    if len(at) != 1:
+        raise ValueError(
+            f"injection: at={tuple(at)!r} is invalid: plasticity injection happens once, at one "
+            "update count (e.g. --reset.at 50000)"
+        )
+    return PlasticityInjection(int(at[0]), layers)
+
+
 #: strategy presets by name: each takes keyword options (see `strategy_options`)
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "redo": _unit_reset(Dormant(), "redo"),
@@ -223,6 +235,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "cbp": _cbp,
     "reborn": _reborn,
     "cpr": _cpr,
+    "injection": _injection,
 }
 
 

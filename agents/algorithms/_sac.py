@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..networks import MLP, NetworkConfig
+from ..networks import MLP, NetworkConfig, inject_heads
 from ._agent import Batch, Objective
 from ._checks import check_fields
 from ._steps import (
@@ -164,6 +164,10 @@ class SAC(ActorCritic):
         ("actor_loss", "actor"),
         ("alpha_loss", "temperature"),
     )
+    #: plasticity injection: the strategy whose injectable heads the networks below carry
+    injection: Any = None
+    #: the networks built with injectable heads (see `injection`)
+    injected: tuple[str, ...] = ()
 
     @property
     def update_cycle(self) -> int:
@@ -199,10 +203,14 @@ class SAC(ActorCritic):
         """A freshly initialised network: the source of re-drawn weights."""
         c, o, a = self.config, self.obs_size, self.action_size
         if name == "actor":
-            return Actor(o, a, c.actor, key)
-        if name == "critic":
-            return TwinCritic(o, a, c.critic, key)
-        raise ValueError(f"sac has no network {name!r}; its networks are critic, actor")
+            network: Any = Actor(o, a, c.actor, key)
+        elif name == "critic":
+            network = TwinCritic(o, a, c.critic, key)
+        else:
+            raise ValueError(f"sac has no network {name!r}; its networks are critic, actor")
+        if self.injection is not None and name in self.injected:
+            network = inject_heads(self.injection, network)
+        return network
 
     def act(
         self, state: SACState, obs: Float[Array, "n o"], key: PRNGKeyArray, deterministic: bool

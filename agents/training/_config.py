@@ -78,6 +78,10 @@ STRATEGY_OPTIONS = (
     "bias_correction",
     "overactive",
     "share",
+    "sharpness",
+    "threshold",
+    "optimizer_state",
+    "layers",
 )
 
 
@@ -87,8 +91,9 @@ class ResetConfig:
 
     method: StrategySpec = "none"
     """none, redo, regrama (GraMa at the pre-activation), regrama_activation, regrama_weight,
-    shrink_perturb, full_reset, cbp (continual backprop), reborn, or `package.module:attribute`; from
-    Python, a strategy object."""
+    shrink_perturb, full_reset, cbp (continual backprop), reborn, cpr (calibrated partial resets),
+    injection (plasticity injection; sac only), or `package.module:attribute`; from Python, a
+    strategy object."""
     networks: tuple[str, ...] = ("critic",)
     """Networks reset: critic, actor (bro also: optimistic_actor)."""
     tau: float | None = None
@@ -114,21 +119,32 @@ class ResetConfig:
     perturb: float | None = None
     """shrink_perturb: factor on fresh weights (default 0.2)."""
     at: tuple[int, ...] | None = None
-    """full_reset: the update counts of the resets (instead of every)."""
+    """full_reset: the update counts of the resets (instead of every); injection: the one
+    update count of the injection (default 100000)."""
     reset_optimizer: bool | None = None
     """shrink_perturb / full_reset: start the optimizer state afresh."""
     replacement_rate: float | None = None
-    """cbp: fraction of the mature units replaced per update, in (0, 1) (default 1e-4)."""
+    """cbp: fraction of the mature units replaced per update, in (0, 1) (default 1e-4); cpr:
+    the largest fraction of the way to fresh weights a unit moves per reset, in (0, 1]
+    (default 0.015)."""
     maturity: int | None = None
     """cbp: updates a unit must have lived before it can be replaced (default 100)."""
     decay: float | None = None
-    """cbp: decay of the utility's running average, in [0, 1) (default 0.99)."""
+    """cbp / cpr: decay of the running average (utility / score), in [0, 1) (default 0.99)."""
     bias_correction: bool | None = None
     """cbp: consumers' biases absorb a replaced unit's mean contribution (default True)."""
     overactive: float | None = None
     """reborn: units scoring above it give their weights to dormant ones (default 1.0)."""
     share: float | None = None
     """reborn: the dormant unit's share of its donor's outgoing weights (default 0.5)."""
+    sharpness: float | None = None
+    """cpr: how fast the gate falls above the threshold, > 0 (default 16)."""
+    threshold: float | None = None
+    """cpr: running score at or below which a unit moves the full rate, > 0 (default 1.0)."""
+    optimizer_state: str | None = None
+    """cpr: keep the optimizer state (default) or scale moved entries by 1 - f (scale)."""
+    layers: int | None = None
+    """injection: how many last layers of each network form the injected head (default 2)."""
 
     def given(self) -> dict[str, Any]:
         """The strategy options set here (the others take the preset's defaults)."""
@@ -300,11 +316,23 @@ class TrainConfig:
                         f"{part}.networks: {self.agent} has no network {net!r} "
                         f"({', '.join(networks)})"
                     )
+        strategy = self.reset.strategy()  # unknown methods and options that do not apply raise
+        if isinstance(strategy, ns.PlasticityInjection) and self.agent != "sac":
+            raise ValueError(
+                f"reset.method injection: agent {self.agent} is not supported: the injected "
+                "head's parameters must exist in the training state from the start, and only "
+                "sac builds its networks with injectable heads"
+                + (
+                    " (bro's AdamW weight decay would also shrink the frozen heads)"
+                    if self.agent == "bro"
+                    else ""
+                )
+                + "; use --agent sac or another method"
+            )
         metrics = s.built_metrics()
         names = [m.name for m in metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"surgery.metrics: each metric once, got {names}")
-        self.reset.strategy()  # unknown methods and options that do not apply raise here
 
 
 # ---- JSON form ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
+import neurosurgery as ns
 
 from ..algorithms import BRO, DACER, SAC, Agent
 from ._config import TrainConfig, WandbConfig, config_to_dict
@@ -96,6 +97,15 @@ def make_env(config: TrainConfig, num_envs: int, seed: int) -> envs.Env:
 
 def make_agent(config: TrainConfig, obs_size: int, action_size: int) -> Agent:
     if config.agent == "sac":
+        strategy = config.reset.strategy()
+        if isinstance(strategy, ns.PlasticityInjection):
+            return SAC(
+                config.sac,
+                obs_size,
+                action_size,
+                injection=strategy,
+                injected=config.reset.networks,
+            )
         return SAC(config.sac, obs_size, action_size)
     if config.agent == "bro":
         return BRO(config.bro, obs_size, action_size, config.replay_ratio, config.learning_starts)

@@ -13,6 +13,8 @@ LAYER = "members[0].net.layers[0].linear"
 RUNS = {
     "cbp": (["--reset.replacement-rate", "0.01", "--reset.maturity", "20"], f"mature/{LAYER}"),
     "reborn": (["--reset.every", "50", "--reset.share", "0.3"], f"donors/{LAYER}"),
+    "cpr": (["--reset.every", "50", "--reset.replacement-rate", "0.1"], f"moved/{LAYER}"),
+    "injection": (["--reset.at", "50", "--reset.layers", "2"], "injected"),
 }
 
 
@@ -26,9 +28,14 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
     curves = read_metrics(run_dir / "metrics.csv")
     values = [v for _, v in curves[f"surgery/critic/{figure}"][0] if np.isfinite(v)]
     assert values  # the method's own figures were logged
-    assert f"surgery/critic/reset/{LAYER}" in curves
+    if method in ("cbp", "reborn"):
+        assert f"surgery/critic/reset/{LAYER}" in curves
     if method == "cbp":
         assert values[-1] > 0  # units lived past maturity: CBP tracked their ages
+    if method == "cpr":
+        assert max(values) > 0  # units were moved part of the way
+    if method == "injection":
+        assert values == [1.0]  # injected once, at update 50
 
 
 @pytest.mark.parametrize(
@@ -44,6 +51,12 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
         ),
         (["--reset.method", "reborn", "--reset.share", "1"], "share=1.0 is invalid"),
         (["--reset.method", "reborn", "--reset.maturity", "5"], "maturity do not apply"),
+        (["--reset.method", "cpr", "--reset.sharpness", "0"], "sharpness=0.0 is invalid"),
+        (["--reset.method", "cpr", "--reset.replacement-rate", "2"], "in (0, 1]"),
+        (["--reset.method", "injection", "--reset.at", "5", "9"], "at=(5, 9) is invalid"),
+        (["--reset.method", "injection", "--reset.layers", "0"], "layers=0 is invalid"),
+        (["--reset.method", "injection", "--agent", "bro"], "agent bro is not supported"),
+        (["--reset.method", "injection", "--agent", "dacer"], "agent dacer is not supported"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
