@@ -4,9 +4,8 @@ copy added and a frozen copy of that fresh head subtracted, h = h_θ + h_θ' −
 output is unchanged at injection, and the old head is frozen.
 
 A training state (vmapped over seeds, checkpointed, carried through `lax.cond`) keeps a fixed
-structure, so the injected head's parameters exist from the start: [`injectable`][neurosurgery.
-injectable] wraps a module in an [`Injected`][neurosurgery.Injected] that holds zeros for the
-new and the frozen head and an inactive gate; the injection writes the fresh head into both
+structure, so the injected head's parameters exist from the start: `injectable` wraps a module
+in an `Injected` that holds zeros for the new and the frozen head and an inactive gate; the injection writes the fresh head into both
 and opens the gate. Shapes never change, so optimizer states, checkpoints and compiled
 programs stay valid.
 """
