@@ -33,6 +33,7 @@ from .training import CheckpointError as CheckpointError
 from .training import ConsoleSink as ConsoleSink
 from .training import CSVSink as CSVSink
 from .training import History as History
+from .training import InexactResumeWarning as InexactResumeWarning
 from .training import JSONLSink as JSONLSink
 from .training import NonFiniteError as NonFiniteError
 from .training import Replay as Replay
