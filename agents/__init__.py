@@ -33,6 +33,7 @@ from .training import CheckpointError as CheckpointError
 from .training import ConsoleSink as ConsoleSink
 from .training import CSVSink as CSVSink
 from .training import History as History
+from .training import InexactResumeWarning as InexactResumeWarning
 from .training import JSONLSink as JSONLSink
 from .training import NonFiniteError as NonFiniteError
 from .training import Replay as Replay
@@ -45,6 +46,7 @@ from .training import TrainState as TrainState
 from .training import WandbConfig as WandbConfig
 from .training import grama_preset as grama_preset
 from .training import load_checkpoint as load_checkpoint
+from .training import load_checkpoint_extras as load_checkpoint_extras
 from .training import load_run_config as load_run_config
 from .training import read_metrics as read_metrics
 from .training import replay_add as replay_add

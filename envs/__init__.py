@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._core import Step as Step
     from ._dmc import DmcEnv as DmcEnv
     from ._dmc import DmcState as DmcState
+    from ._dmc import StateNotSaved as StateNotSaved
     from ._dmc import WorkerError as WorkerError
     from ._jax import JaxEnv as JaxEnv
     from ._jax import JaxState as JaxState
@@ -36,6 +37,7 @@ _PUBLIC = {
     "Step": "._core",
     "DmcEnv": "._dmc",
     "DmcState": "._dmc",
+    "StateNotSaved": "._dmc",
     "WorkerError": "._dmc",
     "JaxEnv": "._jax",
     "JaxState": "._jax",

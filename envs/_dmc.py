@@ -44,6 +44,15 @@ class WorkerError(RuntimeError):
     """A dm_control worker process died or failed; all workers of the environment are stopped."""
 
 
+class StateNotSaved(RuntimeError):
+    """`DmcEnv.get_state` cannot save a task's state (the message names what); the environment
+    is unchanged and still usable."""
+
+
+#: the version of `DmcEnv.get_state`'s arrays (its entry `format`)
+STATE_FORMAT = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class DmcState:
     """A host-side handle to the state of a `DmcEnv`, not a snapshot of it.
@@ -252,6 +261,7 @@ class DmcEnv(Env):
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, self._local)
         self._closed = False
         self._resets = 0
+        self._steps = 0  # the steps of the latest handle (`DmcState.steps`)
         self._pending: DmcState | None = None  # the state a step in flight will return
         if not self.num_workers:
             local = (domain, task, 0, self.num_envs, sizes, self.action_repeat)
@@ -299,7 +309,93 @@ class DmcEnv(Env):
         seed = _seed_from_key(key, self.name)
         self._command(f"reset:{seed}".encode())
         self._resets += 1
+        self._steps = 0
         return DmcState(self._uid, self._resets, 0), self._read()
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything the next steps of the environments depend on, as NumPy arrays: MuJoCo's
+        integration state (positions, velocities, activations, the solver's warm start,
+        controls...), the model arrays and task attributes a task changed since it was loaded
+        (a target's position, a counter), each task's random state, the episode counters and
+        returns and the last observations. `set_state` of an environment made with the same
+        settings (any `num_workers`) continues bit for bit where this one stands.
+
+        Raises `StateNotSaved` naming what cannot be saved (a task attribute that is not a
+        number or numeric array); the environment is unchanged then.
+        """
+        self._check_open()
+        self._check_idle("get_state")
+        parts = self._exchange(b"get_state", [None] * max(1, self.num_workers))
+        errors = [p for p in parts if isinstance(p, str)]
+        if errors:
+            raise StateNotSaved(f"{self.name}: cannot save the state: {errors[0]}")
+        out: dict[str, np.ndarray] = {
+            "format": np.asarray([STATE_FORMAT], np.int64),
+            "handle_steps": np.asarray([self._steps], np.int64),
+        }
+        for entry in dict.fromkeys(k for p in parts for k in p):
+            out[entry] = np.concatenate([p[entry] for p in parts if entry in p])
+        return out
+
+    def set_state(self, state: dict[str, np.ndarray]) -> DmcState:
+        """Restore what `get_state` returned (of an environment with the same task, `num_envs`,
+        `action_repeat` and `episode_length`); returns the handle to step from.
+
+        Raises ValueError naming what does not fit (a missing or misshapen entry, a model that
+        differs from the saved one's); the environments are then in no defined state: reset
+        them, or restore a good state.
+        """
+        self._check_open()
+        self._check_idle("set_state")
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.name}: state must be a dict of arrays, got {type(state)}")
+        state = dict(state)
+        head = {}
+        for entry in ("format", "handle_steps"):
+            value = state.pop(entry, None)
+            if not isinstance(value, np.ndarray) or value.shape != (1,) or value.dtype != np.int64:
+                raise ValueError(f"{self.name}: the state's entry {entry!r} is missing or damaged")
+            head[entry] = int(value[0])
+        if head["format"] != STATE_FORMAT:
+            raise ValueError(
+                f"{self.name}: the state is of format {head['format']}; this version reads "
+                f"format {STATE_FORMAT}"
+            )
+        if head["handle_steps"] < 0:
+            raise ValueError(f"{self.name}: the state's entry 'handle_steps' is negative")
+        parts = []
+        for start, stop in self._slices or [(0, self.num_envs)]:
+            part = {}
+            for entry, rows in state.items():
+                if entry.startswith(("model/", "task/")) and not entry.endswith("/envs"):
+                    envs = state.get(entry + "/envs")
+                    if not isinstance(envs, np.ndarray) or envs.ndim != 1:
+                        raise ValueError(f"{self.name}: the state's {entry} has no {entry}/envs")
+                    if envs.size and not (envs.min() >= 0 and envs.max() < self.num_envs):
+                        raise ValueError(
+                            f"{self.name}: the state's {entry}/envs names environments outside "
+                            f"0..{self.num_envs - 1}"
+                        )
+                    if len(envs) != len(rows):
+                        raise ValueError(
+                            f"{self.name}: the state's {entry} has {len(rows)} rows for "
+                            f"{len(envs)} environments"
+                        )
+                    mine = (envs >= start) & (envs < stop)
+                    if mine.any():
+                        part[entry] = np.asarray(rows)[mine]
+                        part[entry + "/envs"] = envs[mine]
+                elif not entry.endswith("/envs"):
+                    part[entry] = rows[start:stop] if isinstance(rows, np.ndarray) else rows
+                elif entry.removesuffix("/envs") not in state:
+                    raise ValueError(f"{self.name}: the state's {entry} has no entry to go with")
+            parts.append(part)
+        replies = self._exchange(b"set_state", parts)
+        errors = [r for r in replies if r is not None]
+        if errors:
+            raise ValueError(f"{self.name}: the state does not fit: {errors[0]}")
+        self._steps = head["handle_steps"]
+        return DmcState(self._uid, self._resets, self._steps)
 
     def step(self, state: DmcState, action: Float[np.ndarray, "n act"]) -> tuple[DmcState, Step]:
         self.step_async(state, action)
@@ -329,6 +425,7 @@ class DmcEnv(Env):
         self._views["action"][:] = action
         self._send(b"step")
         self._pending = DmcState(state.env_id, state.resets, state.steps + 1)
+        self._steps = state.steps + 1
 
     def step_wait(self) -> tuple[DmcState, Step]:
         """Wait for the step started by `step_async` and return it as `step` would."""
@@ -369,6 +466,33 @@ class DmcEnv(Env):
             episode_return=v["episode_return"].copy(),
             episode_length=v["episode_length"].copy(),
         )
+
+    def _exchange(self, message: bytes, payloads: list) -> list:
+        """`get_state`/`set_state` on every worker (`payloads[i]` sent after the command to
+        worker i for `set_state`): their replies, in worker order. A dead or failing worker
+        stops all, as for any command."""
+        if self._local:
+            runner = self._local[0]
+            return [runner.get_state() if message == b"get_state" else runner.set_state(*payloads)]
+        try:
+            for index, (conn, payload) in enumerate(zip(self._conns, payloads, strict=True)):
+                try:
+                    conn.send_bytes(message)
+                    if message == b"set_state":
+                        conn.send(payload)
+                except OSError:
+                    self._fail(index, "its pipe is closed")
+            replies = []
+            for index, conn in enumerate(self._conns):
+                self._check_reply(index, conn)
+                try:
+                    replies.append(conn.recv())
+                except (EOFError, OSError):
+                    self._fail(index, f"it died (exit code {self._exit_code(index)})")
+            return replies
+        except BaseException:
+            self.close()
+            raise
 
     def _command(self, message: bytes) -> None:
         """Send `message` to every worker and wait for all answers; stop all on any failure."""

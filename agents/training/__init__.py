@@ -2,7 +2,9 @@
 checkpoints, metric sinks, neuron surgery through the library's pipeline, and the command."""
 
 from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import InexactResumeWarning as InexactResumeWarning
 from ._checkpoint import load_checkpoint as load_checkpoint
+from ._checkpoint import load_checkpoint_extras as load_checkpoint_extras
 from ._checkpoint import save_checkpoint as save_checkpoint
 from ._config import ResetConfig as ResetConfig
 from ._config import SurgeryConfig as SurgeryConfig

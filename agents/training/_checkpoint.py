@@ -6,14 +6,20 @@ template of the expected state — never with pickle. The header records the lea
 so an incompatible checkpoint is refused with a clear message before anything is read; a
 truncated or damaged file (the checksum disagrees) is refused as a `CheckpointError` and nothing
 of it is used. Files of the first format (no checksum) still load.
+
+Formats: 1 (`NSCKPT1`) header and arrays; 2 (`NSCKPT2`) and a checksum; 3 (`NSCKPT3`, written
+only when there are extras) named host arrays after the state's (`extras`: the state of host
+environments), each listed in the header's `extras` as `[name, dtype, shape]`, then the checksum.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +29,20 @@ import numpy as np
 
 MAGIC = b"NSCKPT2\n"  # header, arrays, then b"CRC32" and the checksum (little-endian uint32)
 _MAGIC_V1 = b"NSCKPT1\n"  # header and arrays, no checksum
+MAGIC_EXTRAS = b"NSCKPT3\n"  # header, arrays, extras, then the checksum
+#: dtypes an extra may have (little-endian in the file)
+_EXTRA_DTYPES = ("bool", "int32", "int64", "uint32", "float32", "float64")
 _TRAILER = b"CRC32"
 _DAMAGED = "restore it from a copy, or start again in a new --run-dir"
 
 
 class CheckpointError(ValueError):
     """The checkpoint is missing, damaged or does not match the run."""
+
+
+class InexactResumeWarning(UserWarning):
+    """A run resumes, but not exactly where it stopped: its checkpoint holds no state of its
+    host environments (the message says why), so they start new episodes."""
 
 
 class _Checksummed:
@@ -96,17 +110,36 @@ def leaf_signature(tree: Any) -> list[str]:
     return [f"{np.dtype(x.dtype).name}{list(x.shape)}" for x in leaves]
 
 
-def save_checkpoint(path: str | Path, state: Any, meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | Path,
+    state: Any,
+    meta: dict[str, Any],
+    extras: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Write `state` (arrays) and `meta` (JSON) to `path` atomically; `extras`, named NumPy
+    arrays of any shape (dtypes `_EXTRA_DTYPES`), after the state (`load_checkpoint_extras`)."""
     path = Path(path)
     header = dict(meta, leaves=leaf_signature(state))
+    arrays = []
+    if extras:
+        listed = []
+        for name, value in extras.items():
+            value = np.asarray(value)
+            if value.dtype.name not in _EXTRA_DTYPES:
+                raise TypeError(f"extra {name!r}: {value.dtype} is not one of {_EXTRA_DTYPES}")
+            arrays.append(np.ascontiguousarray(value, value.dtype.newbyteorder("<")))
+            listed.append([str(name), value.dtype.name, list(value.shape)])
+        header["extras"] = listed
     blob = json.dumps(header, sort_keys=True).encode()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as raw:
         f = _Checksummed(raw)
-        f.write(MAGIC)
+        f.write(MAGIC_EXTRAS if extras else MAGIC)
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         eqx.tree_serialise_leaves(f, _unwrap_keys(state))
+        for value in arrays:
+            f.write(value.tobytes())
         raw.write(_TRAILER + struct.pack("<I", f.crc))
         raw.flush()
         os.fsync(raw.fileno())
@@ -127,7 +160,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def _header(f: Any, path: Any) -> tuple[dict[str, Any], bool]:
     """(header, whether the file ends with a checksum)."""
     magic = f.read(len(MAGIC))
-    if magic not in (MAGIC, _MAGIC_V1):
+    if magic not in (MAGIC, _MAGIC_V1, MAGIC_EXTRAS):
         raise CheckpointError(f"{path} is not a neurosurgery checkpoint")
     size = f.read(8)
     n = struct.unpack("<Q", size)[0] if len(size) == 8 else -1
@@ -139,16 +172,46 @@ def _header(f: Any, path: Any) -> tuple[dict[str, Any], bool]:
         header = json.loads(blob.decode())
         if not isinstance(header, dict):
             raise ValueError("its header is not a JSON object")
+        if (magic == MAGIC_EXTRAS) != ("extras" in header):
+            raise ValueError("its header and its format disagree on whether extras follow")
+        if magic == MAGIC_EXTRAS:
+            _extras_layout(header["extras"])
     except ValueError as err:  # JSON and Unicode errors are ValueErrors too
         raise CheckpointError(
             f"checkpoint {path} is truncated or damaged ({err}); {_DAMAGED}"
         ) from err
-    return header, magic == MAGIC
+    return header, magic != _MAGIC_V1
+
+
+def _extras_layout(listed: Any) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
+    """(name, dtype, shape, bytes) of each extra the header lists; ValueError if malformed."""
+    if not isinstance(listed, list):
+        raise ValueError("its list of extras is not a list")
+    out, names = [], set()
+    for item in listed:
+        ok = isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+        ok = ok and item[1] in _EXTRA_DTYPES and isinstance(item[2], list)
+        ok = ok and all(type(d) is int and 0 <= d < 2**40 for d in item[2])
+        if not ok or item[0] in names:
+            raise ValueError(f"its list of extras holds a malformed entry {str(item)[:100]}")
+        names.add(item[0])
+        dtype = np.dtype(item[1]).newbyteorder("<")
+        shape = tuple(item[2])
+        out.append((item[0], dtype, shape, math.prod(shape) * dtype.itemsize))
+    return out
 
 
 def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any]]:
     """Read a checkpoint into the structure of `template` (arrays or `jax.ShapeDtypeStruct`s);
     refuse a mismatch of shapes or dtypes before reading any array."""
+    state, header, _ = load_checkpoint_extras(path, template)
+    return state, header
+
+
+def load_checkpoint_extras(
+    path: str | Path, template: Any
+) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """`load_checkpoint`, and the extras saved with the state (empty if none)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -174,6 +237,14 @@ def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any
                 f"checkpoint {path} is truncated or damaged: its arrays could not be read "
                 f"({type(err).__name__}: {str(err)[:200]}); {_DAMAGED}"
             ) from err
+        extras = {}
+        for name, dtype, shape, size in _extras_layout(header.get("extras", [])):
+            data = f.read(size)
+            if len(data) != size:
+                raise CheckpointError(
+                    f"checkpoint {path} is truncated: it ends inside its extra {name!r}; {_DAMAGED}"
+                )
+            extras[name] = np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
         if checked:
             end = f.tell()
             trailer = f.read(len(_TRAILER) + 4)
@@ -189,4 +260,4 @@ def load_checkpoint(path: str | Path, template: Any) -> tuple[Any, dict[str, Any
                     f"checkpoint {path} is damaged: its checksum does not match its contents "
                     f"({crc:08x} computed, {stored:08x} stored); {_DAMAGED}"
                 )
-    return _rewrap_keys(state, template), header
+    return _rewrap_keys(state, template), header, extras

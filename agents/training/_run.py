@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,13 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from ._checkpoint import (
+    CheckpointError,
+    InexactResumeWarning,
+    load_checkpoint_extras,
+    read_header,
+    save_checkpoint,
+)
 from ._config import TrainConfig, config_from_dict, config_to_dict, migrate
 from ._sinks import (
     ConsoleSink,
@@ -189,12 +196,11 @@ def train(
     try:
         env_steps = updates = 0
         if header is not None:  # checked against the state's shapes before anything runs
-            ts, header = load_checkpoint(ckpt_path, trainer.state_shapes())
+            ts, header, extras = load_checkpoint_extras(ckpt_path, trainer.state_shapes())
             ts = trainer.place(ts)
             env_steps, updates = header["env_steps"], header["updates"]
-            if not trainer.jittable:  # host environments restart their episodes
-                trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)
-                ts = eqx.tree_at(lambda t: t.obs, ts, obs)
+            if not trainer.jittable:
+                ts = _resume_host_envs(trainer, ts, header, extras, ckpt_path, env_steps)
         else:
             ts = trainer.initial_state()
         try:
@@ -219,6 +225,51 @@ def train(
             s.close()
         trainer.close()
     return _finish(config, run_dir, env_steps, updates, trainer, history)
+
+
+def _resume_host_envs(trainer: Trainer, ts, header: dict, extras: dict, path: Path, env_steps):
+    """Put the host environments where the checkpoint left them; with no state of them in it
+    (a checkpoint from before checkpoints held it, or a task whose state cannot be saved),
+    restart their episodes and warn that the run will not replay an uninterrupted one."""
+    saved = header.get("host_envs")
+    if isinstance(saved, dict) and saved.get("saved") is True:
+        try:
+            trainer.restore_host_envs(extras)
+        except ValueError as err:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: the state of its {trainer.config.env} "
+                f"environments does not fit this run ({err}); restore it from a copy, or "
+                "start again in a new --run-dir"
+            ) from err
+        return ts
+    why = saved.get("why") if isinstance(saved, dict) else None
+    warnings.warn(
+        f"checkpoint {path} holds no state of the {trainer.config.env} environments "
+        f"({why or 'it was written before checkpoints held it'}): they start new episodes, "
+        "so the resumed run's records will differ from those of an uninterrupted run",
+        InexactResumeWarning,
+        stacklevel=3,
+    )
+    trainer.env_states, obs = trainer._reset_host(trainer.envs, env_steps)
+    return eqx.tree_at(lambda t: t.obs, ts, obs)
+
+
+def _checkpoint(trainer: Trainer, path: Path, ts, meta: dict, warned: list) -> None:
+    """Save the training state and, for host environments, theirs (warning once per run if
+    they cannot be saved: a resume from this checkpoint would not be exact)."""
+    extras: dict[str, np.ndarray] = {}
+    if not trainer.jittable:
+        extras, why = trainer.host_env_state()
+        meta = dict(meta, host_envs={"saved": why is None, "why": why})
+        if why is not None and not warned and hasattr(trainer.envs[0], "get_state"):
+            warned.append(why)
+            warnings.warn(
+                f"{why}; a run resumed from the checkpoints of this run will start new episodes "
+                "and not replay an uninterrupted run exactly",
+                InexactResumeWarning,
+                stacklevel=3,
+            )
+    save_checkpoint(path, ts, meta, extras)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -247,6 +298,7 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
 
         bar = tqdm(total=c.steps, initial=min(env_steps, c.steps), unit="step", dynamic_ncols=True)
     last_ckpt = env_steps if env_steps else None
+    warned: list[str] = []
     try:
         while env_steps < c.steps:
             learning = env_steps >= warmup_steps
@@ -276,7 +328,7 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
                 or env_steps // c.checkpoint_every > (env_steps - seg_steps) // c.checkpoint_every
             ):
                 meta = {"env_steps": env_steps, "updates": updates, "config": program_options(c)}
-                save_checkpoint(ckpt_path, ts, meta)
+                _checkpoint(trainer, ckpt_path, ts, meta, warned)
                 last_ckpt = env_steps
             if bar is not None:
                 bar.update(min(env_steps, c.steps) - bar.n)

@@ -373,6 +373,40 @@ class Trainer:
         obs = jnp.stack([jnp.asarray(o[1].obs, jnp.float32) for o in outs])
         return [o[0] for o in outs], obs
 
+    def host_env_state(self) -> tuple[dict[str, np.ndarray], str | None]:
+        """The state of every seed's host environment (`envs.DmcEnv.get_state`), as checkpoint
+        extras named `envs/<seed index>/<entry>`, and None; or no extras and why they cannot
+        be saved (an environment with no `get_state`, or a task state it cannot save)."""
+        out: dict[str, np.ndarray] = {}
+        for i, env in enumerate(self.envs):
+            get_state = getattr(env, "get_state", None)
+            if get_state is None:
+                return {}, f"{env.name} environments cannot save their state"
+            try:
+                state = get_state()
+            except envs.StateNotSaved as err:
+                return {}, str(err)
+            out.update({f"envs/{i}/{k}": v for k, v in state.items()})
+        return out, None
+
+    def restore_host_envs(self, extras: dict[str, np.ndarray]) -> None:
+        """Set every seed's host environment to its state in `extras` (`host_env_state`);
+        ValueError naming what does not fit."""
+        prefixes = [f"envs/{i}/" for i in range(len(self.envs))]
+        stray = [k for k in extras if not k.startswith(tuple(prefixes))]
+        if stray:
+            raise ValueError(f"entries of no environment of this run: {stray[:3]}")
+        states = []
+        for env, prefix in zip(self.envs, prefixes, strict=True):
+            mine = {k.removeprefix(prefix): v for k, v in extras.items() if k.startswith(prefix)}
+            if not mine:
+                raise ValueError(f"no state of the environments of seed {prefix.split('/')[1]}")
+            set_state = getattr(env, "set_state", None)
+            if set_state is None:
+                raise ValueError(f"{env.name} environments cannot restore a state")
+            states.append(set_state(mine))
+        self.env_states = states
+
     # --- segments ----------------------------------------------------------------------------
     def _timed(self, name: str, fn, *args):
         """Call a jitted function, compiling ahead of time on first use to time compilation."""

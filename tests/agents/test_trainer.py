@@ -450,3 +450,131 @@ def test_compiled_functions_are_shared_only_under_the_same_compiler_options(
     level0 = agents.Trainer(config)
     assert level0._segment is not plain._segment
     assert agents.Trainer(config)._segment is level0._segment
+
+
+#: a dm_control run: the smallest task whose episodes move a target in the model, one seed
+DMC_RUN = dict(
+    env="dmc/reacher-easy",
+    seeds=(0,),
+    steps=800,
+    num_envs=2,
+    episode_length=50,
+    learning_starts=100,
+    buffer_size=1000,
+    log_every=100,
+    eval_every=400,
+    eval_episodes=1,
+    checkpoint_every=100,
+    sinks=("csv", "jsonl"),
+)
+
+# A run of `agents.train` in its own process. The processes share a persistent compilation
+# cache: only the first compiles, each restart loads its programs (the same programs, so the
+# same records) and is killed soon after.
+_DMC_SCRIPT = """\
+import dataclasses, sys, time
+import jax, agents
+jax.config.update("jax_compilation_cache_dir", sys.argv[3])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+agents.Trainer.compiler_options = {"xla_backend_optimization_level": 0}
+config = dataclasses.replace(agents.load_run_config(sys.argv[1]), run_dir=sys.argv[2])
+pause = lambda step, metrics: time.sleep(0.2)
+agents.train(config, resume=sys.argv[4] == "1", callbacks=[pause])
+"""
+
+
+def _dmc_process(spec: Path, run_dir: Path, cache: Path, resume: bool) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # the cache loader's notices
+    args = [str(spec), str(run_dir), str(cache), "1" if resume else "0"]
+    return subprocess.Popen([sys.executable, "-c", _DMC_SCRIPT, *args], cwd=ROOT, env=env)
+
+
+def _jsonl_values(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in ln.items() if not k.startswith("perf/")} for ln in lines]
+
+
+@pytest.fixture(scope="module")
+def dmc_runs(base_config, tmp_path_factory):
+    """The same dm_control run uninterrupted (its environments stepped in-process) and killed
+    with SIGKILL at random moments three times and resumed each time (one worker process for
+    the two environments of the seed), each in its own process."""
+    root = tmp_path_factory.mktemp("dmc")
+    cache = root / "jax-cache"
+    specs = {}
+    for name, workers in (("full", 0), ("killed", 1)):
+        config = dataclasses.replace(
+            base_config, **DMC_RUN, env_workers=workers, run_dir=str(root / name)
+        )
+        specs[name] = root / f"{name}-config"  # a fresh run refuses a folder with files
+        specs[name].mkdir()
+        (specs[name] / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
+    killed_dir, full_dir = root / "killed", root / "full"
+    ckpt = killed_dir / "checkpoint.ckpt"
+    kills: list[tuple[int, float]] = []  # (env steps of the checkpoint before, delay)
+    full = None
+    for attempt in range(3):
+        proc = _dmc_process(specs["killed"], killed_dir, cache, resume=attempt > 0)
+        before = _checkpoint.read_header(ckpt)["env_steps"] if ckpt.exists() else 0
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:  # until a new checkpoint
+            if ckpt.exists() and _checkpoint.read_header(ckpt)["env_steps"] > before:
+                break
+            time.sleep(0.01)
+        delay = random.uniform(0.0, 0.4)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append((before, delay))
+        if full is None:  # the programs are in the cache now
+            full = _dmc_process(specs["full"], full_dir, cache, resume=False)
+    last = _dmc_process(specs["killed"], killed_dir, cache, resume=True)
+    assert last.wait(timeout=300) == 0 and full is not None and full.wait(timeout=300) == 0
+    return killed_dir, full_dir, kills
+
+
+def test_dm_control_run_killed_and_resumed_three_times_matches_uninterrupted_run(dmc_runs):
+    """dm_control environments are checkpointed with the run (simulator, model and task
+    changes, random states, episode counters): the resumed run's records are the
+    uninterrupted run's, value for value."""
+    killed_dir, full_dir, kills = dmc_runs
+    assert [b for b, _ in kills] == sorted({b for b, _ in kills}), kills  # each one got further
+    assert rows(killed_dir) == rows(full_dir), kills
+    assert _jsonl_values(killed_dir) == _jsonl_values(full_dir), kills
+    returns = [r for r in rows(full_dir) if r[2] == "train/episode_return"]
+    assert len(returns) >= 4  # episodes ended and restarted along the way
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (killed_dir, full_dir)]
+    for key in ("env_steps", "updates", "eval/episode_return", "train/episode_return"):
+        assert summaries[0][key] == summaries[1][key]
+
+
+def test_dm_control_checkpoint_without_or_with_damaged_environment_state(dmc_runs, tmp_path):
+    """A checkpoint without the environments' state (written before checkpoints held it)
+    resumes with new episodes and says so; one whose state is damaged is refused, naming
+    what is wrong, and the run folder stays as it was."""
+    _, full_dir, _ = dmc_runs
+    config = agents.load_run_config(full_dir)
+    template = agents.Trainer(config).state_shapes()
+    state, header, extras = _checkpoint.load_checkpoint_extras(
+        full_dir / "checkpoint.ckpt", template
+    )
+    assert header["host_envs"] == {"saved": True, "why": None}
+    assert "envs/0/model/geom_pos" in extras and "envs/0/physics" in extras
+    meta = {k: v for k, v in header.items() if k not in ("leaves", "extras")}
+    cases = {
+        "old": ({k: v for k, v in meta.items() if k != "host_envs"}, {}),
+        "damaged": (meta, {k: v for k, v in extras.items() if k != "envs/0/random_key"}),
+    }
+    for name, (saved_meta, saved_extras) in cases.items():
+        run_dir = tmp_path / name
+        shutil.copytree(full_dir, run_dir)
+        agents.save_checkpoint(run_dir / "checkpoint.ckpt", state, saved_meta, saved_extras)
+        files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+        resumed = dataclasses.replace(config, run_dir=str(run_dir))
+        if name == "old":
+            with pytest.warns(agents.InexactResumeWarning, match="written before checkpoints"):
+                agents.train(resumed, resume=True)
+        else:
+            with pytest.raises(agents.CheckpointError, match="random_key is missing"):
+                agents.train(resumed, resume=True)
+            assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files

@@ -454,3 +454,78 @@ def test_garbage_collected_env_stops_its_workers():
     del e
     gc.collect()
     assert all(_gone(p) for p in pids)
+
+
+def _rollout(env: envs.DmcEnv, state: envs.DmcState, actions: np.ndarray) -> np.ndarray:
+    """Every field of every step, flattened and stacked (float64: bit-exact for float32)."""
+    out = []
+    for a in actions:
+        state, s = env.step(state, a)
+        fields = (s.obs, s.final_obs, s.reward, s.episode_return, s.episode_length)
+        flags = (s.terminated, s.truncated)
+        out.append(np.concatenate([np.ravel(x).astype(np.float64) for x in fields + flags]))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dmc/reacher-hard",  # the task moves its target in the model each episode
+        "dmc/cheetah-run",  # the task counts steps in a Python attribute; contacts
+    ],
+)
+def test_set_state_replays_the_steps_after_get_state(name):
+    """get state → k steps → set state → the same k steps, bit for bit, in the same pool and in
+    a fresh one laid out differently (in-process); episodes end and restart in between."""
+    settings = dict(num_envs=2, seed=0, action_repeat=2, episode_length=8)
+    with envs.make(name, num_workers=2, **settings) as env:
+        assert isinstance(env, envs.DmcEnv)
+        actions = _actions(3, 19, env)
+        state, _ = env.reset(jax.random.key(1))
+        for a in actions[:7]:
+            state, _ = env.step(state, a)
+        saved = env.get_state()
+        first = _rollout(env, state, actions[7:])
+        np.testing.assert_array_equal(_rollout(env, env.set_state(saved), actions[7:]), first)
+    assert first[:, -2:].any()  # episodes ended (terminated or truncated) along the way
+    changed = [k for k in saved if k.startswith(("model/", "task/")) and not k.endswith("/envs")]
+    assert changed == {"dmc/reacher-hard": ["model/geom_pos", "model/geom_size"]}.get(
+        name, ["task/int/_timeout_progress"]
+    )
+    with envs.make(name, num_workers=0, **settings) as fresh:
+        assert isinstance(fresh, envs.DmcEnv)
+        state = fresh.set_state(saved)
+        assert state.steps == 7
+        np.testing.assert_array_equal(_rollout(fresh, state, actions[7:]), first)
+
+
+def test_set_state_refuses_a_damaged_or_foreign_state_and_get_state_names_what_it_cannot_save():
+    settings = dict(num_envs=2, seed=0, action_repeat=2, episode_length=8, num_workers=0)
+    with envs.make("dmc/reacher-easy", **settings) as env:
+        assert isinstance(env, envs.DmcEnv)
+        state, _ = env.reset(jax.random.key(0))
+        saved = env.get_state()
+        bad = {
+            "'handle_steps' is missing": {k: v for k, v in saved.items() if k != "handle_steps"},
+            "format 9": {**saved, "format": np.asarray([9])},
+            r"physics is float64\[2, 3\]": {**saved, "physics": saved["physics"][:, :3]},
+            "random_key is missing": {k: v for k, v in saved.items() if k != "random_key"},
+            "unknown entry 'extra'": {**saved, "extra": np.zeros(2)},
+            "no array 'no_such_field'": {
+                **saved,
+                "model/no_such_field": np.zeros((1, 3)),
+                "model/no_such_field/envs": np.zeros(1, np.int64),
+            },
+            "names environments outside": {**saved, "model/geom_pos/envs": np.asarray([0, 5])},
+            "model as loaded here differs": {**saved, "model_crc": saved["model_crc"] + 1},
+        }
+        for message, state in bad.items():
+            with pytest.raises(ValueError, match=message):
+                env.set_state(state)
+        runner = env._local[0]
+        runner.envs[1].task._note = "a string"  # an attribute no state can hold
+        with pytest.raises(envs.StateNotSaved, match=r"environment 1: .*'_note' \(str\)"):
+            env.get_state()
+        del runner.envs[1].task._note
+        state = env.set_state(saved)  # still usable
+        env.step(state, np.zeros((2, env.action_size), np.float32))
