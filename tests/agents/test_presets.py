@@ -136,7 +136,7 @@ def test_the_presets_follow_the_papers_tables(expanded):
 
 
 #: the run of each smoke variant trained: one with resets, of the preset's smallest networks
-#: where the grid varies their size (the main preset: its test_sweep test checks its runs)
+#: where the grid varies their size (the main preset's two runs train in the demo's test)
 TRAINED = {"bro-dmc": -1, "bro-scaling": 2, "dacer-mujoco": -1, "sac-activations": -1}
 
 
@@ -219,6 +219,25 @@ def test_smoke_sets_only_the_options_of_the_studys_agents():
     data = smoke_variant({"base": {"agent": "bro"}, "grid": {"env": ["dmc/dog-run"]}})
     assert "sac" not in data["base"] and data["base"]["bro"]["critic_width"] == 16
     assert data["grid"]["env"] == [SMOKE["env"]] and set(COLLAPSED) <= set(SMOKE)
+
+
+# ---- the demo -----------------------------------------------------------------------------
+def test_the_demo_is_a_study_and_its_report(tmp_path, capsys, monkeypatch):
+    """`make demo`'s program on the smoke variant: `neurosurgery sweep --preset main`, then
+    `neurosurgery report`, printing the report's tables and the path of report.html; run again,
+    it trains nothing."""
+    from agents.experiments import demo
+
+    monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
+    out = tmp_path / "main"
+    assert demo.main(["--smoke", "--no-anatomy", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"study main-smoke in {out}: 2 runs" in printed
+    assert "| sac+regrama | 2 |" in printed and "| sac | 2 |" in printed
+    assert printed.rstrip().endswith(f"report: {out / 'report' / 'report.html'}")
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert demo.main(["--smoke", "--no-anatomy", "--out", str(out)]) == 0
+    assert "training 0 now" in capsys.readouterr().out
 
 
 def test_a_sweep_without_a_study_names_both_ways_to_give_one(capsys):
