@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,wandb]"
 	touch $(STAMP)
 
+# The anatomy of three networks, then `neurosurgery sweep --preset main` and its report.
 demo: $(STAMP)
 	$(BIN)/python -m agents.experiments.demo
-	$(BIN)/python -m agents.experiments.main_job --out runs/main
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

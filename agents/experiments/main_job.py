@@ -7,7 +7,7 @@ vmapped in one process, writes one run folder per method, a comparison plot of e
 and inactive ratios, and prints a comparison table. It reports what it measured, whatever that
 shows: a short CPU run is a smoke test of the pipeline, not evidence for or against resets.
 
-The same two runs as a study: `neurosurgery sweep agents/experiments/main_job.toml` (tested to
+The same two runs as a study: `neurosurgery sweep --preset main` (tested to
 give these configurations option for option).
 """
 

@@ -12,6 +12,8 @@ from ._config import TrainConfig as TrainConfig
 from ._config import WandbConfig as WandbConfig
 from ._config import grama_preset as grama_preset
 from ._loop import TrainState as TrainState
+from ._presets import preset_names as preset_names
+from ._presets import read_preset as read_preset
 from ._replay import Replay as Replay
 from ._replay import replay_add as replay_add
 from ._replay import replay_init as replay_init

@@ -6,6 +6,7 @@ defaults. `--resume RUN_DIR` continues a run from its checkpoint with the config
 that folder.
 
 `neurosurgery sweep STUDY_FILE --out DIR` trains a study, a grid of runs (see `_study.py`);
+`neurosurgery sweep --preset NAME [--smoke]` one shipped with the package (`_presets.py`);
 `neurosurgery sweep --status DIR` shows how its runs stand.
 """
 
@@ -44,8 +45,15 @@ class SweepCommand:
     failed ones only when asked."""
 
     study: tyro.conf.Positional[str | None] = None
-    """The study file (TOML; YAML where PyYAML is installed). Without it, the study saved in
-    --out continues."""
+    """The study file (TOML; YAML where PyYAML is installed). Without it (and without
+    --preset), the study saved in --out continues."""
+    preset: str | None = None
+    """A study shipped with the package, by name, instead of a study file: main (the main job),
+    bro-dmc, bro-scaling, sac-activations, dacer-mujoco (the GraMa paper's setups; see
+    docs/presets.md)."""
+    smoke: bool = False
+    """With --preset: the preset's smoke variant, the same grid on a seconds-long budget
+    (test/point-mass, 400 env steps, 16-wide networks, seeds 0 1), named NAME-smoke."""
     out: str | None = None
     """The study folder: its manifest, one folder per run (default: the study file's `out`)."""
     status: str | None = None
@@ -178,29 +186,42 @@ def parse(args: Sequence[str]) -> TrainCommand | SweepCommand | ReportCommand | 
 def sweep_main(args: Sequence[str]) -> int:
     """`neurosurgery sweep ...`: the study file's options as defaults, the command line's on
     top of them; returns the exit status (0: every run done; 1: some are not; 2: bad input)."""
+    from ._presets import preset_names, read_preset
     from ._study import read_manifest, read_study, study_from_dict
     from ._sweep import status_report, sweep
 
     args = list(args)
     first = tyro.cli(SweepCommand, args=args, prog="neurosurgery sweep")
     try:
+        _check_sources(first)
         if first.status is not None:
             print(status_report(first.status)[0])
             return 0
-        if first.study is not None:
+        if first.preset is not None:
+            study = read_preset(first.preset, smoke=first.smoke)
+        elif first.study is not None:
             study = read_study(first.study)
         elif first.out is not None:
             saved = read_manifest(first.out)
             if saved is None:
                 raise StudyError(
-                    f"{first.out} holds no study to continue; give the study file: "
-                    f"neurosurgery sweep STUDY_FILE --out {first.out}"
+                    f"{first.out} holds no study to continue; give the study file "
+                    f"(neurosurgery sweep STUDY_FILE --out {first.out}) or a preset "
+                    f"(--preset NAME; presets: {', '.join(preset_names())})"
                 )
             study = study_from_dict(saved["definition"], str(Path(first.out) / "study.json"))
         else:
-            raise StudyError("give a study file (neurosurgery sweep STUDY_FILE --out DIR)")
+            raise StudyError(
+                "give a study file (neurosurgery sweep STUDY_FILE --out DIR) or a preset "
+                f"(neurosurgery sweep --preset NAME; presets: {', '.join(preset_names())})"
+            )
         default = SweepCommand(
-            study=first.study, out=first.out, launcher=study.launcher, base=study.base
+            study=first.study,
+            out=first.out,
+            preset=first.preset,
+            smoke=first.smoke,
+            launcher=study.launcher,
+            base=study.base,
         )
         cmd = tyro.cli(SweepCommand, args=args, default=default, prog="neurosurgery sweep")
         study = dataclasses.replace(study, base=cmd.base, launcher=cmd.launcher)
@@ -213,6 +234,39 @@ def sweep_main(args: Sequence[str]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _check_sources(cmd: SweepCommand) -> None:
+    """Refuse combinations of study sources that cannot mean one study (before any work)."""
+    if cmd.status is not None:
+        given = [f for f, on in (("--preset", cmd.preset), ("--smoke", cmd.smoke)) if on]
+        if cmd.study is not None or given:
+            raise StudyError(
+                f"--status {cmd.status} shows the study saved in that folder; it takes no study "
+                f"file or {'/'.join(given) or '--preset'}: drop them"
+            )
+    if cmd.preset is not None and cmd.study is not None:
+        raise StudyError(
+            f"give a study file ({cmd.study}) or --preset {cmd.preset}, not both: a preset is a "
+            "study file shipped with the package"
+        )
+    if cmd.smoke and cmd.preset is None:
+        if cmd.study is not None:
+            where = f"the study file {cmd.study}"
+            fix = (
+                "set its budget on the command line (--base.steps N, --base.env test/point-mass, "
+                "...) or in the file"
+            )
+        else:
+            where = f"the study saved in {cmd.out}" if cmd.out else "no study"
+            fix = (
+                "a study continues with the options it was started with (a smoke variant with "
+                "--smoke already applied: neurosurgery sweep --out DIR)"
+            )
+        raise StudyError(
+            f"--smoke applies to presets (neurosurgery sweep --preset NAME --smoke), not to "
+            f"{where}: {fix}"
+        )
 
 
 #: the options a resumed run takes from the command line (the rest come from its folder)

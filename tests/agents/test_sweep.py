@@ -439,14 +439,14 @@ def test_the_docs_study_files_read_as_they_say(tmp_path):
 
 
 def test_the_main_job_is_a_study(tmp_path):
-    """agents/experiments/main_job.toml gives the main job's two runs, option for option."""
+    """The main preset (agents/experiments/presets/main.toml) gives the main job's two runs,
+    option for option."""
     import argparse
 
     from agents.experiments import main_job
-    from agents.training import read_study
+    from agents.training import read_preset
 
-    root = Path(__file__).parents[2]
-    study = read_study(root / "agents" / "experiments" / "main_job.toml")
+    study = read_preset("main")
     runs = expand(study, tmp_path)
     args = argparse.Namespace(
         out=str(tmp_path),
