@@ -330,7 +330,7 @@ def test_a_study_trains_as_train_does_and_continues_after_a_kill(tmp_path, capsy
     killed with SIGKILL after a checkpoint; re-running the sweep resumes it, skips the finished
     run, and both end with the records `neurosurgery train` writes for the same options."""
     monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
-    text = BASE.replace("steps = 1000", "steps = 2000") + (
+    text = BASE + (
         '\n[grid]\nseeds = [0, 1]\nreset = [{ method = "none" }, { method = "regrama", every = 50 }]\n'
     )
     file, out = _study_file(tmp_path, text), tmp_path / "out"
@@ -360,7 +360,7 @@ def test_a_study_trains_as_train_does_and_continues_after_a_kill(tmp_path, capsy
     printed = capsys.readouterr().out
     assert (
         f"interrupted {runs[1].name}" in printed
-        and f"done {runs[0].name} (2000 env steps)" in printed
+        and f"done {runs[0].name} (1000 env steps)" in printed
     )
     _, states = status_report(out)
     assert states == {runs[0].name: "done", runs[1].name: "interrupted"}
@@ -382,7 +382,7 @@ def test_a_study_trains_as_train_does_and_continues_after_a_kill(tmp_path, capsy
     }
     for run in runs:
         ref = tmp_path / "ref" / run.name
-        flags = [{"1000": "2000"}.get(f, f) for f in FLAGS]  # --steps 2000
+        flags = list(FLAGS)
         assert (
             main(
                 ["train", *flags, "--seeds", "0", "1", "--run-dir", str(ref), *reference[run.name]]
