@@ -143,6 +143,8 @@ def _shape(t: Tracer, fg: FinalGroup, members_of) -> tuple[tuple[int, ...], list
     groups = {t.unit_group[r] for r in reps.values()}
     if len(groups) == 1:
         g = t.groups[groups.pop()]
+        if not g.unit_shape:  # one unit of a 0-d group (a scalar read as a unit)
+            return (1,), list(reps)
         coords = np.array([np.unravel_index(r - g.first, g.unit_shape) for r in reps.values()])
         coords = coords.reshape(len(reps), len(g.unit_shape))
         values = [np.unique(coords[:, k]) for k in range(coords.shape[1])]

@@ -33,6 +33,7 @@ BINARY = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "atan2", "
 BINARY |= {"or", "xor", "eq", "ne", "lt", "le", "gt", "ge", "nextafter", "select_n", "clamp"}
 BINARY |= {"shift_left", "shift_right_logical", "shift_right_arithmetic"}
 ADDITIVE = {"add", "add_any", "sub"}
+COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge"}
 REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and"}
 REDUCTIONS |= {"reduce_or", "reduce_xor", "argmax", "argmin"}
 COLLECTIVES = {"psum", "psum2", "pmax", "pmin", "all_gather", "all_to_all", "ppermute"}
@@ -167,7 +168,12 @@ class Tracer(FlowOps):
         params: list[PFactor] = []
         pstats = frozenset().union(*(v.pstats for v in ins))
         if not dep_input:
-            params = [p.lifted(nd) for v in ins for p in v.params]
+            # a comparison's output (and a select's predicate) carries no gradient: parameters
+            # read there choose values but are no entries of them, so they are folded in as a
+            # statistic (and left in no group, where nothing else reads them)
+            first = 1 if op.name == "select_n" else len(ins) if op.name in COMPARISONS else 0
+            params = [p.lifted(nd) for v in ins[first:] for p in v.params]
+            pstats |= frozenset(p.leaf for v in ins[:first] for p in v.params if p.leaf >= 0)
             if len(params) > 4:
                 pstats |= frozenset(p.leaf for p in params if p.leaf >= 0)
                 params = []
@@ -186,7 +192,7 @@ class Tracer(FlowOps):
             targets = units
             if fed:  # a bias belongs to the layer it is added to, not to units passing through
                 stage = staged[0].stage
-                targets = [f for f in units if self.raw_groups(self.labels_of([f])) == {stage}]
+                targets = [f for f in units if stage in self.raw_groups(self.labels_of([f]))]
             for v in ins:
                 if v.dep_param and not v.dep_input:
                     for pf in v.params:

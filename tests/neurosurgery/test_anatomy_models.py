@@ -292,6 +292,41 @@ def test_a_scanned_gru_is_one_group_of_hidden_units_observed_at_every_step():
     np.testing.assert_allclose(got, jnp.stack(steps, 1), rtol=1e-5, atol=1e-6)
 
 
+class LSTMHead(eqx.Module):
+    cell: eqx.nn.LSTMCell
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.cell = eqx.nn.LSTMCell(3, 5, key=k1)
+        self.head = eqx.nn.Linear(5, 2, key=k2)
+
+    def __call__(self, xs):
+        def step(hc, x):
+            return self.cell(x, hc), None
+
+        (h, _), _ = jax.lax.scan(step, (jnp.zeros(5), jnp.zeros(5)), xs)
+        return self.head(h)
+
+
+def test_a_scanned_lstm_owns_its_bias_added_after_both_projections():
+    """Equinox's LSTMCell adds one bias to `W x + U h`: the bias rows of the four gates of
+    unit j (j, 5+j, 10+j, 15+j) are its incoming entries, like the two weights' rows."""
+    anatomy = ns.anatomy(draw(LSTMHead, 0), jnp.zeros((4, 3)))
+    cell, head = anatomy
+    assert cell.unit_shape == (5,) and head.output
+    gates = np.tile(np.arange(5), 4)  # input, forget, cell and output gates of unit j
+    assert_owners(
+        owners(cell, "incoming"),
+        {
+            ".cell.weight_ih": np.broadcast_to(gates[:, None], (20, 3)),
+            ".cell.weight_hh": np.broadcast_to(gates[:, None], (20, 5)),
+            ".cell.bias": gates,
+        },
+    )
+    assert not anatomy.ungrouped
+
+
 def test_mlp_with_scanned_hidden_layers_gives_one_group_per_stack():
     mlp = draw(lambda k: eqx.nn.MLP(3, 2, 4, 3, scan=True, key=k), 0)
     anatomy = ns.anatomy(mlp, jnp.zeros(3))
@@ -423,3 +458,38 @@ def test_nested_jit_custom_vjp_remat_and_cond():
     assert d.output and c.resettable
     assert [g.name for g in anatomy.observed] == ["a", "b", "d"]
     assert anatomy.unobserved == {"c": "inside a `cond` branch"}
+
+
+class GatedFreeze(eqx.Module):
+    """A weight chosen by a parameter's comparison: `where(gate > 0, stop_gradient(W), W)`
+    (a frozen-or-trainable switch), and a per-unit mask drawn from a parameter's sign."""
+
+    inp: eqx.nn.Linear
+    out: eqx.nn.Linear
+    gate: jax.Array
+    keep: jax.Array
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.inp = eqx.nn.Linear(3, 4, key=k1)
+        self.out = eqx.nn.Linear(4, 2, key=k2)
+        self.gate = jnp.ones(())
+        self.keep = jax.random.normal(k3, (4,))
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.inp(x)) * (self.keep > 0).astype(x.dtype)
+        w = jnp.where(self.gate > 0, jax.lax.stop_gradient(self.out.weight), self.out.weight)
+        return w @ h + self.out.bias
+
+
+def test_parameters_read_only_through_comparisons_choose_values_and_own_no_entries():
+    """A comparison of parameters carries no gradient: the weight a select picks keeps its
+    owners, and the parameters compared are in no group (listed as such), never an owner."""
+    anatomy = ns.anatomy(GatedFreeze(jax.random.key(0)), jnp.zeros(3))
+    assert anatomy.names == ("inp", "out")
+    inp = anatomy["inp"]
+    assert_owners(
+        owners(inp, "incoming"), {".inp.weight": rows(4, (4, 3)), ".inp.bias": np.arange(4)}
+    )
+    assert_owners(owners(inp, "outgoing"), {".out.weight": cols(4, (2, 4))})
+    assert set(anatomy.ungrouped) == {".gate", ".keep"}

@@ -195,7 +195,11 @@ def test_presets_and_their_options():
         "full_reset",
         "cbp",
         "reborn",
+        "cpr",
+        "injection",
     }
+    assert isinstance(ns.strategy("cpr"), ns.CPR)
+    assert isinstance(ns.strategy("injection"), ns.PlasticityInjection)
     cbp = ns.strategy("cbp", replacement_rate=0.01, maturity=5, every=10, bias_correction=False)
     assert cbp == ns.CBP(0.01, 5, 0.99, False, ns.Schedule(10))
     regrama = ns.strategy("regrama_weight", tau=0.01, every=500, max_fraction=0.05)
