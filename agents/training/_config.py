@@ -227,6 +227,9 @@ class TrainConfig:
     """Evaluation episodes (run in parallel) per seed."""
     checkpoint_every: int = 50_000
     """Environment steps between checkpoints (rounded to log_every); the last step always saves."""
+    keep_checkpoints: bool = False
+    """Keep every checkpoint as checkpoints/<env step>.ckpt besides the latest (for `neurosurgery
+    inspect --against`)."""
     run_dir: str = "runs/run"
     """Folder for config.json, metrics, TensorBoard events, checkpoint, plots, summary."""
     sinks: tuple[str, ...] = DEFAULT_SINKS

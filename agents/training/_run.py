@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -62,7 +63,15 @@ def _saved_steps(run_dir: Path) -> int | None:
 
 
 #: files a run writes into its folder besides the checkpoint
-RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "wandb")
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "metrics.jsonl",
+    "summary.json",
+    "tb",
+    "wandb",
+    "checkpoints",
+)
 
 
 def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:
@@ -254,6 +263,25 @@ def _resume_host_envs(trainer: Trainer, ts, header: dict, extras: dict, path: Pa
     return eqx.tree_at(lambda t: t.obs, ts, obs)
 
 
+#: the folder of a run's kept checkpoints (`keep_checkpoints`), one per checkpointed env step
+KEPT = "checkpoints"
+
+
+def _keep(path: Path, env_steps: int) -> None:
+    """Keep the checkpoint just written as `checkpoints/<env_steps>.ckpt`: a hard link where the
+    file system has them (the next checkpoint replaces `path` through a rename, so the link
+    keeps this one's bytes), a copy elsewhere; written under a temporary name and renamed."""
+    kept = path.parent / KEPT / f"{env_steps}.ckpt"
+    kept.parent.mkdir(exist_ok=True)
+    tmp = kept.with_suffix(f".tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)
+
+
 def _checkpoint(trainer: Trainer, path: Path, ts, meta: dict, warned: list) -> None:
     """Save the training state and, for host environments, theirs (warning once per run if
     they cannot be saved: a resume from this checkpoint would not be exact)."""
@@ -329,6 +357,8 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
             ):
                 meta = {"env_steps": env_steps, "updates": updates, "config": program_options(c)}
                 _checkpoint(trainer, ckpt_path, ts, meta, warned)
+                if c.keep_checkpoints:
+                    _keep(ckpt_path, env_steps)
                 last_ckpt = env_steps
             if bar is not None:
                 bar.update(min(env_steps, c.steps) - bar.n)

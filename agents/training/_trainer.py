@@ -30,7 +30,7 @@ Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
 #: options that may differ between a run and its resumption (steps: a run can be extended;
 #: env_workers: dm_control trajectories do not depend on the worker count; shard_seeds: the
-#: records do not depend on where the seeds run)
+#: records do not depend on where the seeds run; keep_checkpoints: files only)
 RUNTIME_OPTIONS = (
     "run_dir",
     "sinks",
@@ -39,6 +39,7 @@ RUNTIME_OPTIONS = (
     "env_workers",
     "wandb",
     "shard_seeds",
+    "keep_checkpoints",
 )
 _JIT_CACHE: dict[Any, dict[str, Any]] = {}
 
@@ -62,6 +63,7 @@ def _program_key(config: TrainConfig) -> Any:
         "steps": 1,
         "env_workers": None,
         "wandb": WandbConfig(),
+        "keep_checkpoints": False,
     }
     return dataclasses.replace(config, seeds=tuple(range(len(config.seeds))), **runtime)
 

@@ -278,6 +278,8 @@ RESUME_OPTIONS = (
     "env-workers",
     "shard-seeds",
     "no-shard-seeds",
+    "keep-checkpoints",
+    "no-keep-checkpoints",
     "wandb.project",
     "wandb.group",
     "wandb.entity",
@@ -367,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cmd.shard_seeds
                     if given & {"shard-seeds", "no-shard-seeds"}
                     else config.shard_seeds
+                ),
+                keep_checkpoints=(
+                    cmd.keep_checkpoints
+                    if given & {"keep-checkpoints", "no-keep-checkpoints"}
+                    else config.keep_checkpoints
                 ),
                 wandb=dataclasses.replace(config.wandb, **wandb),
             )

@@ -148,9 +148,14 @@ def test_train_and_resume(tmp_path, capsys):
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1000
     assert saved()["sinks"] == ["csv"] and saved()["progress"] is False
     # --steps extends a finished run; options not given keep their saved values (csv only)
-    assert main(["train", "--resume", str(run_dir), "--steps", "1200"]) == 0
+    # (and --keep-checkpoints, a resume option, keeps the checkpoint it writes at 1200)
+    assert main(["train", "--resume", str(run_dir), "--steps", "1200", "--keep-checkpoints"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1200
-    assert saved()["steps"] == 1200 and saved()["sinks"] == ["csv"]
+    assert saved()["steps"] == 1200 and saved()["sinks"] == ["csv"] and saved()["keep_checkpoints"]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["1200.ckpt"]
+    assert (run_dir / "checkpoints" / "1200.ckpt").read_bytes() == (
+        run_dir / "checkpoint.ckpt"
+    ).read_bytes()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(ln)["env_steps"] for ln in lines) == 1000  # jsonl was not on
     with open(run_dir / "metrics.csv") as f:

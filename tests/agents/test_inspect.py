@@ -9,6 +9,7 @@ import pytest
 from agents import train
 from agents.reporting import inspect, jaccard, quadrants
 from agents.reporting._inspect import DEFAULT_METRICS
+from agents.training._checkpoint import read_header
 from agents.training.cli import main
 
 from .conftest import BASE
@@ -17,8 +18,19 @@ from .conftest import BASE
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("inspect") / "run"
-    train(dataclasses.replace(BASE, steps=400, run_dir=str(path), sinks=("csv",)))
+    config = dataclasses.replace(BASE, steps=400, run_dir=str(path), sinks=("csv",))
+    train(dataclasses.replace(config, keep_checkpoints=True))
     return path
+
+
+def test_a_run_keeping_its_checkpoints_holds_each_one(run_dir):
+    """With keep_checkpoints every checkpoint stays as checkpoints/<env step>.ckpt (BASE writes
+    one every 200 steps): the last is the run's checkpoint, the earlier one its own state."""
+    kept = run_dir / "checkpoints"
+    assert sorted(p.name for p in kept.iterdir()) == ["200.ckpt", "400.ckpt"]
+    assert [read_header(kept / f"{s}.ckpt")["env_steps"] for s in (200, 400)] == [200, 400]
+    latest = (run_dir / "checkpoint.ckpt").read_bytes()
+    assert (kept / "400.ckpt").read_bytes() == latest != (kept / "200.ckpt").read_bytes()
 
 
 def test_jaccard_and_quadrants_by_hand():
