@@ -20,7 +20,7 @@ from ._optstate import Initable
 from ._reset import Init, reset
 from ._schedule import Schedule
 from ._select import inactive_ratio
-from ._strategy import Count, StepResult, _when, unit_info
+from ._strategy import Count, StepResult, _when, unit_info, updates_since
 from ._units import absorb_mean, check_consumer_biases
 
 
@@ -142,8 +142,7 @@ class CBP:
             raise ValueError("cbp scores units: pass the observation of this update")
         names = [g.name for g in self.groups(anatomy)]
         step = jnp.asarray(step, jnp.int32)
-        first = jnp.asarray(1 if since is None else step - since, jnp.int32)
-        elapsed = jnp.where(state.last < 0, first, step - state.last)
+        elapsed = updates_since(state.last, step, since)
         values = contribution(anatomy, observation)
         means = per_unit_mean(observation.activations)
         utility = state.utility.advance({k: values[k] for k in names}, self.decay, elapsed)

@@ -21,7 +21,7 @@ from ._observe import Observation
 from ._optstate import Initable, scale_optimizer_state
 from ._reset import Init
 from ._schedule import Schedule
-from ._strategy import Count, StepResult, _fresh_params, _when
+from ._strategy import Count, StepResult, _fresh_params, _when, updates_since
 from ._units import spread
 
 
@@ -159,8 +159,7 @@ class CPR:
             raise ValueError("Pass optimizer and opt_state together (or neither).")
         groups = [g for g in self.groups(anatomy) if g.name in state.average]
         step = jnp.asarray(step, jnp.int32)
-        first = jnp.asarray(1 if since is None else step - since, jnp.int32)
-        elapsed = jnp.where(state.last < 0, first, step - state.last).astype(jnp.float32)
+        elapsed = updates_since(state.last, step, since).astype(jnp.float32)
         keep = jnp.asarray(self.decay, jnp.float32) ** elapsed
         scores, _ = self.metric.score(anatomy, observation, self.metric.init(anatomy))
         average = {

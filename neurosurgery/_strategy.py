@@ -80,6 +80,14 @@ class Strategy(Protocol):
     ) -> StepResult: ...
 
 
+def updates_since(last: Array, step: Array, since: Count | None) -> Array:
+    """Updates a stateful strategy's running averages advance by at `step` (int32): since its
+    previous call (`last`, -1 before the first), or on the first call since `since` (1 when not
+    given)."""
+    first = jnp.asarray(1 if since is None else step - since, jnp.int32)
+    return jnp.where(last < 0, first, step - last)
+
+
 def _when(
     due: Array, act: Callable[[PyTree, Any], tuple[PyTree, Any]], model: PyTree, opt_state: Any
 ) -> tuple[PyTree, Any]:
