@@ -8,6 +8,7 @@ per-seed pieces are jitted separately and called from a Python loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 from typing import Any
@@ -53,6 +54,7 @@ class Loop:
         self.agent, self.env, self.config, self.surgery = agent, env, config, surgery
         self.cycle = agent.update_cycle
         self.env_per_body, self.updates_per_body = body_shape(config.replay_ratio, self.cycle)
+        self._surgery_layout = Packing(())  # the surgery figures' layout, set when traced
 
     # --- state -------------------------------------------------------------------------------
     def init(self, seed_key: Array, env_state: Any, obs: Array) -> TrainState:
@@ -126,47 +128,52 @@ class Loop:
             batch = replay_sample(ts.replay, k_batch, size)
             agent_state, event_metrics = agent.scheduled(agent_state, batch, k_event, u)
             metrics.update({k: [v] for k, v in event_metrics.items()})
-            # neuron surgery: scores logged, resets when due
+            # neuron surgery: scores logged, resets when due; its figures travel as one vector
+            # (NaN where no surgery step ran), so their number adds no ops to the loop
             key, k_batch, k_surgery = jax.random.split(key, 3)
-            agent_state, surgery_state, surgery_metrics, due = self._maybe_surgery(
+            agent_state, surgery_state, packed, due = self._maybe_surgery(
                 agent_state, ts, k_batch, k_surgery, u
             )
-            # surgery metrics exist only where a surgery step ran (NaN elsewhere)
-            nan = jnp.asarray(jnp.nan, jnp.float32)
-            for k, v in surgery_metrics.items():
-                metrics[k] = [jnp.where(due, jnp.asarray(v, jnp.float32), nan)]
             ts = eqx.tree_at(
                 lambda t: (t.agent, t.key, t.surgery), ts, (agent_state, key, surgery_state)
             )
-            return (ts, u), {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
+            out = {k: jnp.mean(jnp.stack(v)) for k, v in metrics.items()}
+            return (ts, u), (out, jnp.where(due, packed, jnp.nan))
 
         n_cycles = self.updates_per_body // self.cycle
-        (ts, _), metrics = jax.lax.scan(one_cycle, (ts, u0), None, length=n_cycles)
-        return ts, {
-            k: last_finite(v) if k.startswith("surgery/") else jnp.mean(v)
-            for k, v in metrics.items()
-        }
+        (ts, _), (metrics, packed) = jax.lax.scan(one_cycle, (ts, u0), None, length=n_cycles)
+        metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+        metrics.update(self._surgery_layout.unpack(last_finite(packed)))
+        return ts, metrics
 
     def _maybe_surgery(
         self, agent_state: Any, ts: TrainState, k_batch: Array, key: Array, u: Array
-    ) -> tuple[Any, Any, dict[str, Array], Array]:
-        """A surgery step when one is due in the last cycle's updates (`u` unbatched). Its replay
-        batch is drawn inside the branch that runs, not on every update cycle."""
+    ) -> tuple[Any, Any, Array, Array]:
+        """A surgery step when one is due in the last cycle's updates (`u` unbatched), and its
+        figures packed into one float32 vector (`self._surgery_layout`). Its replay batch is
+        drawn inside the branch that runs, not on every update cycle."""
         surgery, since = self.surgery, u - self.cycle
         if not surgery.active:
-            return agent_state, ts.surgery, {}, jnp.asarray(False)
+            self._surgery_layout = Packing(())
+            return agent_state, ts.surgery, jnp.zeros((0,), jnp.float32), jnp.asarray(False)
 
-        def run(carry):
+        def step(carry):
             agent_state, states = carry
             batch = replay_sample(ts.replay, k_batch, self.agent.config.batch_size)
             return surgery.step(self.agent, agent_state, states, batch, key, u, since)
 
         carry = (agent_state, ts.surgery)
-        shapes = jax.eval_shape(run, carry)[2]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        layout = Packing.of(jax.eval_shape(step, carry)[2])
+        self._surgery_layout = layout
+
+        def run(carry):
+            agent_state, states, metrics = step(carry)
+            return agent_state, states, layout.pack(metrics)
+
+        zeros = jnp.zeros((layout.size,), jnp.float32)
         due = surgery.due(u, since)
-        agent_state, states, metrics = jax.lax.cond(due, run, lambda c: (*c, zeros), carry)
-        return agent_state, states, metrics, due
+        agent_state, states, packed = jax.lax.cond(due, run, lambda c: (*c, zeros), carry)
+        return agent_state, states, packed, due
 
     # --- segments (JAX environments) ---------------------------------------------------------
     def segment(self, ts: TrainState, u0: Array, bodies: int, learning: bool):
@@ -213,7 +220,38 @@ class Loop:
 
 
 def last_finite(x: Array) -> Array:
-    """The last finite entry along the leading axis (NaN if there is none)."""
+    """The last finite entry along the leading axis, per trailing entry (NaN if there is none)."""
     finite = jnp.isfinite(x)
-    idx = jnp.max(jnp.where(finite, jnp.arange(x.shape[0]), -1))
-    return jnp.where(idx >= 0, x[jnp.maximum(idx, 0)], jnp.nan)
+    position = jnp.arange(x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    idx = jnp.max(jnp.where(finite, position, -1), axis=0)
+    picked = jnp.take_along_axis(x, jnp.maximum(idx, 0)[None], axis=0)[0]
+    return jnp.where(idx >= 0, picked, jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Named float32 figures of fixed shapes laid end to end in one vector, and back."""
+
+    entries: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, shapes: dict[str, Any]) -> Packing:
+        return cls(tuple((k, tuple(s.shape)) for k, s in shapes.items()))
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.entries)
+
+    def pack(self, values: dict[str, Array]) -> Array:
+        if not self.entries:
+            return jnp.zeros((0,), jnp.float32)
+        parts = [jnp.ravel(jnp.asarray(values[k], jnp.float32)) for k, _ in self.entries]
+        return jnp.concatenate(parts)
+
+    def unpack(self, vector: Array) -> dict[str, Array]:
+        out, start = {}, 0
+        for k, shape in self.entries:
+            n = math.prod(shape)
+            out[k] = vector[start : start + n].reshape(shape)
+            start += n
+        return out

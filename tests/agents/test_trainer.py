@@ -346,6 +346,23 @@ def test_surgery_runs_every_surgery_period_and_when_resets_are_due(base_config, 
     assert float(_loop.last_finite(jnp.asarray([1.0, 2.0, jnp.nan]))) == 2.0
 
 
+def test_surgery_figures_travel_packed_and_keep_the_last_finite_value_per_figure():
+    nan = np.nan
+    cycles = np.array([[1.0, 5.0, nan], [2.0, nan, nan], [nan, nan, nan]], np.float32)
+    np.testing.assert_array_equal(np.asarray(_loop.last_finite(jnp.asarray(cycles))), [2, 5, nan])
+    shapes = {"a": jax.ShapeDtypeStruct((), jnp.float32), "b": jax.ShapeDtypeStruct((2, 3), int)}
+    layout = _loop.Packing.of(shapes)
+    assert layout.size == 7
+    values = {"a": jnp.float32(0.5), "b": jnp.arange(6).reshape(2, 3)}
+    packed = layout.pack(values)
+    np.testing.assert_array_equal(np.asarray(packed), [0.5, 0, 1, 2, 3, 4, 5])
+    back = layout.unpack(packed)
+    assert list(back) == ["a", "b"] and back["b"].shape == (2, 3) and back["b"].dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(back["b"]), np.arange(6).reshape(2, 3))
+    empty = _loop.Packing(())
+    assert empty.size == 0 and empty.pack({}).shape == (0,) and empty.unpack(jnp.zeros(0)) == {}
+
+
 @pytest.mark.parametrize(
     "ratio,cycle,shape",
     [
