@@ -9,6 +9,7 @@ from ._anatomy import Anatomy as Anatomy
 from ._build import anatomy as anatomy
 from ._cbp import CBP as CBP
 from ._cbp import CBPState as CBPState
+from ._chain import Chain as Chain
 from ._compare import Comparison as Comparison
 from ._compare import compare as compare
 from ._compare import score_all as score_all
@@ -66,7 +67,9 @@ from ._presets import strategy_options as strategy_options
 from ._reborn import ReBorn as ReBorn
 from ._reset import ResetResult as ResetResult
 from ._reset import reset as reset
+from ._schedule import AnyDue as AnyDue
 from ._schedule import Schedule as Schedule
+from ._schedule import When as When
 from ._select import Selection as Selection
 from ._select import bottom_fraction as bottom_fraction
 from ._select import capped_threshold as capped_threshold

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cbp import CBP
+from ._chain import Chain
 from ._cpr import CPR
 from ._injection import PlasticityInjection
 from ._metrics import (
@@ -240,7 +241,14 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
 
 
 def strategy_options(name: str) -> dict[str, Any]:
-    """The options a named strategy takes, with their defaults."""
+    """The options a named strategy takes, with their defaults (for a composition `a+b`, every
+    option a member takes, with the first member's default)."""
+    if "+" in name:
+        merged: dict[str, Any] = {}
+        for member in _members(name):
+            for k, v in strategy_options(member).items():
+                merged.setdefault(k, v)
+        return merged
     factory = _strategy_factory(name)
     if _is_instance(factory):
         return {}
@@ -267,8 +275,37 @@ def _strategy_factory(name: str) -> Any:
     return STRATEGIES[name]
 
 
+def _members(name: str) -> list[str]:
+    members = [m.strip() for m in name.split("+")]
+    if any(not m for m in members):
+        raise ValueError(
+            f"reset strategy {name!r} has an empty member; compose named strategies with '+', "
+            "e.g. 'regrama+shrink_perturb'"
+        )
+    return members
+
+
 def strategy(name: str, **options: Any) -> Strategy:
-    """The strategy preset `name` with `options` (each must be one the preset takes)."""
+    """The strategy preset `name` with `options` (each must be one the preset takes).
+
+    `"a+b"` composes presets into a [`Chain`][neurosurgery.Chain] acting in that order; each
+    option goes to every member that takes it (`every` to all that have a schedule), and an
+    option no member takes is refused."""
+    if "+" in name:
+        members = _members(name)
+        takes = {m: strategy_options(m) for m in members}
+        unknown = sorted(k for k in options if not any(k in t for t in takes.values()))
+        if unknown:
+            listed = "; ".join(f"{m}: {', '.join(t) or 'none'}" for m, t in takes.items())
+            raise ValueError(
+                f"option(s) {', '.join(unknown)} apply to no member of {name}; their options "
+                f"are {listed}"
+            )
+        return Chain(
+            tuple(
+                strategy(m, **{k: v for k, v in options.items() if k in takes[m]}) for m in members
+            ),
+        )
     factory = _strategy_factory(name)
     if _is_instance(factory):
         if options:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol, runtime_checkable
 
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +74,25 @@ class Schedule:
         # the last point at or before `step`: start + k·every with k >= 1
         k = (step - self.start) // self.every
         return (k >= 1) & (self.start + k * self.every > since)
+
+
+@runtime_checkable
+class When(Protocol):
+    """What a strategy's `schedule` provides: `due(step, since)`, as
+    [`Schedule.due`][neurosurgery.Schedule.due]."""
+
+    def due(
+        self, step: Int[Array, ""] | int, since: Int[Array, ""] | int | None = None
+    ) -> Bool[Array, ""]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyDue:
+    """Due when any of `schedules` is (the schedule of a [`Chain`][neurosurgery.Chain])."""
+
+    schedules: tuple[When, ...]
+
+    def due(
+        self, step: Int[Array, ""] | int, since: Int[Array, ""] | int | None = None
+    ) -> Bool[Array, ""]:
+        return jnp.any(jnp.stack([s.due(step, since) for s in self.schedules]))

@@ -24,7 +24,7 @@ from ._metrics import EmptyState, Metric, Scores
 from ._observe import Observation
 from ._optstate import Initable
 from ._reset import Init, _named_source, applied_masks, fresh_model, reset
-from ._schedule import Schedule
+from ._schedule import Schedule, When
 from ._select import Selection, inactive_ratio, network_inactive_ratio
 from ._whole import full_reset, shrink_and_perturb
 
@@ -55,7 +55,10 @@ class Strategy(Protocol):
     def name(self) -> str: ...
 
     @property
-    def schedule(self) -> Schedule: ...
+    def schedule(self) -> When:
+        """When the strategy acts (a [`Schedule`][neurosurgery.Schedule], or anything with its
+        `due`)."""
+        ...
 
     @property
     def observes(self) -> bool:

@@ -29,6 +29,7 @@ from ._steps import (
     params,
     soft_update,
     squashed_gaussian,
+    with_l2_init,
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
@@ -51,6 +52,9 @@ class BROConfig:
     """AdamW learning rate of the twin critics."""
     weight_decay: float = 1e-4
     """AdamW weight decay of actors and critics."""
+    l2_init: float = 0.0
+    """L2-init (Kumar et al. 2023): pull of the actors' and critics' parameters towards their
+    initial values with this strength, `ns.l2_init` first in their optimizers (0: off)."""
     alpha_lr: float = 3e-4
     """Adam learning rate of log α (b1 = `adjust_b1`)."""
     init_alpha: float = 1.0
@@ -104,7 +108,7 @@ class BROConfig:
             unit=("tau", "gamma"),
             at_least_one=("batch_size", "critic_width", "actor_width", "n_quantiles"),
             positive=positive,
-            non_negative=("weight_decay", "kl_target"),
+            non_negative=("weight_decay", "kl_target", "l2_init"),
         )
         for name in ("critic_blocks", "actor_blocks"):
             if not 1 <= getattr(self, name) <= 4:
@@ -288,8 +292,8 @@ class BRO:
 
     def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
         c = self.config
-        actor = optax.adamw(c.actor_lr, weight_decay=c.weight_decay)
-        critic = optax.adamw(c.critic_lr, weight_decay=c.weight_decay)
+        actor = with_l2_init(optax.adamw(c.actor_lr, weight_decay=c.weight_decay), c.l2_init)
+        critic = with_l2_init(optax.adamw(c.critic_lr, weight_decay=c.weight_decay), c.l2_init)
         alpha = optax.adam(c.alpha_lr, b1=c.adjust_b1)
         adjust = optax.adam(c.adjust_lr, b1=c.adjust_b1)
         return actor, critic, alpha, adjust

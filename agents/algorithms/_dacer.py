@@ -31,7 +31,15 @@ from ._agent import Batch, Objective
 from ._checks import check_fields
 from ._diffusion import VARIANCES, VPSchedule, ddpm_sample_calls, ode_sample_calls, vp_schedule
 from ._gmm import fit_gmm, gmm_entropy
-from ._steps import ActorCritic, critic_step, objective_step, opt_update, params, soft_update
+from ._steps import (
+    ActorCritic,
+    critic_step,
+    objective_step,
+    opt_update,
+    params,
+    soft_update,
+    with_l2_init,
+)
 
 SAMPLERS = ("ddpm", "ode")
 MIN_STD = 0.01
@@ -51,6 +59,9 @@ class DACERConfig:
     """Adam learning rate of the twin critics."""
     alpha_lr: float = 3e-2
     """Adam learning rate of log α."""
+    l2_init: float = 0.0
+    """L2-init (Kumar et al. 2023): pull of the denoiser's and critics' parameters towards their
+    initial values with this strength, `ns.l2_init` first in their optimizers (0: off)."""
     gamma: float = 0.99
     """Discount factor."""
     tau: float = 0.005
@@ -114,7 +125,7 @@ class DACERConfig:
             unit=("tau", "gamma"),
             at_least_one=ints,
             positive=floats,
-            non_negative=("noise_scale",),
+            non_negative=("noise_scale", "l2_init"),
         )
         if self.entropy_states > self.batch_size:
             raise ValueError("dacer.entropy_states must be <= dacer.batch_size")
@@ -215,7 +226,12 @@ class DACER(ActorCritic):
 
     def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
         c = self.config
-        return optax.adam(c.actor_lr), optax.adam(c.critic_lr), optax.adam(c.alpha_lr)
+        actor, critic = optax.adam(c.actor_lr), optax.adam(c.critic_lr)
+        return (
+            with_l2_init(actor, c.l2_init),
+            with_l2_init(critic, c.l2_init),
+            optax.adam(c.alpha_lr),
+        )
 
     def init(self, key: PRNGKeyArray) -> DACERState:
         c = self.config

@@ -26,6 +26,7 @@ from ._steps import (
     params,
     soft_update,
     squashed_gaussian,
+    with_l2_init,
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -53,6 +54,9 @@ class SACConfig:
     """Initial entropy temperature α."""
     target_entropy_scale: float = 1.0
     """Target entropy = −scale·|A|."""
+    l2_init: float = 0.0
+    """L2-init (Kumar et al. 2023): pull of the actor's and critics' parameters towards their
+    initial values with this strength, `ns.l2_init` first in their optimizers (0: off)."""
     actor: NetworkConfig = field(default_factory=NetworkConfig)
     """Actor network."""
     critic: NetworkConfig = field(default_factory=NetworkConfig)
@@ -65,6 +69,7 @@ class SACConfig:
             unit=("tau", "gamma"),
             at_least_one=("batch_size", "policy_delay"),
             positive=("actor_lr", "critic_lr", "alpha_lr", "init_alpha"),
+            non_negative=("l2_init",),
         )
         self.actor.validate("sac.actor")
         self.critic.validate("sac.critic")
@@ -180,7 +185,12 @@ class SAC(ActorCritic):
 
     def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
         c = self.config
-        return optax.adam(c.actor_lr), optax.adam(c.critic_lr), optax.adam(c.alpha_lr)
+        actor, critic = optax.adam(c.actor_lr), optax.adam(c.critic_lr)
+        return (
+            with_l2_init(actor, c.l2_init),
+            with_l2_init(critic, c.l2_init),
+            optax.adam(c.alpha_lr),
+        )
 
     def init(self, key: PRNGKeyArray) -> SACState:
         c = self.config

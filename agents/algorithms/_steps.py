@@ -12,12 +12,22 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+import neurosurgery as ns
+
 from ._agent import Objective
 
 
 def params(model: Any) -> Any:
     """The array leaves of a network (what its optimizer sees)."""
     return eqx.filter(model, eqx.is_array)
+
+
+def with_l2_init(
+    opt: optax.GradientTransformation, strength: float
+) -> optax.GradientTransformation:
+    """`opt` with L2-init's pull towards the initial parameters first (`ns.l2_init`), or `opt`
+    itself for strength 0 (its state, and so a checkpoint, as without the option)."""
+    return optax.chain(ns.l2_init(strength), opt) if strength else opt
 
 
 def opt_update(opt: optax.GradientTransformation, grads: Any, state: Any, params: Any):

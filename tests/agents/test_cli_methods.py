@@ -1,11 +1,15 @@
 """The methods beyond ReDo and ReGraMa from the command line: SAC runs on test/point-mass, and
 their bad options."""
 
+import equinox as eqx
+import jax
 import numpy as np
 import pytest
 
+from agents import BRO, DACER, SAC, BROConfig, DACERConfig, SACConfig
 from agents.training import read_metrics
 from agents.training.cli import main
+from neurosurgery import L2InitState
 
 from .test_cli import TINY
 
@@ -15,6 +19,11 @@ RUNS = {
     "reborn": (["--reset.every", "50", "--reset.share", "0.3"], f"donors/{LAYER}"),
     "cpr": (["--reset.every", "50", "--reset.replacement-rate", "0.1"], f"moved/{LAYER}"),
     "injection": (["--reset.at", "50", "--reset.layers", "2"], "injected"),
+    # composed: ReGraMa then shrink-and-perturb on the same schedule, with L2-init on top
+    "regrama+shrink_perturb": (
+        ["--reset.every", "100", "--reset.shrink", "0.9", "--sac.l2-init", "0.001"],
+        "shrink_perturb/reset",
+    ),
 }
 
 
@@ -36,6 +45,10 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
         assert max(values) > 0  # units were moved part of the way
     if method == "injection":
         assert values == [1.0]  # injected once, at update 50
+    if method == "regrama+shrink_perturb":
+        assert values and set(values) == {1.0}  # S&P acted at every surgery step it logged
+        assert f"surgery/critic/regrama/reset/{LAYER}" in curves
+        assert "surgery/critic/regrama/flagged" in curves
 
 
 @pytest.mark.parametrize(
@@ -57,6 +70,13 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
         (["--reset.method", "injection", "--reset.layers", "0"], "layers=0 is invalid"),
         (["--reset.method", "injection", "--agent", "bro"], "agent bro is not supported"),
         (["--reset.method", "injection", "--agent", "dacer"], "agent dacer is not supported"),
+        (["--reset.method", "regrama+injection"], "plasticity injection, which cannot be composed"),
+        (
+            ["--reset.method", "regrama+shrink_perturb", "--reset.maturity", "5"],
+            "maturity apply to no member of regrama+shrink_perturb",
+        ),
+        (["--reset.method", "regrama+", "--reset.every", "5"], "has an empty member"),
+        (["--sac.l2-init", "-1"], "sac.l2_init must be >= 0"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
@@ -64,3 +84,36 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     assert main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_l2_init_puts_the_pull_first_in_the_actor_and_critic_optimizers():
+    """With l2_init > 0 each agent's actor and critic optimizers hold L2-init's anchors (the
+    networks' initial parameters); with 0 their states are the plain optimizers' (so runs and
+    checkpoints without the option are unchanged)."""
+    key = jax.random.key(0)
+    for agent_cls, cfg_cls in ((SAC, SACConfig), (BRO, BROConfig), (DACER, DACERConfig)):
+        with_pull = agent_cls(cfg_cls(l2_init=0.01), 3, 1)
+        state = with_pull.init(key)
+        for name in ("actor", "critic"):
+            anchors = [
+                x
+                for x in jax.tree.leaves(
+                    with_pull.opt_state(state, name), is_leaf=lambda x: isinstance(x, L2InitState)
+                )
+                if isinstance(x, L2InitState)
+            ]
+            assert len(anchors) == 1, (agent_cls.__name__, name)
+            params = eqx.filter(getattr(state, name), eqx.is_array)
+            for a, p in zip(
+                jax.tree.leaves(anchors[0].initial), jax.tree.leaves(params), strict=True
+            ):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(p))
+        plain = agent_cls(cfg_cls(), 3, 1)
+        plain_opt = plain.opt_state(plain.init(key), "critic")
+        assert jax.tree.structure(plain_opt) == jax.tree.structure(
+            plain.optimizer("critic").init(eqx.filter(plain.init(key).critic, eqx.is_array))
+        )
+        assert not any(
+            isinstance(x, L2InitState)
+            for x in jax.tree.leaves(plain_opt, is_leaf=lambda x: isinstance(x, L2InitState))
+        )
