@@ -33,12 +33,12 @@ from ._diffusion import VARIANCES, VPSchedule, ddpm_sample_calls, ode_sample_cal
 from ._gmm import fit_gmm, gmm_entropy
 from ._steps import (
     ActorCritic,
+    adam_optimizers,
     critic_step,
     objective_step,
     opt_update,
     params,
     soft_update,
-    with_l2_init,
 )
 
 SAMPLERS = ("ddpm", "ode")
@@ -225,13 +225,7 @@ class DACER(ActorCritic):
         return vp_schedule(c.diffusion_steps, c.beta_min, c.beta_max)
 
     def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
-        c = self.config
-        actor, critic = optax.adam(c.actor_lr), optax.adam(c.critic_lr)
-        return (
-            with_l2_init(actor, c.l2_init),
-            with_l2_init(critic, c.l2_init),
-            optax.adam(c.alpha_lr),
-        )
+        return adam_optimizers(self.config)
 
     def init(self, key: PRNGKeyArray) -> DACERState:
         c = self.config

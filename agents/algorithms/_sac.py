@@ -22,11 +22,11 @@ from ._checks import check_fields
 from ._steps import (
     ActorCritic,
     actor_and_alpha_step,
+    adam_optimizers,
     critic_step,
     params,
     soft_update,
     squashed_gaussian,
-    with_l2_init,
 )
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -184,13 +184,7 @@ class SAC(ActorCritic):
         return -self.config.target_entropy_scale * self.action_size
 
     def _optimizers(self) -> tuple[optax.GradientTransformation, ...]:
-        c = self.config
-        actor, critic = optax.adam(c.actor_lr), optax.adam(c.critic_lr)
-        return (
-            with_l2_init(actor, c.l2_init),
-            with_l2_init(critic, c.l2_init),
-            optax.adam(c.alpha_lr),
-        )
+        return adam_optimizers(self.config)
 
     def init(self, key: PRNGKeyArray) -> SACState:
         c = self.config

@@ -30,6 +30,17 @@ def with_l2_init(
     return optax.chain(ns.l2_init(strength), opt) if strength else opt
 
 
+def adam_optimizers(config: Any) -> tuple[optax.GradientTransformation, ...]:
+    """Adam for the actor, the critics and log α at `config`'s `actor_lr`, `critic_lr` and
+    `alpha_lr`, the first two with `config.l2_init`'s pull (SAC's and DACER's optimizers)."""
+    actor, critic = optax.adam(config.actor_lr), optax.adam(config.critic_lr)
+    return (
+        with_l2_init(actor, config.l2_init),
+        with_l2_init(critic, config.l2_init),
+        optax.adam(config.alpha_lr),
+    )
+
+
 def opt_update(opt: optax.GradientTransformation, grads: Any, state: Any, params: Any):
     """`opt.update` under standard dtype promotion (optax mixes Python floats and int counts)."""
     with jax.numpy_dtype_promotion("standard"):

@@ -54,7 +54,6 @@ class Loop:
         self.agent, self.env, self.config, self.surgery = agent, env, config, surgery
         self.cycle = agent.update_cycle
         self.env_per_body, self.updates_per_body = body_shape(config.replay_ratio, self.cycle)
-        self._surgery_layout = Packing(())  # the surgery figures' layout, set when traced
 
     # --- state -------------------------------------------------------------------------------
     def init(self, seed_key: Array, env_state: Any, obs: Array) -> TrainState:
@@ -111,6 +110,8 @@ class Loop:
         """`updates_per_body` gradient updates; `u0` (unbatched) counts updates done before."""
         agent, size = self.agent, self.agent.config.batch_size
 
+        layouts: list[Packing] = []  # the surgery figures' layout, known once one_cycle is traced
+
         def one_cycle(carry, _):
             ts, u = carry
             metrics: dict[str, list[Array]] = {}
@@ -131,9 +132,10 @@ class Loop:
             # neuron surgery: scores logged, resets when due; its figures travel as one vector
             # (NaN where no surgery step ran), so their number adds no ops to the loop
             key, k_batch, k_surgery = jax.random.split(key, 3)
-            agent_state, surgery_state, packed, due = self._maybe_surgery(
+            agent_state, surgery_state, packed, layout, due = self._maybe_surgery(
                 agent_state, ts, k_batch, k_surgery, u
             )
+            layouts.append(layout)
             ts = eqx.tree_at(
                 lambda t: (t.agent, t.key, t.surgery), ts, (agent_state, key, surgery_state)
             )
@@ -143,19 +145,19 @@ class Loop:
         n_cycles = self.updates_per_body // self.cycle
         (ts, _), (metrics, packed) = jax.lax.scan(one_cycle, (ts, u0), None, length=n_cycles)
         metrics = {k: jnp.mean(v) for k, v in metrics.items()}
-        metrics.update(self._surgery_layout.unpack(last_finite(packed)))
+        metrics.update(layouts[0].unpack(last_finite(packed)))
         return ts, metrics
 
     def _maybe_surgery(
         self, agent_state: Any, ts: TrainState, k_batch: Array, key: Array, u: Array
-    ) -> tuple[Any, Any, Array, Array]:
-        """A surgery step when one is due in the last cycle's updates (`u` unbatched), and its
-        figures packed into one float32 vector (`self._surgery_layout`). Its replay batch is
-        drawn inside the branch that runs, not on every update cycle."""
+    ) -> tuple[Any, Any, Array, Packing, Array]:
+        """A surgery step when one is due in the last cycle's updates (`u` unbatched), its
+        figures packed into one float32 vector, and their layout. Its replay batch is drawn
+        inside the branch that runs, not on every update cycle."""
         surgery, since = self.surgery, u - self.cycle
         if not surgery.active:
-            self._surgery_layout = Packing(())
-            return agent_state, ts.surgery, jnp.zeros((0,), jnp.float32), jnp.asarray(False)
+            none = Packing(())
+            return agent_state, ts.surgery, none.pack({}), none, jnp.asarray(False)
 
         def step(carry):
             agent_state, states = carry
@@ -164,7 +166,6 @@ class Loop:
 
         carry = (agent_state, ts.surgery)
         layout = Packing.of(jax.eval_shape(step, carry)[2])
-        self._surgery_layout = layout
 
         def run(carry):
             agent_state, states, metrics = step(carry)
@@ -173,7 +174,7 @@ class Loop:
         zeros = jnp.zeros((layout.size,), jnp.float32)
         due = surgery.due(u, since)
         agent_state, states, packed = jax.lax.cond(due, run, lambda c: (*c, zeros), carry)
-        return agent_state, states, packed, due
+        return agent_state, states, packed, layout, due
 
     # --- segments (JAX environments) ---------------------------------------------------------
     def segment(self, ts: TrainState, u0: Array, bodies: int, learning: bool):
