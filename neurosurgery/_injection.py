@@ -13,6 +13,7 @@ programs stay valid.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -52,7 +53,7 @@ _frozen_when.defvjp(_frozen_fwd, _frozen_bwd)
 
 class Injected(eqx.Module):
     """A module with an injectable head: `module(x)` until injection, then
-    `module_θ(x) + module_θ'(x) − sg(module_θ'₀(x))`.
+    `module_θ(x) + module_θ'(x) − sg(module_θ'₀(x))` (with `call`: `call(module_θ, x) + ...`).
 
     Attributes:
         module: the wrapped module; its head entries are the old head θ (frozen after
@@ -63,6 +64,8 @@ class Injected(eqx.Module):
             passes from one to the other smoothly).
         head: which of `module`'s array leaves (in leaf order) form the head.
         head_paths: their paths, for messages.
+        call: how the module is called, `call(module, *args)` (e.g. a stacked ensemble's
+            `eqx.filter_vmap`); None: `module(*args)`.
 
     The three terms are three evaluations of the module with the head leaves substituted, so a
     call costs three forward passes (XLA shares what the three have in common).
@@ -74,6 +77,10 @@ class Injected(eqx.Module):
     active: Float[Array, ""]
     head: tuple[int, ...] = eqx.field(static=True)
     head_paths: tuple[str, ...] = eqx.field(static=True)
+    call: Callable[..., Any] | None = eqx.field(static=True, default=None)
+
+    def _apply(self, module: Any, *args: Any, **kwargs: Any) -> Any:
+        return module(*args, **kwargs) if self.call is None else self.call(module, *args, **kwargs)
 
     def _with_head(self, values: tuple[Array, ...] | list[Array]) -> Any:
         params, static = eqx.partition(self.module, eqx.is_array)
@@ -85,9 +92,9 @@ class Injected(eqx.Module):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         leaves = jax.tree_util.tree_leaves(eqx.filter(self.module, eqx.is_array))
         old = [_frozen_when(leaves[i], self.active) for i in self.head]
-        y_old = self._with_head(old)(*args, **kwargs)
-        y_new = self._with_head(self.fresh)(*args, **kwargs)
-        y_frozen = jax.lax.stop_gradient(self._with_head(self.frozen)(*args, **kwargs))
+        y_old = self._apply(self._with_head(old), *args, **kwargs)
+        y_new = self._apply(self._with_head(self.fresh), *args, **kwargs)
+        y_frozen = jax.lax.stop_gradient(self._apply(self._with_head(self.frozen), *args, **kwargs))
         return jax.tree.map(
             lambda o, n, f: o + self.active.astype(o.dtype) * (n - f), y_old, y_new, y_frozen
         )
@@ -123,6 +130,7 @@ def injectable(
     *example_args: Any,
     layers: int | None = 2,
     groups: tuple[str, ...] | None = None,
+    fn: Callable[..., Any] | None = None,
     **example_kwargs: Any,
 ) -> Injected:
     """`module` wrapped for plasticity injection, its head found by the anatomy.
@@ -134,12 +142,20 @@ def injectable(
     [`PlasticityInjection`][neurosurgery.PlasticityInjection] injects, the wrapper computes
     exactly `module(*args)`.
 
+    `fn(module, *args)` says how the module is called where that is not `module(*args)`, as for
+    [`anatomy`][neurosurgery.anatomy]: e.g. a stacked ensemble (members built with
+    `eqx.filter_vmap`), `fn = lambda m, x: eqx.filter_vmap(lambda c: c(x))(m)`, whose head is
+    then every member's head. The wrapper keeps `fn` (a static field) and calls the module
+    through it, so the wrapper itself is called as `wrapped(*args)`. Give the constructor that
+    rebuilds the network (`init`) the same `fn` object, not a new lambda per call: the fresh
+    network must have the same structure.
+
     Raises:
         ValueError: an injection target the anatomy cannot find (the message names the groups
             there are), or a bad `layers`.
         AnatomyError: the module cannot be mapped, or a head leaf is only partly in the head.
     """
-    anatomy = build_anatomy(module, *example_args, **example_kwargs)
+    anatomy = build_anatomy(module, *example_args, fn=fn, **example_kwargs)
     chosen = _head_groups(anatomy, layers, groups)
     owned: dict[int, np.ndarray] = {}
     for g in chosen:
@@ -164,6 +180,7 @@ def injectable(
         jnp.zeros((), jnp.float32),
         head,
         tuple(anatomy.leaf_paths[i] for i in head),
+        fn,
     )
 
 
@@ -237,10 +254,17 @@ class PlasticityInjection:
     def schedule(self) -> Schedule:
         return Schedule.at(self.at)
 
-    def wrap(self, module: Any, *example_args: Any, **example_kwargs: Any) -> Injected:
-        """`module` made injectable with this strategy's head (see `injectable`)."""
+    def wrap(
+        self,
+        module: Any,
+        *example_args: Any,
+        fn: Callable[..., Any] | None = None,
+        **example_kwargs: Any,
+    ) -> Injected:
+        """`module` made injectable with this strategy's head (see `injectable`; `fn`: how the
+        module is called, e.g. a stacked ensemble's vmap)."""
         return injectable(
-            module, *example_args, layers=self.layers, groups=self.groups, **example_kwargs
+            module, *example_args, layers=self.layers, groups=self.groups, fn=fn, **example_kwargs
         )
 
     def init(self, anatomy: Anatomy) -> EmptyState:
