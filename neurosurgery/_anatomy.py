@@ -223,7 +223,9 @@ class Anatomy:
                     g.name,
                     g.layer_type.__name__,
                     "×".join(map(str, g.unit_shape)),
-                    g.kind() + (" normalised" if g.normalized and not g.output else ""),
+                    g.kind()
+                    + (" normalised" if g.normalized and not g.output else "")
+                    + (" entangled" if g.entangled_with and not g.shared else ""),
                     ", ".join(map(repr, g.incoming)) or "-",
                     ", ".join(map(repr, g.per_unit)) or "-",
                     ", ".join(map(repr, g.outgoing)) or "-",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -200,7 +201,32 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
                 no_reset=note,
             )
         )
-    return groups
+    return _entangle(groups)
+
+
+def _entangle(groups: list[NeuronGroup]) -> list[NeuronGroup]:
+    """Mark groups whose outgoing entries are also another group's outgoing entries (one
+    layer reads the units of both, e.g. a layer applied to its own output or to two producers)."""
+    masks: list[dict[int, np.ndarray]] = []
+    for g in groups:
+        mine: dict[int, np.ndarray] = {}
+        for s in g.outgoing:
+            m = s.element_owner() >= 0
+            mine[s.leaf] = mine[s.leaf] | m if s.leaf in mine else m
+        masks.append(mine)
+    out = []
+    for i, g in enumerate(groups):
+        others = tuple(
+            h.name
+            for j, h in enumerate(groups)
+            if j != i
+            and any(
+                leaf in masks[j] and bool((m & masks[j][leaf]).any())
+                for leaf, m in masks[i].items()
+            )
+        )
+        out.append(dataclasses.replace(g, entangled_with=others) if others else g)
+    return out
 
 
 def _normalized(t: Tracer, lm: LabelMap, finals: list[FinalGroup], graph: Graph, args) -> set[int]:

@@ -71,8 +71,11 @@ class CBP:
     contribution first, b_k ← b_k + w_ki · ā_i (ā_i: the running average of the unit's
     activation, bias-corrected), so that the consumers see the unit's average, not zero; the
     network's function is then kept exactly for units whose activation is constant, and the
-    change on a sample is w_ki (ā_i − h_i(x)). Without it, the zeroed outgoing weights keep the
-    function exactly. Every hidden, non-residual group is operated (residual-stream channels
+    change on a sample is w_ki (ā_i − h_i(x)). Without it, the zeroed outgoing weights remove
+    the unit's contribution, so the function is kept exactly for units whose activation was
+    zero. Either way only in [`preserving`][neurosurgery.NeuronGroup.preserving] groups: behind
+    a norm over the units, or in a group `entangled_with` another, a replacement moves the
+    outputs. Every hidden, non-residual group is operated (residual-stream channels
     with `include_shared`); output units never.
 
     Defaults: η = 0.99, maturity 100 updates (the paper's), ρ = 1e-4 (per update).

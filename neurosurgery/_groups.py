@@ -100,6 +100,10 @@ class NeuronGroup:
             meet in the scores. Their outgoing entries are the partner units' incoming entries:
             a reset re-draws a query unit and zeroes its key partner (so the pair's score term
             starts from zero again), and the other way round.
+        entangled_with: the other groups whose units are read through the same outgoing
+            entries (one layer consumes both, e.g. a layer applied to its own output, or one head
+            applied to two producers): zeroing a unit's outgoing weights also silences the
+            matching unit of those groups, so a reset is not function-preserving.
         no_reset: why the group is left out of resets by default ("": it is not), e.g. attention
             query/key pairs, units read through a constant weight, or units that reach the
             outputs only through a sum or max over units: no outgoing weight can be zeroed.
@@ -119,6 +123,13 @@ class NeuronGroup:
     normalized: bool = False
     paired_with: tuple[str, ...] = ()
     no_reset: str = ""
+    entangled_with: tuple[str, ...] = ()
+
+    @property
+    def preserving(self) -> bool:
+        """A reset with zeroed outgoing weights leaves the model's function unchanged: the group
+        is not `normalized` and not `entangled_with` another one."""
+        return not self.normalized and not self.entangled_with
 
     @property
     def width(self) -> int:

@@ -55,7 +55,8 @@ class ReBorn:
     different outgoing weights and so different updates.
 
     Groups behind a norm over their units (`normalized`, LayerNorm) are not function-preserving
-    (a copied unit changes the layer's statistics). `info` holds `flagged/<group>` (dormant),
+    (a copied unit changes the layer's statistics), nor are groups `entangled_with` another
+    (the split columns also carry the other group's units): see `NeuronGroup.preserving`. `info` holds `flagged/<group>` (dormant),
     `reset/<group>` (reborn now), `donors/<group>` and the network totals.
     """
 

@@ -91,7 +91,10 @@ def reset(
     their initial values (from the constructor; with an initializer, scales to 1 and shifts to
     0); outgoing weights zeroed (`"zero"`: the re-drawn incoming weights cannot reach the
     outputs, so a unit that was dormant — zero activation — leaves the model's function
-    unchanged at the moment of reset; a live unit's contribution is removed) or set to small
+    unchanged at the moment of reset, in groups that are
+    [`preserving`][neurosurgery.NeuronGroup.preserving]: not behind a norm over their units
+    (`normalized`, where a re-drawn unit moves the statistics) and not `entangled_with` another
+    group read through the same columns; a live unit's contribution is removed) or set to small
     random values (`"small"`: `outgoing_scale` × the consumer leaf's standard deviation ×
     N(0, 1)). Output groups are never reset; residual-stream (shared) groups and groups left out
     by default for another reason (`NeuronGroup.no_reset`: attention query/key pairs, units
