@@ -38,14 +38,27 @@ class CPRState(NamedTuple):
     last: Array
 
 
+GATES = ("exp", "sigmoid")
+
+
 def cpr_fraction(
-    average: Float[Array, "..."], replacement_rate: float, sharpness: float, threshold: float
+    average: Float[Array, "..."],
+    replacement_rate: float,
+    sharpness: float,
+    threshold: float,
+    gate: str = "exp",
 ) -> Float[Array, "..."]:
-    """The fraction f = ρ · min(1, 2 σ(−k (s̄ − c))) of the way a unit moves towards fresh
-    weights: ρ for a running score at or below the threshold c, falling smoothly to 0 above it
-    (the sharper, the faster)."""
-    gate = jnp.minimum(1.0, 2.0 * jax.nn.sigmoid(-sharpness * (average - threshold)))
-    return replacement_rate * gate
+    """The fraction f of the way a unit moves towards fresh weights: ρ for a running score at
+    or below the threshold c, falling smoothly to 0 above it (the sharper, the faster):
+    f = ρ · min(1, exp(−k (s̄ − c))) (`gate="exp"`) or ρ · min(1, 2 σ(−k (s̄ − c)))
+    (`"sigmoid"`)."""
+    if gate not in GATES:
+        raise ValueError(f"CPR: gate={gate!r} is unknown; use 'exp' or 'sigmoid'")
+    if gate == "exp":
+        return replacement_rate * jnp.minimum(1.0, jnp.exp(-sharpness * (average - threshold)))
+    return replacement_rate * jnp.minimum(
+        1.0, 2.0 * jax.nn.sigmoid(-sharpness * (average - threshold))
+    )
 
 
 def _check_positive(option: str, value: float, meaning: str, upper: float | None = None) -> None:
@@ -72,7 +85,8 @@ class CPR:
     `since`). When the schedule is due, every unit i of every hidden, non-residual group moves
     by the fraction
 
-        f_i = ρ · min(1, 2 σ(−k (s̄_i − c)))
+        f_i = ρ · min(1, exp(−k (s̄_i − c)))   (`gate="exp"`, the source's default)
+        f_i = ρ · min(1, 2 σ(−k (s̄_i − c)))   (`gate="sigmoid"`, also offered there)
 
     (ρ `replacement_rate`, k `sharpness`, c `threshold`: ρ for a score at or below c, smoothly
     less above it): its incoming weights become (1 − f_i) w + f_i w_fresh (fresh weights from
@@ -88,19 +102,21 @@ class CPR:
     would be a full reset of the entry; per-entry step counts are kept.
 
     Defaults: GraMa at the weight gradient (the source's score: mean |∂L/∂W_ij| over a unit's
-    incoming weights, normalised by the layer mean), η = 0.99, k = 16, c = 1.0, ρ = 0.015, a
-    reset every 1,000 updates. `info` holds `moved/<group>` (the mean fraction f of the group's
+    incoming weights, normalised by the layer mean), the exponential gate, η = 0.99, k = 16,
+    c = 0.95, ρ = 0.012, a reset every 1,000 updates: the defaults of the source's `cpr`
+    (commits 16c1df0 and 0780a95). `info` holds `moved/<group>` (the mean fraction f of the group's
     units moved now, 0 when not due), `score/<group>` (the mean running score) and `moved`.
     """
 
-    replacement_rate: float = 0.015
+    replacement_rate: float = 0.012
     sharpness: float = 16.0
-    threshold: float = 1.0
+    threshold: float = 0.95
     decay: float = 0.99
     metric: Metric = dataclasses.field(default_factory=lambda: GraMa("weight"))
     schedule: Schedule = dataclasses.field(default_factory=lambda: Schedule(every=1000))
     include_shared: bool = False
     optimizer_state: str = "keep"
+    gate: str = "exp"
     name: str = "cpr"
     observes: bool = dataclasses.field(default=True, init=False)
 
@@ -116,6 +132,11 @@ class CPR:
             "threshold", self.threshold, "the running score at or below which units move fully"
         )
         _check_decay("CPR", self.decay)
+        if self.gate not in GATES:
+            raise ValueError(
+                f"CPR: gate={self.gate!r} is unknown; use 'exp' (min(1, exp(-k (s - c))), the "
+                "source's default) or 'sigmoid' (min(1, 2 sigmoid(-k (s - c))))"
+            )
         if self.optimizer_state not in ("keep", "scale"):
             raise ValueError(
                 f"CPR: optimizer_state={self.optimizer_state!r} is unknown; use 'keep' (as it "
@@ -168,7 +189,7 @@ class CPR:
             for g in groups
         }
         fraction = {
-            k: cpr_fraction(v, self.replacement_rate, self.sharpness, self.threshold)
+            k: cpr_fraction(v, self.replacement_rate, self.sharpness, self.threshold, self.gate)
             for k, v in average.items()
         }
         due = self.schedule.due(step, since)

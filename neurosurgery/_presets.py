@@ -190,10 +190,11 @@ def _reborn(
 
 
 def _cpr(
-    replacement_rate: float = 0.015,
+    replacement_rate: float = 0.012,
     sharpness: float = 16.0,
-    threshold: float = 1.0,
+    threshold: float = 0.95,
     decay: float = 0.99,
+    gate: str = "exp",
     every: int = 1000,
     start: int = 0,
     end: int | None = None,
@@ -201,8 +202,9 @@ def _cpr(
     optimizer_state: str = "keep",
 ) -> Strategy:
     """cpr: calibrated partial resets, every `every` updates each hidden unit moved towards
-    fresh weights by ρ · min(1, 2σ(−sharpness · (s̄ − threshold))), s̄ its running GraMa
-    (weight-gradient) score, and its outgoing weights decayed by the same fraction."""
+    fresh weights by ρ · min(1, exp(−sharpness · (s̄ − threshold))) (`gate="sigmoid"`:
+    ρ · min(1, 2σ(−sharpness · (s̄ − threshold)))), s̄ its running GraMa (weight-gradient)
+    score, and its outgoing weights decayed by the same fraction."""
     return CPR(
         replacement_rate,
         sharpness,
@@ -211,6 +213,7 @@ def _cpr(
         schedule=Schedule(every, start, end),
         include_shared=include_shared,
         optimizer_state=optimizer_state,
+        gate=gate,
     )
 
 

@@ -80,6 +80,7 @@ STRATEGY_OPTIONS = (
     "share",
     "sharpness",
     "threshold",
+    "gate",
     "optimizer_state",
     "layers",
 )
@@ -126,7 +127,7 @@ class ResetConfig:
     replacement_rate: float | None = None
     """cbp: fraction of the mature units replaced per update, in (0, 1) (default 1e-4); cpr:
     the largest fraction of the way to fresh weights a unit moves per reset, in (0, 1]
-    (default 0.015)."""
+    (default 0.012)."""
     maturity: int | None = None
     """cbp: updates a unit must have lived before it can be replaced (default 100)."""
     decay: float | None = None
@@ -140,7 +141,10 @@ class ResetConfig:
     sharpness: float | None = None
     """cpr: how fast the gate falls above the threshold, > 0 (default 16)."""
     threshold: float | None = None
-    """cpr: running score at or below which a unit moves the full rate, > 0 (default 1.0)."""
+    """cpr: running score at or below which a unit moves the full rate, > 0 (default 0.95)."""
+    gate: str | None = None
+    """cpr: the gate of the running score, exp (min(1, exp(-k (s - c))), default) or sigmoid
+    (min(1, 2 sigmoid(-k (s - c))))."""
     optimizer_state: str | None = None
     """cpr: keep the optimizer state (default) or scale moved entries by 1 - f (scale)."""
     layers: int | None = None

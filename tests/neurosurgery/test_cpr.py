@@ -43,12 +43,14 @@ S1 = {"layers[0]": [0.2, 0.95, 1.05, 1.6], "layers[1]": [1.0, 0.0, 1.2, 0.8], "l
 S2 = {"layers[0]": [0.4, 1.0, 1.1, 1.3], "layers[1]": [0.9, 0.3, 1.0, 1.02], "layers[2]": [1.0]}
 
 
-def _np_gate(avg):
+def _np_gate(avg, gate):
+    if gate == "exp":
+        return RHO * np.minimum(1.0, np.exp(-SHARP * (avg - C)))
     return RHO * np.minimum(1.0, 2.0 / (1.0 + np.exp(SHARP * (avg - C))))
 
 
-@pytest.mark.parametrize("moments", ["keep", "scale"])
-def test_cpr_against_numpy(moments):
+@pytest.mark.parametrize("moments,gate", [("keep", "exp"), ("scale", "sigmoid")])
+def test_cpr_against_numpy(moments, gate):
     """Two calls (updates (0, 2] and (2, 4]; due at 4) with given scores: the running scores,
     the fractions, the moved incoming and decayed outgoing weights (fresh ones from `make` with
     the step's key), the kept biases, and the optimizer state as documented."""
@@ -67,7 +69,14 @@ def test_cpr_against_numpy(moments):
 
     def call(scores, model, state, step, since, opt_state):
         cpr = ns.CPR(
-            RHO, SHARP, C, DECAY, Given(scores), ns.Schedule(every=4), optimizer_state=moments
+            RHO,
+            SHARP,
+            C,
+            DECAY,
+            Given(scores),
+            ns.Schedule(every=4),
+            optimizer_state=moments,
+            gate=gate,
         )
         return cpr.step(
             anatomy,
@@ -92,7 +101,7 @@ def test_cpr_against_numpy(moments):
     avg = {k: keep * 1.0 + (1 - keep) * np.asarray(S1[k]) for k in ("layers[0]", "layers[1]")}
     np.testing.assert_allclose(first.state.average["layers[0]"], avg["layers[0]"], rtol=1e-6)
     avg = {k: keep * avg[k] + (1 - keep) * np.asarray(S2[k]) for k in avg}
-    f0, f1 = _np_gate(avg["layers[0]"]), _np_gate(avg["layers[1]"])
+    f0, f1 = _np_gate(avg["layers[0]"], gate), _np_gate(avg["layers[1]"], gate)
     w = [np.asarray(layer.weight, np.float64) for layer in model.layers]
     b = [np.asarray(layer.bias) for layer in model.layers]
     fresh = make(key)
@@ -136,9 +145,17 @@ def test_cpr_against_numpy(moments):
 
 
 def test_the_gate_at_and_beyond_the_threshold():
-    """ρ at or below c, ρ · 2σ(−k (s̄ − c)) above: 0.5 ρ at s̄ = c + ln 3 / k."""
-    f = ns.cpr_fraction(jnp.asarray([0.0, 1.0, 1.0 + math.log(3) / 16, 3.0]), 0.015, 16.0, 1.0)
+    """ρ at or below c; above it ρ · exp(−k (s̄ − c)), 0.5 ρ at s̄ = c + ln 2 / k, or
+    ρ · 2σ(−k (s̄ − c)), 0.5 ρ at s̄ = c + ln 3 / k."""
+    s = jnp.asarray([0.0, 1.0, 1.0 + math.log(3) / 16, 3.0])
+    f = ns.cpr_fraction(s, 0.015, 16.0, 1.0, "sigmoid")
     np.testing.assert_allclose(f, [0.015, 0.015, 0.0075, 0.015 * 2 / (1 + math.exp(32))], rtol=1e-5)
+    s = jnp.asarray([0.0, 0.95, 0.95 + math.log(2) / 16, 2.95])
+    f = ns.cpr_fraction(s, 0.012, 16.0, 0.95)  # the default gate, exp
+    np.testing.assert_allclose(f, [0.012, 0.012, 0.006, 0.012 * math.exp(-32)], rtol=1e-5)
+    defaults = ns.strategy("cpr")
+    assert isinstance(defaults, ns.CPR)
+    assert (defaults.gate, defaults.threshold, defaults.replacement_rate) == ("exp", 0.95, 0.012)
 
 
 def test_default_score_jit_and_vmap_over_seeds():
@@ -182,6 +199,7 @@ def test_default_score_jit_and_vmap_over_seeds():
         ({"threshold": -1.0}, "threshold=-1.0 is invalid"),
         ({"decay": 1.0}, "decay=1.0 is invalid"),
         ({"optimizer_state": "zero"}, "optimizer_state='zero' is unknown"),
+        ({"gate": "tanh"}, "gate='tanh' is unknown"),
     ],
 )
 def test_bad_options_fail_at_construction(options, message):
