@@ -17,7 +17,10 @@ LAYER = "members[0].net.layers[0].linear"
 RUNS = {
     "cbp": (["--reset.replacement-rate", "0.01", "--reset.maturity", "20"], f"mature/{LAYER}"),
     "reborn": (["--reset.every", "50", "--reset.share", "0.3"], f"donors/{LAYER}"),
-    "cpr": (["--reset.every", "50", "--reset.replacement-rate", "0.1"], f"moved/{LAYER}"),
+    "cpr": (
+        ["--reset.every", "50", "--reset.replacement-rate", "0.1", "--reset.gate", "sigmoid"],
+        f"moved/{LAYER}",
+    ),
     "injection": (["--reset.at", "50", "--reset.layers", "2"], "injected"),
     # composed: ReGraMa then shrink-and-perturb on the same schedule, with L2-init on top
     "regrama+shrink_perturb": (
@@ -66,6 +69,8 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
         (["--reset.method", "reborn", "--reset.maturity", "5"], "maturity do not apply"),
         (["--reset.method", "cpr", "--reset.sharpness", "0"], "sharpness=0.0 is invalid"),
         (["--reset.method", "cpr", "--reset.replacement-rate", "2"], "in (0, 1]"),
+        (["--reset.method", "cpr", "--reset.gate", "tanh"], "gate='tanh' is unknown"),
+        (["--reset.method", "redo", "--reset.gate", "exp"], "gate do not apply to the redo"),
         (["--reset.method", "injection", "--reset.at", "5", "9"], "at=(5, 9) is invalid"),
         (["--reset.method", "injection", "--reset.layers", "0"], "layers=0 is invalid"),
         (["--reset.method", "injection", "--agent", "bro"], "agent bro is not supported"),
