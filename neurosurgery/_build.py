@@ -210,7 +210,9 @@ def _entangle(groups: list[NeuronGroup]) -> list[NeuronGroup]:
     masks: list[dict[int, np.ndarray]] = []
     for g in groups:
         mine: dict[int, np.ndarray] = {}
-        for s in g.outgoing:
+        # a query (key) group's outgoing entries are its partner's incoming rows, not weight
+        # columns of a consumer: they meet no other group's outgoing columns
+        for s in () if g.paired_with else g.outgoing:
             m = s.element_owner() >= 0
             mine[s.leaf] = mine[s.leaf] | m if s.leaf in mine else m
         masks.append(mine)
