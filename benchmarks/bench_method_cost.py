@@ -155,7 +155,7 @@ def build(width: int) -> tuple[dict[str, Callable[..., Any]], dict[str, tuple[An
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--calls", type=int, default=3, help="updates per timing sample")
