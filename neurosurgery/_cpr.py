@@ -52,13 +52,20 @@ def cpr_fraction(
     or below the threshold c, falling smoothly to 0 above it (the sharper, the faster):
     f = ρ · min(1, exp(−k (s̄ − c))) (`gate="exp"`) or ρ · min(1, 2 σ(−k (s̄ − c)))
     (`"sigmoid"`)."""
-    if gate not in GATES:
-        raise ValueError(f"CPR: gate={gate!r} is unknown; use 'exp' or 'sigmoid'")
+    _check_gate(gate)
     if gate == "exp":
         return replacement_rate * jnp.minimum(1.0, jnp.exp(-sharpness * (average - threshold)))
     return replacement_rate * jnp.minimum(
         1.0, 2.0 * jax.nn.sigmoid(-sharpness * (average - threshold))
     )
+
+
+def _check_gate(gate: str) -> None:
+    if gate not in GATES:
+        raise ValueError(
+            f"CPR: gate={gate!r} is unknown; use 'exp' (min(1, exp(-k (s - c))), the source's "
+            "default) or 'sigmoid' (min(1, 2 sigmoid(-k (s - c))))"
+        )
 
 
 def _check_positive(option: str, value: float, meaning: str, upper: float | None = None) -> None:
@@ -132,11 +139,7 @@ class CPR:
             "threshold", self.threshold, "the running score at or below which units move fully"
         )
         _check_decay("CPR", self.decay)
-        if self.gate not in GATES:
-            raise ValueError(
-                f"CPR: gate={self.gate!r} is unknown; use 'exp' (min(1, exp(-k (s - c))), the "
-                "source's default) or 'sigmoid' (min(1, 2 sigmoid(-k (s - c))))"
-            )
+        _check_gate(self.gate)
         if self.optimizer_state not in ("keep", "scale"):
             raise ValueError(
                 f"CPR: optimizer_state={self.optimizer_state!r} is unknown; use 'keep' (as it "

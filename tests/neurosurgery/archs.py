@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,3 +191,12 @@ def make(spec: Spec):
         return eqx.filter_vmap(lambda k: build(spec, k))(jax.random.split(key, 2))
 
     return members, spec.example(), lambda m, x: eqx.filter_vmap(lambda c: c(x))(m)
+
+
+#: every combination of a front end and one or two body pieces; ensembles of the plain front
+SPECS = st.builds(
+    Spec,
+    front=st.sampled_from(FRONTS),
+    body=st.lists(st.sampled_from(PIECES), min_size=1, max_size=2).map(tuple),
+    ensemble=st.booleans(),
+).filter(lambda s: not s.ensemble or s.front == "vec")
