@@ -67,8 +67,9 @@ class Injected(eqx.Module):
         call: how the module is called, `call(module, *args)` (e.g. a stacked ensemble's
             `eqx.filter_vmap`); None: `module(*args)`.
 
-    The three terms are three evaluations of the module with the head leaves substituted, so a
-    call costs three forward passes (XLA shares what the three have in common).
+    The three terms are three evaluations of the module with the head leaves substituted, so
+    after injection a call costs three forward passes (XLA shares what the three have in
+    common); before it, one (a `lax.cond` on the gate skips the other two).
     """
 
     module: Any
@@ -90,14 +91,23 @@ class Injected(eqx.Module):
         return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # the gate is set by the injection, never trained: no gradient reaches it
+        active = jax.lax.stop_gradient(self.active)
         leaves = jax.tree_util.tree_leaves(eqx.filter(self.module, eqx.is_array))
-        old = [_frozen_when(leaves[i], self.active) for i in self.head]
+        old = [_frozen_when(leaves[i], active) for i in self.head]
         y_old = self._apply(self._with_head(old), *args, **kwargs)
-        y_new = self._apply(self._with_head(self.fresh), *args, **kwargs)
-        y_frozen = jax.lax.stop_gradient(self._apply(self._with_head(self.frozen), *args, **kwargs))
-        return jax.tree.map(
-            lambda o, n, f: o + self.active.astype(o.dtype) * (n - f), y_old, y_new, y_frozen
-        )
+
+        def injected(fresh: tuple[Array, ...], frozen: tuple[Array, ...]) -> Any:
+            y_new = self._apply(self._with_head(fresh), *args, **kwargs)
+            y_frozen = jax.lax.stop_gradient(self._apply(self._with_head(frozen), *args, **kwargs))
+            return jax.tree.map(
+                lambda o, n, f: o + active.astype(o.dtype) * (n - f), y_old, y_new, y_frozen
+            )
+
+        # Until injection the two extra terms are exactly zero (active = 0) and so is their
+        # gradient: the branch skips their forward and backward passes at run time. Under a
+        # batched gate (vmapped copies) the cond becomes a select and both are computed.
+        return jax.lax.cond(active == 0, lambda _f, _z: y_old, injected, self.fresh, self.frozen)
 
 
 def _head_groups(anatomy: Anatomy, layers: int | None, groups: tuple[str, ...] | None):

@@ -159,6 +159,11 @@ def test_mlp_injection_keeps_the_output_and_trains_only_the_new_head(mlp_case):
     np.testing.assert_array_equal(stepped.module.layers[2].weight, new.module.layers[2].weight)
     np.testing.assert_array_equal(stepped.frozen[2], new.frozen[2])
     assert not np.array_equal(stepped.fresh[2], new.fresh[2])
+    # once the new head has moved away from its frozen twin, the gate still gets no gradient:
+    # an optimizer never moves it off 1
+    g = _grads(stepped, x)
+    assert float(g.active) == 0.0
+    assert any(np.any(np.asarray(a)) for a in g.fresh)
 
 
 def test_residual_layernorm_block_injection(residual_case):
