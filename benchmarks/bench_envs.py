@@ -3,6 +3,7 @@
     python benchmarks/bench_envs.py            # short run (a few minutes on 2 CPU cores)
     python benchmarks/bench_envs.py --full     # heavier tasks too, longer timings
     python benchmarks/bench_envs.py --gpu      # on a GPU: Playground HumanoidWalk, 1,024-4,096 envs
+    python benchmarks/bench_envs.py --plot docs/figures/envs.png   # the tables, and a figure
 
 Part 1 times `env.step` for each backend and `num_envs` in (1, 16, 64, 256): JAX backends as one
 compiled `lax.scan` rollout (compile time reported apart), Playground tasks on both of its
@@ -142,6 +143,51 @@ def bench_step_record(num_envs: int = 16, obs_size: int = 17, calls: int = 20_00
     return slow / calls * 1e6, fast / calls * 1e6
 
 
+def plot(
+    throughput: dict[str, dict[int, float]],
+    scaling: dict[str, dict[int, tuple[float, float]]],
+    path: str,
+    title: str,
+) -> None:
+    """Two panels: env-steps/s against num_envs per backend (log-log), and the dm_control
+    pool's ratio (k) and CPU ratio against num_envs per task, with the 0.9 target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for label, rates in throughput.items():
+        ns = sorted(rates)
+        left.plot(ns, [rates[n] for n in ns], marker="o", label=label)
+    left.set(xscale="log", yscale="log", xlabel="num_envs", ylabel="env-steps/s")
+    left.set_title("throughput per backend")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    for i, (task, ratios) in enumerate(scaling.items()):
+        ns = sorted(ratios)
+        color = f"C{i}"
+        right.plot(
+            ns, [ratios[n][0] for n in ns], marker="o", color=color, label=f"{task}, ratio (k)"
+        )
+        right.plot(
+            ns,
+            [ratios[n][1] for n in ns],
+            marker="s",
+            ls="--",
+            color=color,
+            label=f"{task}, CPU ratio",
+        )
+    right.axhline(0.9, color="gray", ls=":", label="target 0.9")
+    right.set(xscale="log", xlabel="num_envs", ylabel="pool ÷ native, same work per core")
+    right.set_title("dm_control worker pool against a native loop")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="heavier tasks, longer timings")
@@ -151,7 +197,14 @@ def main() -> None:
         action="store_true",
         help="JAX part: Playground HumanoidWalk and CheetahRun with 1,024, 2,048 and 4,096 envs",
     )
+    parser.add_argument("--plot", metavar="PNG", help="also draw the measurements into this file")
     args = parser.parse_args()
+    if args.plot:  # before minutes of timing, not after
+        if not args.plot.endswith(".png"):
+            parser.error(f"--plot {args.plot}: the figure is a PNG; name a file ending in .png")
+        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+    throughput: dict[str, dict[int, float]] = {}
+    scaling_ratios: dict[str, dict[int, tuple[float, float]]] = {}
     cores = len(os.sched_getaffinity(0))
     seconds = 4.0 if args.full else 1.5
     jax_steps = 200 if args.full else 100
@@ -190,13 +243,15 @@ def main() -> None:
                 compiles.append(compiled)
             cells = " | ".join(f"{r:,.0f}" for r in rates)
             label = name if impl is None else f"{name} ({'MJX' if impl == 'jax' else 'warp'})"
+            throughput[label] = dict(zip(sizes, rates, strict=True))
             print(f"| {label} | {cells} | {min(compiles):.0f}–{max(compiles):.0f} |", flush=True)
     if sizes != SIZES and dmc_tasks:  # dm_control keeps its own sizes
         print("\n| task | " + " | ".join(f"{n} envs" for n in SIZES) + " | compile (s) |")
         print("|---|" + "---|" * (len(SIZES) + 1))
     for name in dmc_tasks:
         for workers, label in ((cores, f"{cores} workers"), (0, "in-process")):
-            rates = (bench_dmc(name, n, seconds, num_workers=workers)[0] for n in SIZES)
+            rates = [bench_dmc(name, n, seconds, num_workers=workers)[0] for n in SIZES]
+            throughput[f"{name} ({label})"] = dict(zip(SIZES, rates, strict=True))
             cells = " | ".join(f"{r:,.0f}" for r in rates)
             print(f"| {name} ({label}) | {cells} | – |", flush=True)
 
@@ -222,6 +277,8 @@ def main() -> None:
             k = -(-n // cores)
             pool, pool_cpu = bench_dmc(f"dmc/{task}", n, seconds, num_workers=cores)
             native, native_cpu = bench_native(domain, name, seconds, copies=k)
+            ratios = (pool / (native * cores), pool_cpu / native_cpu)
+            scaling_ratios.setdefault(f"dmc/{task}", {})[n] = ratios
             print(
                 f"| dmc/{task} | {n} | {one:,.0f} | {native:,.0f} (k={k}) | {pool:,.0f} | "
                 f"{pool / (one * cores):.2f} | {pool / (native * cores):.2f} | "
@@ -229,6 +286,13 @@ def main() -> None:
                 flush=True,
             )
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+    if args.plot:
+        title = (
+            f"python benchmarks/bench_envs.py{' --full' if args.full else ''}: jax "
+            f"{jax.__version__} on {platform}, {cores} CPU cores, {time.strftime('%Y-%m-%d')}"
+        )
+        plot(throughput, scaling_ratios, args.plot, title)
+        print(f"figure: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ STRATEGIES = ("none", "redo", "regrama")
 # (metric, τ): the reference settings (ReDo τ 0.02 and 0, ReGraMa τ 0.01 and 0) for every metric.
 METRICS = (ns.GraMa("preactivation"), ns.GraMa("activation"), ns.GraMa("weight"), ns.Dormant())
 TAUS = (0.0, 0.01, 0.02)
+LABELS = {
+    "grama": "GraMa, pre-activation",
+    "grama_activation": "GraMa, activation",
+    "grama_weight": "GraMa, weight",
+    "dormant": "τ-dormant",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +301,33 @@ def plot(rows: list[dict[str, Any]], cfg: Config, out: Path) -> list[Path]:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)
+    paths.append(plot_metrics(rows, out, nets, boundaries))
     return paths
+
+
+def plot_metrics(rows, out: Path, nets: list[str], boundaries: list[int]) -> Path:
+    """`metrics.png`: the runs without resets seen by every metric at the reference thresholds
+    (τ-dormant ≤ 0.02, each GraMa source ≤ 0.01, both recorded), one panel per network."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 3.4), squeeze=False)
+    for ax, net in zip(axes[0], nets, strict=True):
+        for m in METRICS:
+            tau = 0.02 if isinstance(m, ns.Dormant) else 0.01
+            x, y = _series(rows, net, "none", column(m.name, tau))
+            label = LABELS.get(m.name, m.name)
+            ax.plot(x, 100 * y, label=f"{label} ≤ {tau:g}", lw=1.4)
+        for b in boundaries:
+            ax.axvline(b, color="0.85", lw=0.8, zorder=0)
+        ax.set_title(f"{net}, no resets: inactive % by metric", fontsize=9)
+        ax.set_xlabel("update (grey lines: a new task)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("% of hidden units")
+    fig.tight_layout()
+    path = out / "metrics.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def summary(rows: list[dict[str, Any]], cfg: Config) -> str:

@@ -36,3 +36,19 @@ def test_jitter_ceiling_matches_numpy_pairing():
     expected = np.concatenate([a, b]).mean() / np.maximum(a, b).mean()
     assert barrier.jitter_ceiling(passes) == pytest.approx(expected, rel=1e-12)
     assert 0.5 < expected < 1.0
+
+
+def test_env_benchmark_figure(tmp_path):
+    bench = _load("bench_envs")
+    path = tmp_path / "envs.png"
+    throughput = {
+        "a (MJX)": {1: 10.0, 16: 150.0, 64: 500.0},
+        "dmc/x (2 workers)": {1: 3e3, 16: 1e4},
+    }
+    scaling = {"dmc/cheetah-run": {16: (0.42, 0.63), 64: (0.73, 0.86)}}
+    bench.plot(throughput, scaling, str(path), "title")
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > image.size[1] > 300

@@ -34,7 +34,8 @@ def test_quick_demo_writes_run_folder(tmp_path, capsys):
     first = [r for r in rows if r["task"] == "0" and r["strategy"] == "none"]
     assert float(first[-1]["eval_loss"]) < float(first[0]["train_loss"])
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == sorted(["loss.png", *(f"inactive_{m.name}.png" for m in continual.METRICS)])
+    expected = ["loss.png", "metrics.png", *(f"inactive_{m.name}.png" for m in continual.METRICS)]
+    assert pngs == sorted(expected)
     assert all((out / p).stat().st_size > 10_000 for p in pngs)
     table = (out / "summary.txt").read_text()
     assert "final-task loss" in table and "regrama" in table

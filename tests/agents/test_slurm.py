@@ -91,3 +91,70 @@ def test_a_study_on_slurm_survives_a_killed_job_and_matches_a_local_study(
     for run in runs:
         assert _curves(out / run.name) == _curves(local / run.name), run.name
     assert os.path.exists(out / ".sweep" / "jobs")
+
+
+def test_a_preempted_job_requeues_itself_and_resumes_to_the_same_records(
+    slurm, tmp_path, capsys, monkeypatch
+):
+    """Slurm's preemption warning (SIGUSR2, what `--signal` and a preempting partition send)
+    reaches the run's job mid-run: submitit checkpoints the job, requeues it with `scontrol
+    requeue`, the requeued job resumes from the run's checkpoint, and the sweep that is
+    waiting on it ends with the run done and the records of an uninterrupted local run."""
+    monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
+    text = BASE + (
+        '\n[[grid.run]]\nreset = { method = "regrama", every = 50 }\nsteps = 2000\n'
+        '\n[launcher]\nkind = "slurm"\ntime_min = 20\n'
+    )
+    file = tmp_path / "study.toml"
+    file.write_text(text)
+    out = tmp_path / "slurm"
+    study = study_from_dict(read_study_file(file))
+    (run,) = expand(study, out)
+    run_dir = Path(run.config.run_dir)
+    result = []
+    driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
+    driver.start()
+    signalled = None
+    deadline = time.monotonic() + 400
+    while driver.is_alive() and signalled is None and time.monotonic() < deadline:
+        ckpt = run_dir / CHECKPOINT
+        mid_run = ckpt.exists() and not (run_dir / "summary.json").exists()
+        if mid_run and read_header(ckpt)["env_steps"] >= 400:
+            signalled = read_state(out, run.name)["job_id"]
+            # to the job's steps (the training process), as Slurm's own warning goes
+            sent = subprocess.run(["scancel", "--signal=USR2", signalled], capture_output=True)
+            assert sent.returncode == 0, sent.stderr
+        time.sleep(0.01)
+    assert signalled is not None, "the run finished before its job could be signalled"
+    # Slurm holds a requeued job back (its begin time a couple of minutes ahead); an
+    # administrator's release, so that the test does not wait for it
+    held = time.monotonic() + 120
+    while time.monotonic() < held:
+        queue = subprocess.run(
+            ["squeue", "-h", "-j", signalled, "-o", "%T %r"], capture_output=True, text=True
+        ).stdout.split()
+        if queue[:1] == ["PENDING"]:
+            subprocess.run(["scontrol", "update", f"JobId={signalled}", "StartTime=now"])
+            break
+        time.sleep(0.1)
+    driver.join(timeout=600)
+    assert not driver.is_alive(), "the sweep still waits on the requeued job"
+    outcome = result[0]
+    assert outcome.states == {run.name: "done"} and outcome.code == 0
+    # the same job, restarted once by Slurm, its log saying why
+    shown = subprocess.run(
+        ["scontrol", "show", "job", signalled], capture_output=True, text=True
+    ).stdout
+    assert "Restarts=1" in shown, shown
+    logs = "".join(p.read_text() for p in (out / ".sweep" / "jobs").rglob("*.out"))
+    assert "Caught signal SIGUSR2" in logs and f"Requeued job {signalled}" in logs
+    assert logs.count("Starting with JobEnvironment") == 2
+    # the run folder already held the run when the requeued job started, so it trained on
+    # from the checkpoint (a fresh start there is refused: "already holds a run")
+    state = read_state(out, run.name)
+    assert state["state"] == "done" and str(state["job_id"]) == str(signalled)
+    capsys.readouterr()
+
+    local = tmp_path / "local"
+    assert main(["sweep", str(file), "--out", str(local), "--launcher.kind", "local"]) == 0
+    assert _curves(out / run.name) == _curves(local / run.name)
