@@ -226,6 +226,8 @@ class RunJob(_Checkpointable):  # type: ignore[misc,valid-type]
                 time.sleep(0.2)
         me = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid()}
         me["launcher"] = "local" if os.environ.get("SUBMITIT_EXECUTOR") == "local" else "slurm"
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            me["gpus"] = os.environ["CUDA_VISIBLE_DEVICES"]
         started = time.time()
         with _states_locked(study):
             before = read_state(study, name) or {}
@@ -277,6 +279,7 @@ def check_launcher(launcher: LauncherConfig) -> None:
             raise StudyError(f"launcher.{name} must be >= 1, got {value}")
     if launcher.gpus_per_run < 0 or launcher.max_requeues < 0:
         raise StudyError("launcher.gpus_per_run and launcher.max_requeues must be >= 0")
+    gpu_slots(launcher)  # local runs with GPUs: enough of them
     if launcher.kind == "slurm":
         if shutil.which("sbatch") is None:
             raise StudyError(
@@ -294,6 +297,48 @@ def check_launcher(launcher: LauncherConfig) -> None:
             ) from err
 
 
+def local_gpus() -> list[str]:
+    """The GPUs local jobs may be given: this process's CUDA_VISIBLE_DEVICES entries when it is
+    set (indices or UUIDs), else the indices nvidia-smi lists; empty when there are none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
+
+
+def gpu_slots(launcher: LauncherConfig) -> list[str] | None:
+    """For a local launcher with `gpus_per_run` > 0: one CUDA_VISIBLE_DEVICES value per run
+    that may train at once, the machine's GPUs dealt out without overlap; None otherwise.
+    Raises StudyError when the GPUs cannot serve one run, or `parallel` asks for more."""
+    if launcher.kind != "local" or launcher.gpus_per_run == 0:
+        return None
+    gpus, need = local_gpus(), launcher.gpus_per_run
+    if len(gpus) < need:
+        found = f"{len(gpus)} ({', '.join(gpus)})" if gpus else "none"
+        raise StudyError(
+            f"launcher local: gpus_per_run={need} but the GPUs this machine shows are {found} "
+            "(CUDA_VISIBLE_DEVICES, else nvidia-smi -L); set CUDA_VISIBLE_DEVICES to the GPUs "
+            "the runs may use, lower gpus_per_run, or set it to 0 (the runs see what the sweep "
+            "sees)"
+        )
+    slots = [",".join(gpus[i : i + need]) for i in range(0, len(gpus) - need + 1, need)]
+    if launcher.parallel is not None and launcher.parallel > len(slots):
+        raise StudyError(
+            f"launcher local: parallel={launcher.parallel} runs of {need} GPU(s) each need "
+            f"{launcher.parallel * need} GPUs, this machine shows {len(gpus)} "
+            f"({', '.join(gpus)}); lower launcher.parallel to {len(slots)} or leave it out"
+        )
+    return slots
+
+
 def make_executor(root: Path, launcher: LauncherConfig) -> Any:
     """The submitit executor of the launcher; its job files go under `<study>/.sweep/jobs`."""
     import submitit
@@ -309,10 +354,9 @@ def make_executor(root: Path, launcher: LauncherConfig) -> Any:
                 if visible is None
                 else f"export CUDA_VISIBLE_DEVICES={visible}"
             ]
+        # with gpus_per_run > 0, `submit` gives each job its own GPUs (`gpu_slots`)
         executor.update_parameters(
-            timeout_min=60 * 24 * 365,
-            gpus_per_node=launcher.gpus_per_run,
-            setup=setup,
+            timeout_min=60 * 24 * 365, gpus_per_node=launcher.gpus_per_run, setup=setup
         )
         return executor
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launcher.max_requeues)
@@ -334,14 +378,27 @@ def make_executor(root: Path, launcher: LauncherConfig) -> Any:
     return executor
 
 
-def submit(executor: Any, root: Path, runs: Sequence[Run], launcher: str) -> list[Any]:
-    """Submit `runs` as one batch (a job array on Slurm); each run's state records its job."""
+def submit(
+    executor: Any,
+    root: Path,
+    runs: Sequence[Run],
+    launcher: str,
+    gpus: Sequence[str] | None = None,
+) -> list[Any]:
+    """Submit `runs` as one batch (a job array on Slurm); each run's state records its job.
+    `gpus`: local only, the CUDA_VISIBLE_DEVICES value of each run's job."""
     from ._trainer import Trainer
 
     job = RunJob(Trainer.compiler_options)
     try:
-        with executor.batch():
-            jobs = [executor.submit(job, str(root), r.name, r.config) for r in runs]
+        if gpus is None:
+            with executor.batch():
+                jobs = [executor.submit(job, str(root), r.name, r.config) for r in runs]
+        else:
+            jobs = []
+            for run, devices in zip(runs, gpus, strict=True):
+                executor.update_parameters(setup=[f"export CUDA_VISIBLE_DEVICES={devices}"])
+                jobs.append(executor.submit(job, str(root), run.name, run.config))
     except Exception as err:  # sbatch refused the array, a job folder cannot be written, ...
         raise StudyError(
             f"submitting {len(runs)} runs ({launcher}) failed: {type(err).__name__}: "
@@ -349,11 +406,13 @@ def submit(executor: Any, root: Path, runs: Sequence[Run], launcher: str) -> lis
             "sweep again"
         ) from err
     with _states_locked(root):
-        for run, job in zip(runs, jobs, strict=True):
+        for i, (run, job) in enumerate(zip(runs, jobs, strict=True)):
             state = read_state(root, run.name) or {}
             if str(state.get("job_id")) != str(job.job_id):  # the job may be writing already
                 record: dict[str, Any] = {"state": "submitted", "job_id": str(job.job_id)}
                 record.update(launcher=launcher, host=socket.gethostname(), submitted=time.time())
+                if gpus is not None:
+                    record["gpus"] = gpus[i]
                 _write_state(root, run.name, record)
     return jobs
 
@@ -448,7 +507,16 @@ def _drive(
             _say(
                 f"  failed earlier, not retried (--retry-failed): {run.name}: {state.get('error')}"
             )
+    slots = gpu_slots(launcher)  # local runs with GPUs: the free CUDA_VISIBLE_DEVICES values
     parallel = launcher.parallel or (len(todo) if slurm else default_parallel(launcher))
+    if slots is not None:
+        parallel = min(parallel, len(slots))
+    held: dict[str, str] = {}  # run -> the GPUs its job holds
+    for run in watch:  # an earlier sweep's jobs keep their GPUs
+        gpus = status[run.name][1].get("gpus")
+        if slots is not None and isinstance(gpus, str) and gpus in slots:
+            slots.remove(gpus)
+            held[run.name] = gpus
     executor = make_executor(root, launcher) if todo else None
     jobs: dict[str, Any] = {}
     final: dict[str, str] = {r.name: status[r.name][0] for r in runs}
@@ -457,12 +525,17 @@ def _drive(
             free = len(todo) if slurm else parallel - len(jobs) - len(watch)
             if todo and free > 0:
                 batch, todo = todo[:free], todo[free:]
-                for run in batch:
+                given = None
+                if slots is not None:
+                    given = [slots.pop(0) for _ in batch]
+                    held.update({r.name: g for r, g in zip(batch, given, strict=True)})
+                for i, run in enumerate(batch):
                     kind = status[run.name][0]
                     verb = {"interrupted": "resuming", "failed": "retrying"}.get(kind, "starting")
-                    _say(f"  {verb} {run.name}")
+                    where = "" if given is None else f" (CUDA_VISIBLE_DEVICES={given[i]})"
+                    _say(f"  {verb} {run.name}{where}")
                 for run, job in zip(
-                    batch, submit(executor, root, batch, launcher.kind), strict=True
+                    batch, submit(executor, root, batch, launcher.kind, given), strict=True
                 ):
                     jobs[run.name] = (run, job)
             time.sleep(POLL_S)
@@ -472,11 +545,15 @@ def _drive(
                 if ended and not _lock_held(root, name):
                     del jobs[name]
                     final[name] = _report(root, run, live, job)
+                    if slots is not None and name in held:
+                        slots.append(held.pop(name))
             for run in list(watch):
                 kind, _ = run_status(root, run, live)
                 if kind not in ("running", "queued"):
                     watch.remove(run)
                     final[run.name] = _report(root, run, live, None)
+                    if slots is not None and run.name in held:
+                        slots.append(held.pop(run.name))
     except KeyboardInterrupt:
         if not slurm:
             for _, job in jobs.values():

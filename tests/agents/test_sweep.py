@@ -463,3 +463,55 @@ def test_the_main_job_is_a_study(tmp_path):
         assert run.config == dataclasses.replace(
             expected, run_dir=run.config.run_dir, progress=False
         )
+
+
+def test_local_runs_with_gpus_get_their_own_and_pass_them_on(tmp_path, capsys, monkeypatch):
+    """With gpus_per_run = 1 and two GPUs visible, at most two runs train at once, each job sees
+    only its own GPU (CUDA_VISIBLE_DEVICES), and the third run takes the GPU a finished one
+    gave back. (JAX here runs on the CPU: what the test checks is what each job was shown.)"""
+    monkeypatch.setattr(Trainer, "compiler_options", {"xla_backend_optimization_level": 0})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    text = BASE.replace("steps = 1000", "steps = 400") + (
+        '\n[grid]\n"sac.critic.width" = [16, 24, 32]\n\n[launcher]\ngpus_per_run = 1\n'
+    )
+    file, out = _study_file(tmp_path, text), tmp_path / "out"
+    assert main(["sweep", str(file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    runs = expand(study_from_dict(read_study_file(file)), out)
+    states = [read_state(out, r.name) for r in runs]
+    assert [s["state"] for s in states] == ["done"] * 3
+    assert sorted(s["gpus"] for s in states[:2]) == ["3", "5"]  # the first two, side by side
+    first_done = min(states[:2], key=lambda s: s["finished"])
+    assert states[2]["gpus"] == first_done["gpus"]  # the third, on the GPU given back
+    assert states[2]["started"] >= first_done["finished"]
+    assert printed.count("(CUDA_VISIBLE_DEVICES=") == 3
+    for a, b in [(0, 1), (0, 2), (1, 2)]:  # runs that overlapped in time had different GPUs
+        sa, sb = states[a], states[b]
+        if sa["started"] < sb["finished"] and sb["started"] < sa["finished"]:
+            assert sa["gpus"] != sb["gpus"]
+
+
+@pytest.mark.parametrize(
+    "visible,launcher,message",
+    [
+        ("0", "gpus_per_run = 2", "gpus_per_run=2 but the GPUs this machine shows are 1 (0)"),
+        ("", "gpus_per_run = 1", "gpus_per_run=1 but the GPUs this machine shows are none"),
+        (
+            "0,1",
+            "gpus_per_run = 1\nparallel = 3",
+            "parallel=3 runs of 1 GPU(s) each need 3 GPUs, this machine shows 2 (0, 1); "
+            "lower launcher.parallel to 2",
+        ),
+    ],
+)
+def test_local_gpus_that_cannot_serve_the_runs_fail_before_any_work(
+    tmp_path, capsys, monkeypatch, visible, launcher, message
+):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    file = _study_file(tmp_path, BASE + GRID + f"\n[launcher]\n{launcher}\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
