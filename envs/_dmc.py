@@ -265,7 +265,10 @@ class DmcEnv(Env):
         self._pending: DmcState | None = None  # the state a step in flight will return
         if not self.num_workers:
             local = (domain, task, 0, self.num_envs, sizes, self.action_repeat)
-            self._local.append(Runner(*local, self.episode_length, self._task_kwargs, self._buffer))
+            runner = Runner(
+                *local, self.episode_length, self._task_kwargs, self._buffer, model_seed=self.seed
+            )
+            self._local.append(runner)
             return
         try:
             path = _worker_path()
@@ -285,6 +288,7 @@ class DmcEnv(Env):
                         action_repeat=self.action_repeat,
                         episode_length=self.episode_length,
                         task_kwargs=self._task_kwargs,
+                        model_seed=self.seed,
                         buffer_size=size,
                     )
                 )

@@ -75,6 +75,14 @@ def env_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def load_seed(seed: int, index: int) -> int:
+    """The `random` environment `index` is loaded with when `task_kwargs` names none: a task
+    that builds its model at random when loaded (lqr) then builds the same model for the same
+    `seed` and index, in every process and whatever the worker layout, so a run replays and a
+    saved state fits the environments of its resumption. Distinct from the reset seeds."""
+    return int(np.random.SeedSequence([seed, index, 0x10AD]).generate_state(1)[0])
+
+
 def load_task(domain: str, task: str, task_kwargs: dict) -> Any:
     """Load a dm_control suite task without its own time limit (the wrapper applies one)."""
     os.environ.setdefault("MUJOCO_GL", "disable")
@@ -147,6 +155,7 @@ def worker_main(
     task_kwargs: dict,
     buffer: Any,
     conn: Any,
+    model_seed: int | None = None,
 ) -> None:
     """Serve `reset`/`step` commands for environments `start..stop-1` until told to close.
 
@@ -156,7 +165,16 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         runner = Runner(
-            domain, task, start, stop, sizes, action_repeat, episode_length, task_kwargs, buffer
+            domain,
+            task,
+            start,
+            stop,
+            sizes,
+            action_repeat,
+            episode_length,
+            task_kwargs,
+            buffer,
+            model_seed=model_seed,
         )
         conn.send_bytes(b"ok")
     except BaseException:
@@ -200,8 +218,14 @@ class Runner:
         episode_length: int,
         task_kwargs: dict,
         buffer: Any,
+        model_seed: int | None = None,
     ):
-        self.envs = [load_task(domain, task, task_kwargs) for _ in range(start, stop)]
+        def kwargs(index: int) -> dict:
+            if model_seed is None or "random" in task_kwargs:
+                return task_kwargs
+            return {**task_kwargs, "random": load_seed(model_seed, index)}
+
+        self.envs = [load_task(domain, task, kwargs(i)) for i in range(start, stop)]
         self.start, self.stop = start, stop
         self.action_repeat, self.episode_length = action_repeat, episode_length
         v = shared_views(buffer, *sizes)

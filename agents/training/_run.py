@@ -246,9 +246,10 @@ def _resume_host_envs(trainer: Trainer, ts, header: dict, extras: dict, path: Pa
             trainer.restore_host_envs(extras)
         except ValueError as err:
             raise CheckpointError(
-                f"checkpoint {path} is damaged: the state of its {trainer.config.env} "
-                f"environments does not fit this run ({err}); restore it from a copy, or "
-                "start again in a new --run-dir"
+                f"checkpoint {path}: the saved state of its {trainer.config.env} environments "
+                f"does not fit the environments this run made ({err}); resume with the MuJoCo "
+                "and dm_control versions the run was written with, or start again in a new "
+                "--run-dir"
             ) from err
         return ts
     why = saved.get("why") if isinstance(saved, dict) else None

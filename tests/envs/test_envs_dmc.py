@@ -499,6 +499,43 @@ def test_set_state_replays_the_steps_after_get_state(name):
         np.testing.assert_array_equal(_rollout(fresh, state, actions[7:]), first)
 
 
+def _lqr_models(env) -> list[np.ndarray]:
+    """Each environment's joint stiffnesses, which the task draws when it loads."""
+    if env._local:
+        return [np.asarray(e.physics.model.jnt_stiffness).copy() for e in env._local[0].envs]
+    raise AssertionError("in-process environments only")
+
+
+def test_a_task_that_builds_its_model_at_random_builds_the_same_for_the_same_seed():
+    """dm_control's lqr draws its bodies and springs when it loads. Each environment is loaded
+    with a `random` derived from the make seed and its index (unless task_kwargs gives one),
+    so the same settings give the same models, in workers or in-process, and a saved state
+    fits a fresh environment (a resumed run); another seed gives other models."""
+    settings = dict(num_envs=2, action_repeat=1, episode_length=10)
+    with (
+        envs.make("dmc/lqr-lqr_2_1", seed=3, num_workers=0, **settings) as a,
+        envs.make("dmc/lqr-lqr_2_1", seed=3, num_workers=0, **settings) as b,
+        envs.make("dmc/lqr-lqr_2_1", seed=4, num_workers=0, **settings) as c,
+        envs.make(
+            "dmc/lqr-lqr_2_1", seed=3, num_workers=0, task_kwargs={"random": 11}, **settings
+        ) as d,
+    ):
+        ma, mb, mc, md = (_lqr_models(e) for e in (a, b, c, d))
+        assert all(np.array_equal(x, y) for x, y in zip(ma, mb, strict=True))
+        assert not np.array_equal(ma[0], ma[1])  # each environment its own system
+        assert not any(np.array_equal(x, y) for x, y in zip(ma, mc, strict=True))
+        assert not np.array_equal(ma[0], md[0])  # the given random is used
+        actions = _actions(5, 9, a)
+        state, _ = a.reset(jax.random.key(0))
+        for x in actions[:4]:
+            state, _ = a.step(state, x)
+        saved = a.get_state()
+        first = _rollout(a, state, actions[4:])
+    with envs.make("dmc/lqr-lqr_2_1", seed=3, num_workers=2, **settings) as pool:
+        assert isinstance(pool, envs.DmcEnv)
+        np.testing.assert_array_equal(_rollout(pool, pool.set_state(saved), actions[4:]), first)
+
+
 def test_set_state_refuses_a_damaged_or_foreign_state_and_get_state_names_what_it_cannot_save():
     settings = dict(num_envs=2, seed=0, action_repeat=2, episode_length=8, num_workers=0)
     with envs.make("dmc/reacher-easy", **settings) as env:
