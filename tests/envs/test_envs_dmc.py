@@ -320,6 +320,65 @@ def test_a_task_that_renders_on_reset_fails_at_make_with_the_fix():
         envs.make("dmc/quadruped-escape", num_envs=2, num_workers=2)
 
 
+ESCAPE = """
+import jax, numpy as np, envs
+settings = dict(num_envs=2, seed=0, action_repeat=2, episode_length=30)
+actions = np.random.default_rng(0).uniform(-1, 1, (40, 2, 12)).astype(np.float32)
+
+def rollout(env, state, actions):
+    out = []
+    for a in actions:
+        state, s = env.step(state, a)
+        out.append(np.concatenate([s.obs.ravel(), s.reward.ravel(), s.truncated.ravel()]))
+    return np.stack(out)
+
+with envs.make("dmc/quadruped-escape", num_workers=2, **settings) as env:
+    assert env.action_size == 12, env.action_size
+    state, _ = env.reset(jax.random.key(1))
+    for a in actions[:10]:
+        state, _ = env.step(state, a)
+    saved = env.get_state()
+    assert "model/hfield_data" in saved, sorted(saved)  # the terrain it drew at reset
+    first = rollout(env, state, actions[10:])
+assert first[:, -2:].sum() > 0  # episodes ended and terrains were drawn again
+with envs.make("dmc/quadruped-escape", num_workers=0, **settings) as fresh:
+    np.testing.assert_array_equal(rollout(fresh, fresh.set_state(saved), actions[10:]), first)
+print("replayed")
+"""
+
+
+def _osmesa() -> str | None:
+    """Why software OpenGL (Mesa's OSMesa) is unavailable here, or None once it is there:
+    installed with apt-get (as root) when missing."""
+    import ctypes.util
+
+    if ctypes.util.find_library("OSMesa"):
+        return None
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "libosmesa6"]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as err:
+            return f"{' '.join(command)}: {err}"
+        if done.returncode:
+            return f"{' '.join(command)} failed: {done.stderr.strip()[-300:]}"
+    return None if ctypes.util.find_library("OSMesa") else "libOSMesa not found after install"
+
+
+def test_quadruped_escape_runs_and_replays_with_software_opengl():
+    """With a rendering context (here Mesa's software OSMesa), quadruped-escape resets, steps
+    in workers and in-process, saves the terrain it draws each episode with its state, and a
+    fresh environment replays the steps after `get_state` bit for bit."""
+    why = _osmesa()
+    if why is not None:
+        print(f"software OpenGL cannot be installed here: {why}")
+        pytest.skip(f"software OpenGL cannot be installed here: {why}")
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"}
+    done = subprocess.run(
+        [sys.executable, "-c", ESCAPE], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0 and "replayed" in done.stdout, done.stderr[-3000:]
+
+
 def test_reset_refuses_a_number_and_handles_are_never_reused(env):
     with pytest.raises(TypeError, match=r"jax\.random\.key\(7\)"):
         env.reset(7)
