@@ -277,12 +277,11 @@ def main() -> None:
             k = -(-n // cores)
             pool, pool_cpu = bench_dmc(f"dmc/{task}", n, seconds, num_workers=cores)
             native, native_cpu = bench_native(domain, name, seconds, copies=k)
-            ratios = (pool / (native * cores), pool_cpu / native_cpu)
-            scaling_ratios.setdefault(f"dmc/{task}", {})[n] = ratios
+            ratio_k, cpu_ratio = pool / (native * cores), pool_cpu / native_cpu
+            scaling_ratios.setdefault(f"dmc/{task}", {})[n] = (ratio_k, cpu_ratio)
             print(
                 f"| dmc/{task} | {n} | {one:,.0f} | {native:,.0f} (k={k}) | {pool:,.0f} | "
-                f"{pool / (one * cores):.2f} | {pool / (native * cores):.2f} | "
-                f"{pool_cpu / native_cpu:.2f} |",
+                f"{pool / (one * cores):.2f} | {ratio_k:.2f} | {cpu_ratio:.2f} |",
                 flush=True,
             )
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")

@@ -512,6 +512,11 @@ def _drive(
     if slots is not None:
         parallel = min(parallel, len(slots))
     held: dict[str, str] = {}  # run -> the GPUs its job holds
+
+    def release(name: str) -> None:  # a run ended: its GPUs go to the next one
+        if slots is not None and name in held:
+            slots.append(held.pop(name))
+
     for run in watch:  # an earlier sweep's jobs keep their GPUs
         gpus = status[run.name][1].get("gpus")
         if slots is not None and isinstance(gpus, str) and gpus in slots:
@@ -545,15 +550,13 @@ def _drive(
                 if ended and not _lock_held(root, name):
                     del jobs[name]
                     final[name] = _report(root, run, live, job)
-                    if slots is not None and name in held:
-                        slots.append(held.pop(name))
+                    release(name)
             for run in list(watch):
                 kind, _ = run_status(root, run, live)
                 if kind not in ("running", "queued"):
                     watch.remove(run)
                     final[run.name] = _report(root, run, live, None)
-                    if slots is not None and run.name in held:
-                        slots.append(held.pop(run.name))
+                    release(run.name)
     except KeyboardInterrupt:
         if not slurm:
             for _, job in jobs.values():

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.training._checkpoint import read_header
 from agents.training._study import expand, read_study_file, study_from_dict
 from agents.training._sweep import read_state, sweep
-from agents.training._trainer import CHECKPOINT, Trainer
+from agents.training._trainer import Trainer
 from agents.training.cli import main
 
-from .test_sweep import BASE, _curves
+from .test_sweep import BASE, _curves, _wait_mid_run
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "slurm-one-node.sh"
 
@@ -60,16 +59,11 @@ def test_a_study_on_slurm_survives_a_killed_job_and_matches_a_local_study(
     driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
     driver.start()
     cancelled = None
-    deadline = time.monotonic() + 400
-    while driver.is_alive() and cancelled is None and time.monotonic() < deadline:
-        ckpt = victim / CHECKPOINT
-        mid_run = ckpt.exists() and not (victim / "summary.json").exists()
-        if mid_run and read_header(ckpt)["env_steps"] >= 400:
-            state = read_state(out, runs[1].name)
-            cancelled = state["job_id"]
-            os.kill(state["pid"], signal.SIGKILL)  # the job's training process, mid-run
-            subprocess.run(["scancel", cancelled], capture_output=True)  # and its job
-        time.sleep(0.01)
+    if _wait_mid_run(driver, victim):
+        state = read_state(out, runs[1].name)
+        cancelled = state["job_id"]
+        os.kill(state["pid"], signal.SIGKILL)  # the job's training process, mid-run
+        subprocess.run(["scancel", cancelled], capture_output=True)  # and its job
     driver.join(timeout=300)
     assert cancelled is not None, "the run finished before its job could be cancelled"
     assert not (victim / "summary.json").exists()
@@ -115,16 +109,11 @@ def test_a_preempted_job_requeues_itself_and_resumes_to_the_same_records(
     driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
     driver.start()
     signalled = None
-    deadline = time.monotonic() + 400
-    while driver.is_alive() and signalled is None and time.monotonic() < deadline:
-        ckpt = run_dir / CHECKPOINT
-        mid_run = ckpt.exists() and not (run_dir / "summary.json").exists()
-        if mid_run and read_header(ckpt)["env_steps"] >= 400:
-            signalled = read_state(out, run.name)["job_id"]
-            # to the job's steps (the training process), as Slurm's own warning goes
-            sent = subprocess.run(["scancel", "--signal=USR2", signalled], capture_output=True)
-            assert sent.returncode == 0, sent.stderr
-        time.sleep(0.01)
+    if _wait_mid_run(driver, run_dir):
+        signalled = read_state(out, run.name)["job_id"]
+        # to the job's steps (the training process), as Slurm's own warning goes
+        sent = subprocess.run(["scancel", "--signal=USR2", signalled], capture_output=True)
+        assert sent.returncode == 0, sent.stderr
     assert signalled is not None, "the run finished before its job could be signalled"
     # Slurm holds a requeued job back (its begin time a couple of minutes ahead); an
     # administrator's release, so that the test does not wait for it

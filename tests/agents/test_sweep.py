@@ -319,6 +319,19 @@ def test_status_lists_done_running_queued_interrupted_failed_and_pending_runs(tm
 
 
 # ---- training -----------------------------------------------------------------------------
+def _wait_mid_run(driver: threading.Thread, run_dir: Path, env_steps: int = 400) -> bool:
+    """Wait (400 s at most) until the run in `run_dir` has a checkpoint at `env_steps` or more
+    and has not finished, while `driver` (the sweep) runs; False if that moment never came."""
+    deadline = time.monotonic() + 400
+    while driver.is_alive() and time.monotonic() < deadline:
+        ckpt = run_dir / CHECKPOINT
+        mid_run = ckpt.exists() and not (run_dir / "summary.json").exists()
+        if mid_run and read_header(ckpt)["env_steps"] >= env_steps:  # written through a rename
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def _curves(run_dir: Path) -> dict:
     return {
         k: v for k, v in read_metrics(run_dir / "metrics.csv").items() if not k.startswith("perf/")
@@ -341,14 +354,9 @@ def test_a_study_trains_as_train_does_and_continues_after_a_kill(tmp_path, capsy
     driver = threading.Thread(target=lambda: result.append(sweep(study, out)))
     driver.start()
     killed = None
-    deadline = time.monotonic() + 400
-    while driver.is_alive() and killed is None and time.monotonic() < deadline:
-        ckpt = victim / CHECKPOINT
-        mid_run = ckpt.exists() and not (victim / "summary.json").exists()
-        if mid_run and read_header(ckpt)["env_steps"] >= 400:  # written through a rename
-            killed = read_state(out, runs[1].name)["pid"]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.01)
+    if _wait_mid_run(driver, victim):
+        killed = read_state(out, runs[1].name)["pid"]
+        os.kill(killed, signal.SIGKILL)
     driver.join(timeout=400)
     assert killed is not None, "the run finished before it could be killed"
     assert not (victim / "summary.json").exists()
