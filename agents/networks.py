@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import equinox as eqx
 import jax
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 import neurosurgery as ns
+
+M = TypeVar("M")
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -159,28 +162,27 @@ def _is_mlp(x: object) -> bool:
     return isinstance(x, MLP)
 
 
-def orthogonal_linear(
-    in_size: int, out_size: int, scale: float, *, key: PRNGKeyArray
-) -> eqx.nn.Linear:
-    """A Linear layer with orthogonal weights (gain `scale`) and zero bias."""
-    linear = eqx.nn.Linear(in_size, out_size, key=key)
-    weight = jax.nn.initializers.orthogonal(scale)(key, (out_size, in_size), jnp.float32)
-    return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (weight, jnp.zeros(out_size)))
+def orthogonal_dense(in_size: int, out_size: int, scale: float, *, key: PRNGKeyArray) -> Dense:
+    """A `Dense` layer with orthogonal weights (gain `scale`) and zero bias: the orthogonal
+    `(out, in)` draw of `jax.nn.initializers.orthogonal` for `key`, stored transposed."""
+    weight = jax.nn.initializers.orthogonal(scale)(key, (out_size, in_size), jnp.float32).T
+    dense = Dense(in_size, out_size, key=key)
+    return eqx.tree_at(lambda d: (d.weight, d.bias), dense, (weight, jnp.zeros(out_size)))
 
 
 class BroBlock(eqx.Module):
     """`x + LN(Dense(ReLU(LN(Dense(x)))))` — no activation after the add."""
 
-    dense1: eqx.nn.Linear
+    dense1: Dense
     norm1: eqx.nn.LayerNorm
-    dense2: eqx.nn.Linear
+    dense2: Dense
     norm2: eqx.nn.LayerNorm
 
     def __init__(self, width: int, *, key: PRNGKeyArray):
         k1, k2 = jax.random.split(key)
-        self.dense1 = orthogonal_linear(width, width, math.sqrt(2), key=k1)
+        self.dense1 = orthogonal_dense(width, width, math.sqrt(2), key=k1)
         self.norm1 = eqx.nn.LayerNorm(width)
-        self.dense2 = orthogonal_linear(width, width, math.sqrt(2), key=k2)
+        self.dense2 = orthogonal_dense(width, width, math.sqrt(2), key=k2)
         self.norm2 = eqx.nn.LayerNorm(width)
 
     def __call__(self, x: Float[Array, " width"]) -> Float[Array, " width"]:
@@ -192,13 +194,14 @@ class BroNet(eqx.Module):
     """BroNet: stem `ReLU(LN(Dense(x)))`, residual blocks, separate output Dense.
 
     Hidden layers are orthogonal with gain √2; the output layer's gain is `head_scale` (BRO's
-    released code: √2 for critics and the actor's mean, 1 for its log σ).
+    released code: √2 for critics and the actor's mean, 1 for its log σ). Its layers are `Dense`
+    (weights stored `(in, out)`): under `vmap` over a batch each is one plain matrix product.
     """
 
-    stem: eqx.nn.Linear
+    stem: Dense
     stem_norm: eqx.nn.LayerNorm
     blocks: tuple[BroBlock, ...]
-    head: eqx.nn.Linear
+    head: Dense
 
     def __init__(
         self,
@@ -211,10 +214,10 @@ class BroNet(eqx.Module):
         key: PRNGKeyArray,
     ):
         keys = jax.random.split(key, blocks + 2)
-        self.stem = orthogonal_linear(in_size, width, math.sqrt(2), key=keys[0])
+        self.stem = orthogonal_dense(in_size, width, math.sqrt(2), key=keys[0])
         self.stem_norm = eqx.nn.LayerNorm(width)
         self.blocks = tuple(BroBlock(width, key=k) for k in keys[1:-1])
-        self.head = orthogonal_linear(width, out_size, head_scale, key=keys[-1])
+        self.head = orthogonal_dense(width, out_size, head_scale, key=keys[-1])
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
         x = jax.nn.relu(self.stem_norm(self.stem(x)))
@@ -246,6 +249,46 @@ class BroCritic(eqx.Module):
         self, obs: Float[Array, " obs"], action: Float[Array, " act"]
     ) -> Float[Array, " q"]:
         return self.net(jnp.concatenate([obs, action]))
+
+
+def draw_members(make: Callable[[PRNGKeyArray], M], key: PRNGKeyArray, n: int) -> tuple[M, ...]:
+    """`n` networks `make(k)` for the keys `jax.random.split(key, n)`, each its own module.
+
+    They are drawn together (the same draws as one by one), so that a program that builds fresh
+    ones compiles each layer's draw once, not once per member; then taken apart, since under
+    `vmap` over a batch a member's layers lower to plain matrix products, while a `vmap` over
+    stacked members gives batched products, which a CPU runs several times slower at these
+    sizes. A surgery step reads each member's layers as their own groups.
+    """
+    stacked = eqx.filter_vmap(make)(jax.random.split(key, n))
+    params, static = eqx.partition(stacked, eqx.is_array)
+    return tuple(eqx.combine(jax.tree.map(lambda x, i=i: x[i], params), static) for i in range(n))
+
+
+class BroTwinCritic(eqx.Module):
+    """BRO's two critics (`members`, each a `BroCritic`); called on one sample, both critics'
+    quantiles stacked `[2, n_quantiles]`."""
+
+    members: tuple[BroCritic, ...]
+
+    def __init__(
+        self,
+        obs_size: int,
+        action_size: int,
+        width: int = 512,
+        blocks: int = 2,
+        n_quantiles: int = 100,
+        *,
+        key: PRNGKeyArray,
+        n: int = 2,
+    ):
+        make = lambda k: BroCritic(obs_size, action_size, width, blocks, n_quantiles, key=k)
+        self.members = draw_members(make, key, n)
+
+    def __call__(
+        self, obs: Float[Array, " obs"], action: Float[Array, " act"]
+    ) -> Float[Array, "n q"]:
+        return jnp.stack([c(obs, action) for c in self.members])
 
 
 def sinusoidal_embedding(t: Float[Array, ""], dim: int = 16) -> Float[Array, " dim"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..networks import BroCritic, BroNet
+from ..networks import BroNet, BroTwinCritic
 from ._agent import Batch, Objective
 from ._checks import check_fields
+from ._quantile import quantile_huber
 from ._steps import (
     _known,
     actor_and_alpha_step,
@@ -123,21 +124,6 @@ class BROConfig:
             raise ValueError(f"bro.full_resets must be positive env steps, got {self.full_resets}")
 
 
-def quantile_huber(
-    pred: Float[Array, " n"], target: Float[Array, " m"], kappa: float = 1.0
-) -> Float[Array, ""]:
-    """Quantile-Huber loss of predicted quantiles at τ_i = (i + ½)/n against target samples.
-
-    Σ_i mean_j |τ_i − 1{u_ij < 0}| · Huber_κ(u_ij) / κ with u_ij = target_j − pred_i.
-    """
-    u = target[None, :] - pred[:, None]
-    abs_u = jnp.abs(u)
-    huber = jnp.where(abs_u <= kappa, 0.5 * u**2, kappa * (abs_u - 0.5 * kappa))
-    taus = (jnp.arange(pred.shape[0], dtype=pred.dtype) + 0.5) / pred.shape[0]
-    weight = jnp.abs(taus[:, None] - (u < 0).astype(pred.dtype))
-    return jnp.sum(jnp.mean(weight * huber / kappa, axis=1))
-
-
 def gaussian_kl(
     mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array
 ) -> Float[Array, ""]:
@@ -184,7 +170,7 @@ class BroActor(eqx.Module):
         k_net, k_std = jax.random.split(key)
         net = BroNet(obs_size, 2 * action_size, width, blocks, head_scale=math.sqrt(2), key=k_net)
         w_std = jax.nn.initializers.orthogonal(1.0)(k_std, (action_size, width), jnp.float32)
-        weight = net.head.weight.at[action_size:].set(w_std)
+        weight = net.head.weight.at[:, action_size:].set(w_std.T)  # stored (in, out)
         self.net = eqx.tree_at(lambda n: n.head.weight, net, weight)
 
     def distribution(self, obs: Float[Array, " o"]) -> tuple[Array, Array]:
@@ -233,8 +219,8 @@ class BROState(eqx.Module):
 
     actor: BroActor
     optimistic_actor: OptimisticActor
-    critic: BroCritic  # two members stacked on a leading axis
-    target_critic: BroCritic
+    critic: BroTwinCritic
+    target_critic: BroTwinCritic
     log_alpha: Float[Array, ""]
     adjust: Float[Array, " 2"]  # raw parameters of β (optimism) and λ (KL weight): `squash_log`
     actor_opt: optax.OptState
@@ -245,9 +231,9 @@ class BROState(eqx.Module):
     updates: Array
 
 
-def twin_quantiles(critic: BroCritic, obs: Array, action: Array) -> Float[Array, "2 n"]:
+def twin_quantiles(critic: BroTwinCritic, obs: Array, action: Array) -> Float[Array, "2 n"]:
     """Both critics' quantiles for one sample."""
-    return eqx.filter_vmap(lambda c: c(obs, action))(critic)
+    return critic(obs, action)
 
 
 @dataclass(frozen=True)
@@ -273,6 +259,9 @@ class BRO:
     )
     update_cycle: int = 1
     surgery_networks: tuple[str, ...] = ("critic", "actor", "optimistic_actor")
+    #: the layout of `BROState` that checkpoints record: 2 since the critics are two networks
+    #: with (in, out) weights (a resume refuses a checkpoint of another layout)
+    state_layout: ClassVar[int] = 2
 
     @property
     def target_entropy(self) -> float:
@@ -303,10 +292,7 @@ class BRO:
         k_actor, k_opt, k_critic = jax.random.split(key, 3)
         actor = BroActor(o, a, c.actor_width, c.actor_blocks, key=k_actor)
         optimistic = OptimisticActor(o, a, c.actor_width, c.actor_blocks, key=k_opt)
-        make_critic = lambda k: BroCritic(
-            o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k
-        )
-        critic = eqx.filter_vmap(make_critic)(jax.random.split(k_critic, 2))
+        critic = BroTwinCritic(o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k_critic)
         log_alpha = jnp.asarray(math.log(c.init_alpha), jnp.float32)
         adjust = jnp.asarray(
             [unsquash_log(math.log(c.init_optimism)), unsquash_log(math.log(c.init_kl_weight))],
@@ -433,8 +419,7 @@ class BRO:
             return BroActor(o, a, c.actor_width, c.actor_blocks, key=key)
         if name == "optimistic_actor":
             return OptimisticActor(o, a, c.actor_width, c.actor_blocks, key=key)
-        make = lambda k: BroCritic(o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=k)
-        return eqx.filter_vmap(make)(jax.random.split(key, 2))
+        return BroTwinCritic(o, a, c.critic_width, c.critic_blocks, c.n_quantiles, key=key)
 
     def optimizer(self, name: str) -> optax.GradientTransformation:
         opt_a, opt_c, _, _ = self._optimizers()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..networks import MLP, NetworkConfig, inject_heads
+from ..networks import MLP, NetworkConfig, draw_members, inject_heads
 from ._agent import Batch, Objective
 from ._checks import check_fields
 from ._steps import (
@@ -102,14 +102,7 @@ class TwinCritic(eqx.Module):
     def __init__(
         self, obs_size: int, action_size: int, config: NetworkConfig, key: PRNGKeyArray, n: int = 2
     ):
-        keys = jax.random.split(key, n)
-        # drawn together (the same draws as one by one), so that a program that builds fresh
-        # critics compiles each layer's draw once, not once per member
-        stacked = eqx.filter_vmap(lambda k: Critic(obs_size, action_size, config, k))(keys)
-        params, static = eqx.partition(stacked, eqx.is_array)
-        self.members = tuple(
-            eqx.combine(jax.tree.map(lambda x, i=i: x[i], params), static) for i in range(n)
-        )
+        self.members = draw_members(lambda k: Critic(obs_size, action_size, config, k), key, n)
 
     def __call__(self, obs: Float[Array, " o"], action: Float[Array, " a"]) -> Float[Array, " n"]:
         return jnp.stack([c(obs, action) for c in self.members])

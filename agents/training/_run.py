@@ -35,7 +35,15 @@ from ._sinks import (
     plot_curves,
     replace_file,
 )
-from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, program_options, versions
+from ._trainer import (
+    CHECKPOINT,
+    Callback,
+    NonFiniteError,
+    Trainer,
+    make_agent,
+    program_options,
+    versions,
+)
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -183,6 +191,8 @@ def train(
                 f"checkpoint {ckpt_path} was written by a different configuration ({shown}); "
                 "resume with the options saved in the run folder, or start a new --run-dir"
             )
+        if header is not None:
+            _check_layout(header, config, ckpt_path)
         # a run's own `steps` may fall short of where it ended (it runs whole segments);
         # a new, smaller `steps` would be recorded against a state that is further on
         done = None if header is None else header["env_steps"]
@@ -283,6 +293,40 @@ def _keep(path: Path, env_steps: int) -> None:
     os.replace(tmp, kept)
 
 
+#: what changed in each agent's training state, by the layout number that came with it (a
+#: checkpoint without a number has layout 1)
+LAYOUT_CHANGES = {
+    ("bro", 2): "BRO's two critics became two networks (they were one network stacked on a "
+    "member axis) and its layers store their weights (in, out) (they were (out, in))",
+}
+
+
+def state_layout(agent: Any) -> int:
+    """The layout number of `agent`'s training state (`Agent.state_layout`, 1 without one)."""
+    return int(getattr(agent, "state_layout", 1))
+
+
+def _check_layout(header: dict, config: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose state has another layout than this version's agent, naming
+    what changed, before any array is read."""
+    saved = int(header.get("state_layout", 1))
+    agent = migrate(header["config"]).get("agent", config.agent)
+    current = state_layout(make_agent(config, 1, 1))
+    if saved == current:
+        return
+    changes = [
+        f"layout {n}: {LAYOUT_CHANGES[(agent, n)]}"
+        for n in range(min(saved, current) + 1, max(saved, current) + 1)
+        if (agent, n) in LAYOUT_CHANGES
+    ]
+    raise CheckpointError(
+        f"checkpoint {path} holds a {agent} training state of layout {saved}, and this version "
+        f"of neurosurgery trains layout {current} ({'; '.join(changes) or 'unknown change'}): it "
+        "cannot be resumed here; resume it with the version that wrote it (config.json names "
+        "it under versions), or start a new --run-dir"
+    )
+
+
 def _checkpoint(trainer: Trainer, path: Path, ts, meta: dict, warned: list) -> None:
     """Save the training state and, for host environments, theirs (warning once per run if
     they cannot be saved: a resume from this checkpoint would not be exact)."""
@@ -357,6 +401,7 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
                 or env_steps // c.checkpoint_every > (env_steps - seg_steps) // c.checkpoint_every
             ):
                 meta = {"env_steps": env_steps, "updates": updates, "config": program_options(c)}
+                meta["state_layout"] = state_layout(trainer.agent)
                 _checkpoint(trainer, ckpt_path, ts, meta, warned)
                 if c.keep_checkpoints:
                     _keep(ckpt_path, env_steps)

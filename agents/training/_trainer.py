@@ -120,10 +120,6 @@ def _seed_key(seed: int) -> jax.Array:
     return jax.random.key_data(jax.random.key(seed))
 
 
-def _zeros_like_shapes(shapes: Any) -> Any:
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -312,20 +308,27 @@ class Trainer:
                 none = lambda ts: (ts, jnp.zeros((ts.obs.shape[0], env.action_size), jnp.float32))
                 return jax.lax.switch(mode, (loop.act_random, loop.act_policy, none), ts)
 
-            def advance(ts, actions, step, u0, update, next_mode):
-                """Insert one env step, run the body's updates if due, choose the next actions.
+            def advance_learn(ts, actions, step, u0, last):
+                """Insert one env step, run the body's updates, choose the next actions (none
+                after the segment's `last` step: the key is kept, as `act`'s mode 2 keeps it).
 
                 The key is split exactly as in the compiled segment, so a host run of a JAX task
-                follows the same trajectory as the scan.
+                follows the same trajectory as the scan. Its own function rather than a branch
+                of `advance_collect`: a `lax.cond` around the updates costs their state a copy
+                in and out on a CPU.
                 """
                 ts, stats = loop.insert(ts, actions, step, None)
-                skip = lambda ts, u: (
-                    ts,
-                    _zeros_like_shapes(jax.eval_shape(loop.updates, ts, u)[1]),
-                )
-                ts, metrics = jax.lax.cond(update, loop.updates, skip, ts, u0)
-                ts, actions = act(ts, next_mode)
+                ts, metrics = loop.updates(ts, u0)
+                acted, actions = loop.act_policy(ts)
+                ts = eqx.tree_at(lambda t: t.key, acted, jnp.where(last, ts.key, acted.key))
                 return ts, stats, metrics, actions
+
+            def advance_collect(ts, actions, step, next_mode):
+                """Insert one env step and choose the next actions (`act`'s modes), no updates:
+                the warm-up and the steps between a body's updates."""
+                ts, stats = loop.insert(ts, actions, step, None)
+                ts, actions = act(ts, next_mode)
+                return ts, stats, actions
 
             # The host loop holds the state as its list of leaves between calls: flattening
             # the state's Equinox modules in Python on every call cost more than the call.
@@ -339,7 +342,12 @@ class Trainer:
                 return call
 
             self._act = donate(on_leaves(vmap(act, in_axes=(0, None))))
-            self._advance = donate(on_leaves(vmap(advance, in_axes=(0, 0, 0, None, None, None))))
+            self._advance_learn = donate(
+                on_leaves(vmap(advance_learn, in_axes=(0, 0, 0, None, None)))
+            )
+            self._advance_collect = donate(
+                on_leaves(vmap(advance_collect, in_axes=(0, 0, 0, None)))
+            )
             self._act_det = jit(
                 vmap(lambda a, o: self.agent.act(a, o.astype(jnp.float32), _seed_key(0), True))
             )
@@ -449,14 +457,18 @@ class Trainer:
                 )
                 update = learning and j == per_body - 1
                 last = b == bodies - 1 and j == per_body - 1
-                next_mode = 2 if last else (1 if learning else 0)
-                leaves, st, m, actions = self._advance(
-                    leaves, actions, step, u0, np.bool_(update), np.int32(next_mode)
-                )
-                stats_all.append(st)
                 if update:
+                    leaves, st, m, actions = self._advance_learn(
+                        leaves, actions, step, u0, np.bool_(last)
+                    )
                     u0 = np.int32(u0 + loop.updates_per_body)
                     metrics_all.append(m)
+                else:
+                    next_mode = 2 if last else (1 if learning else 0)
+                    leaves, st, actions = self._advance_collect(
+                        leaves, actions, step, np.int32(next_mode)
+                    )
+                stats_all.append(st)
         ts = jax.tree.unflatten(self._state_def, leaves)
         stats = np.stack([np.asarray(s) for s in stats_all], axis=1)
         metrics = {

@@ -8,7 +8,7 @@ import pytest
 
 import agents
 from agents import BROConfig, DACERConfig, NetworkConfig, ResetConfig, SurgeryConfig, TrainConfig
-from agents.training import Trainer
+from agents.training import CheckpointError, Trainer, load_checkpoint_extras, save_checkpoint
 from agents.training.cli import main
 
 BASE = TrainConfig(
@@ -75,6 +75,23 @@ def test_train_seeds_and_resume(agent, tmp_path):
     assert resumed["env_steps"] == 500
     saved = json.loads((tmp_path / "config.json").read_text())["config"]
     assert saved["agent"] == agent
+    if agent == "bro":
+        refuses_an_older_state_layout(config, tmp_path)
+
+
+def refuses_an_older_state_layout(config: TrainConfig, run_dir) -> None:
+    """A BRO checkpoint of the layout before the critics became two networks (no layout in its
+    header) is refused before any array is read, naming what changed; the file is untouched."""
+    path = run_dir / "checkpoint.ckpt"
+    state, header, extras = load_checkpoint_extras(path, Trainer(config).state_shapes())
+    assert header["state_layout"] == 2
+    header.pop("state_layout")
+    header.pop("leaves")
+    save_checkpoint(path, state, header, extras)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"layout 1.*layout 2 \(layout 2: BRO's two critics"):
+        agents.train(dataclasses.replace(config, steps=600), resume=True)
+    assert path.read_bytes() == before
 
 
 def test_cli_lists_the_agents_options(capsys):

@@ -50,21 +50,6 @@ def updated(bro, seeds, batch):
     return step(new, keys)
 
 
-@pytest.mark.parametrize("kappa", [1.0, 0.5])
-def test_quantile_huber_matches_numpy(kappa):
-    rng = np.random.default_rng(1)
-    pred, target = rng.normal(size=7), rng.normal(size=5) * 2
-    expected = 0.0
-    for i, p in enumerate(pred):
-        tau = (i + 0.5) / len(pred)
-        for t in target:
-            u = t - p
-            huber = 0.5 * u**2 if abs(u) <= kappa else kappa * (abs(u) - 0.5 * kappa)
-            expected += abs(tau - (u < 0)) * huber / kappa / len(target)
-    got = quantile_huber(jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32), kappa)
-    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-
-
 def test_gaussian_kl_matches_formula():
     rng = np.random.default_rng(2)
     mp, lp, mq, lq = (rng.normal(size=3) * 0.5 for _ in range(4))
@@ -82,7 +67,7 @@ def test_critic_target_by_hand(bro, state, batch):
     alpha = math.exp(float(state.log_alpha))
     for i in range(4):
         a, logp = state.actor.sample(batch.next_obs[i], noise[i])
-        q = [np.asarray(member(state.target_critic, m)(batch.next_obs[i], a)) for m in range(2)]
+        q = [np.asarray(state.target_critic.members[m](batch.next_obs[i], a)) for m in range(2)]
         soft = (q[0] + q[1]) / 2 - alpha * float(logp)
         want = float(batch.reward[i]) + 0.9 * (1 - float(batch.terminated[i])) * soft
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
@@ -93,7 +78,7 @@ def test_critic_objective_is_the_quantile_loss_of_both_critics(bro, state, batch
     (obs, action), (target,) = objective.inputs, objective.targets
     want = [
         sum(
-            float(quantile_huber(member(state.critic, m)(obs[i], action[i]), target[i]))
+            float(quantile_huber(state.critic.members[m](obs[i], action[i]), target[i]))
             for m in range(2)
         )
         for i in range(4)
@@ -118,7 +103,7 @@ def test_update_under_jit_and_vmap_over_seeds(updated):
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in metrics.values())
     assert np.all(np.asarray(new.updates) == 2)
     # the seeds differ, so do their critics
-    w = new.critic.net.stem.weight
+    w = new.critic.members[0].net.stem.weight
     assert not np.allclose(w[0], w[1])
 
 
@@ -249,21 +234,22 @@ def test_grama_preset_and_validation():
 
 
 def test_orthogonal_init_gains(state):
-    """Hidden layers gain √2, critic heads √2, π_c's mean rows √2 and log σ rows 1, π_o's
-    output zero: W Wᵀ = gain² I for a layer with no more outputs than inputs."""
+    """Hidden layers gain √2, critic heads √2, π_c's mean units √2 and log σ units 1, π_o's
+    output zero: Wᵀ W = gain² I for a layer (stored `(in, out)`) with no more outputs than
+    inputs."""
 
     def gram(w):
         w = np.asarray(w, np.float64)
-        return w @ w.T
+        return w.T @ w
 
-    critic = member(state.critic, 0).net
+    critic = state.critic.members[0].net
     np.testing.assert_allclose(gram(critic.blocks[0].dense1.weight), 2 * np.eye(8), atol=1e-5)
     np.testing.assert_allclose(gram(critic.head.weight), 2 * np.eye(5), atol=1e-5)
-    stem = np.asarray(critic.stem.weight, np.float64)  # 8 units on 5 inputs: columns orthogonal
-    np.testing.assert_allclose(stem.T @ stem, 2 * np.eye(5), atol=1e-5)
+    stem = np.asarray(critic.stem.weight, np.float64)  # 8 units on 5 inputs: rows orthogonal
+    np.testing.assert_allclose(stem @ stem.T, 2 * np.eye(5), atol=1e-5)
     head = np.asarray(state.actor.net.head.weight, np.float64)
-    np.testing.assert_allclose(gram(head[:2]), 2 * np.eye(2), atol=1e-5)
-    np.testing.assert_allclose(gram(head[2:]), np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(gram(head[:, :2]), 2 * np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(gram(head[:, 2:]), np.eye(2), atol=1e-5)
     assert not np.any(np.asarray(state.optimistic_actor.net.head.weight))
     for layer in (critic.stem, critic.head, state.actor.net.head):
         assert not np.any(np.asarray(layer.bias))
@@ -273,44 +259,45 @@ def test_orthogonal_init_gains(state):
 def test_block_count_scales_the_networks(blocks):
     cfg = BROConfig(**{**CFG.__dict__, "critic_blocks": blocks, "actor_blocks": blocks})
     state = jax.eval_shape(BRO(cfg, 3, 2).init, jax.random.key(0))
-    assert len(state.critic.net.blocks) == blocks and len(state.actor.net.blocks) == blocks
+    assert all(len(c.net.blocks) == blocks for c in state.critic.members)
+    assert len(state.actor.net.blocks) == blocks
     assert len(state.optimistic_actor.net.blocks) == blocks
 
 
 def test_anatomy_of_the_twin_critics(bro, state):
     w, obs, act = CFG.critic_width, 3, 2
-    fn = lambda m, o, a: eqx.filter_vmap(lambda c: c(o, a))(m)
-    anatomy = ns.anatomy(state.critic, jnp.zeros(obs), jnp.zeros(act), fn=fn)
-    assert anatomy.names == (
-        "net.stem",
-        "net.blocks[0].dense1",
-        "net.blocks[0].dense2",
-        "net.blocks[1].dense1",
-        "net.blocks[1].dense2",
-        "net.head",
-    )
+    anatomy = ns.anatomy(state.critic, jnp.zeros(obs), jnp.zeros(act))
+    layers = ("net.stem", "net.blocks[0].dense1", "net.blocks[0].dense2")
+    layers += ("net.blocks[1].dense1", "net.blocks[1].dense2", "net.head")
+    assert anatomy.names == tuple(f"members[{m}].{n}" for m in range(2) for n in layers)
     stream = anatomy.filter(shared=True)
-    assert [g.name for g in stream] == ["net.stem", "net.blocks[0].dense2", "net.blocks[1].dense2"]
-    stem = anatomy["net.stem"]
-    assert stem.members == (2,) and stem.unit_shape == (2, w)
-    unit = np.arange(2 * w).reshape(2, w)
+    assert [g.name for g in stream] == [
+        f"members[{m}].{n}"
+        for m in range(2)
+        for n in ("net.stem", "net.blocks[0].dense2", "net.blocks[1].dense2")
+    ]
+    stem = anatomy["members[1].net.stem"]
+    assert stem.members == () and stem.unit_shape == (w,)
+    unit = np.arange(w)
     own = {s.path: s.element_owner() for s in stem.incoming}
-    # the stem reads concat(obs, action): every input column of a unit's row is its own
+    # the stem reads concat(obs, action): every input row of a unit's column is its own
     np.testing.assert_array_equal(
-        own[".net.stem.weight"], np.broadcast_to(unit[:, :, None], (2, w, obs + act))
+        own[".members[1].net.stem.weight"], np.broadcast_to(unit[None, :], (obs + act, w))
     )
-    per_unit = {s.path: s.element_owner() for s in anatomy["net.blocks[0].dense1"].per_unit}
-    assert set(per_unit) == {".net.blocks[0].norm1.weight", ".net.blocks[0].norm1.bias"}
-    np.testing.assert_array_equal(per_unit[".net.blocks[0].norm1.weight"], unit)
+    dense1 = anatomy["members[1].net.blocks[0].dense1"]
+    per_unit = {s.path: s.element_owner() for s in dense1.per_unit}
+    norm = ".members[1].net.blocks[0].norm1"
+    assert set(per_unit) == {f"{norm}.weight", f"{norm}.bias"}
+    np.testing.assert_array_equal(per_unit[f"{norm}.weight"], unit)
     outgoing = {s.path for s in stem.outgoing}
     assert outgoing == {
-        ".net.blocks[0].dense1.weight",
-        ".net.blocks[1].dense1.weight",
-        ".net.head.weight",
+        ".members[1].net.blocks[0].dense1.weight",
+        ".members[1].net.blocks[1].dense1.weight",
+        ".members[1].net.head.weight",
     }
-    assert anatomy["net.head"].output and [g.name for g in anatomy.resettable] == [
-        "net.blocks[0].dense1",
-        "net.blocks[1].dense1",
+    assert anatomy["members[0].net.head"].output
+    assert [g.name for g in anatomy.resettable] == [
+        f"members[{m}].net.blocks[{b}].dense1" for m in range(2) for b in range(2)
     ]
 
 
@@ -327,8 +314,8 @@ def test_anatomy_of_the_actors(bro, state):
     )
     stem = optimistic["net.stem"]
     own = {s.path: s.element_owner() for s in stem.incoming}
-    assert own[".net.stem.weight"].shape == (w, obs + act)
-    np.testing.assert_array_equal(own[".net.stem.weight"][:, -1], np.arange(w))
+    assert own[".net.stem.weight"].shape == (obs + act, w)
+    np.testing.assert_array_equal(own[".net.stem.weight"][-1], np.arange(w))
     per_unit = {s.path for s in stem.per_unit}
     assert per_unit == {".net.stem_norm.weight", ".net.stem_norm.bias"}
 

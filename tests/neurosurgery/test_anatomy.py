@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from agents.networks import BroCritic, BroNet, Denoiser
+from agents.networks import BroCritic, BroNet, Denoiser, Dense
 
 
 def owners(group: ns.NeuronGroup, role: str) -> dict[str, np.ndarray]:
@@ -146,27 +146,29 @@ def test_bro_residual_network(getkey):
     stem, d1, d2, head = anatomy
     assert anatomy.names == ("stem", "blocks[0].dense1", "blocks[0].dense2", "head")
     assert_owners(
-        owners(stem, "incoming"), {".stem.weight": rows(w, (w, 4)), ".stem.bias": np.arange(w)}
+        owners(stem, "incoming"), {".stem.weight": cols(w, (4, w)), ".stem.bias": np.arange(w)}
     )
     assert_owners(
         owners(stem, "per_unit"),
         {".stem_norm.weight": np.arange(w), ".stem_norm.bias": np.arange(w)},
     )
     # The stem writes the residual stream: read by the block and, through the skip, by the head.
+    # (BroNet's layers store their weights (in, out): a unit's incoming weights are a column,
+    # its outgoing weights a row of the consumer.)
     assert_owners(
         owners(stem, "outgoing"),
-        {".blocks[0].dense1.weight": cols(w, (w, w)), ".head.weight": cols(w, (3, w))},
+        {".blocks[0].dense1.weight": rows(w, (w, w)), ".head.weight": rows(w, (w, 3))},
     )
     assert_owners(
         owners(d1, "per_unit"),
         {".blocks[0].norm1.weight": np.arange(w), ".blocks[0].norm1.bias": np.arange(w)},
     )
-    assert_owners(owners(d1, "outgoing"), {".blocks[0].dense2.weight": cols(w, (w, w))})
+    assert_owners(owners(d1, "outgoing"), {".blocks[0].dense2.weight": rows(w, (w, w))})
     assert_owners(
         owners(d2, "per_unit"),
         {".blocks[0].norm2.weight": np.arange(w), ".blocks[0].norm2.bias": np.arange(w)},
     )
-    assert_owners(owners(d2, "outgoing"), {".head.weight": cols(w, (3, w))})
+    assert_owners(owners(d2, "outgoing"), {".head.weight": rows(w, (w, 3))})
     assert stem.shared and d2.shared and not d1.shared and head.output
     assert stem.shared_with == ("blocks[0].dense2",) and d2.shared_with == ("stem",)
     assert [g.name for g in anatomy.resettable] == ["blocks[0].dense1"]
@@ -266,9 +268,9 @@ def test_twin_critics_stacked_with_vmap(getkey):
 def test_filter_summary_and_indexing(getkey):
     anatomy = ns.anatomy(BroNet(3, 1, width=4, blocks=1, key=getkey()), jnp.zeros(3))
     assert len(anatomy) == 4 and anatomy[1] is anatomy["blocks[0].dense1"]
-    assert [
-        g.name for g in anatomy.filter(layer_type=eqx.nn.Linear, hidden=True, shared=False)
-    ] == ["blocks[0].dense1"]
+    assert [g.name for g in anatomy.filter(layer_type=Dense, hidden=True, shared=False)] == [
+        "blocks[0].dense1"
+    ]
     assert [g.name for g in anatomy.filter(path="re:dense[12]$")] == [
         "blocks[0].dense1",
         "blocks[0].dense2",

@@ -118,7 +118,7 @@ def test_weight_source_scores_norm_scale_on_its_own(getkey):
     _, obs = ns.observe(anatomy, net, lambda ys: jnp.mean(ys**2), xs)
     scores, _ = ns.GraMa("weight").score(anatomy, obs, ns.EmptyState())
     g = obs.weight_grads
-    rows = norm(np.abs(np.asarray(g.blocks[0].dense1.weight)).mean(1))
+    rows = norm(np.abs(np.asarray(g.blocks[0].dense1.weight)).mean(0))  # stored (in, out)
     gamma = norm(np.abs(np.asarray(g.blocks[0].norm1.weight)))
     np.testing.assert_allclose(scores["blocks[0].dense1"], np.minimum(rows, gamma), rtol=1e-4)
 
