@@ -1,6 +1,7 @@
 """The numerical helpers of the benchmark scripts (which are scripts, not a package)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):
+    """A benchmark script as a module, its folder importable (as when it runs: `_timing`)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -52,3 +56,34 @@ def test_env_benchmark_figure(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size[0] > image.size[1] > 300
+
+
+def test_step_breakdown_table_and_figure_of_the_committed_figures(tmp_path):
+    """The figures on the training page: every configuration's parts add up to its wall time
+    (`rest` is what is left), the limit is the env step plus the updates, and the table and
+    the stacked bar are drawn from them."""
+    import json
+
+    bench = _load("bench_step_breakdown")
+    data = json.loads((ROOT / "docs" / "figures" / "step-breakdown.json").read_text())
+    results = data["results"]
+    assert {(r["agent"], r["width"]) for r in results} >= {("sac", 64), ("bro", 64), ("dacer", 64)}
+    for r in results:
+        parts = [v for v in r["parts_ms"].values() if v is not None]
+        assert sum(parts) == pytest.approx(r["wall_ms"], rel=1e-9)
+        assert r["rest_fraction"] == pytest.approx(r["parts_ms"]["rest"] / r["wall_ms"])
+        assert r["limit_fraction"] == pytest.approx(r["limit_ms"] / r["wall_ms"])
+    text = bench.table(results)
+    assert "update, optimistic_actor" in text and "rest / wall" in text
+    path = tmp_path / "breakdown.png"
+    bench.plot(results, str(path), data["title"])
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]
+
+
+def test_released_bro_schedule_of_full_resets():
+    bench = _load("bench_bro_vs_released")
+    assert bench.full_resets(2) == (15_000,)
+    assert bench.full_resets(10)[:3] == (15_000, 50_000, 250_000)

@@ -76,6 +76,7 @@ def test_sorted_equals_pairwise_in_float64(problem):
     assert relative_error(g_fast, g_ref) <= 1e-10
 
 
+@pytest.mark.newest
 @settings(max_examples=40, deadline=None)
 @given(problems())
 def test_sorted_equals_pairwise_in_float32(problem):
@@ -129,6 +130,7 @@ def test_twin_predictions_under_vmap_and_jit():
     assert relative_error(fast[1], ref[1]) <= 1e-5
 
 
+@pytest.mark.newest
 def test_refuses_a_gradient_with_respect_to_the_targets():
     p, t = jnp.zeros(3), jnp.ones(4)
     with pytest.raises(TypeError, match="stop_gradient"):
