@@ -63,30 +63,29 @@ def relative_error(got, want) -> float:
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
 
 
+def assert_sorted_equals_pairwise(problem, dtype, tolerance: float) -> None:
+    """Value and gradient of both forms in `dtype`, equal to `tolerance` (relative)."""
+    pred, target, kappa = problem
+    p, t = jnp.asarray(pred, dtype), jnp.asarray(target, dtype)
+    v_fast, g_fast = value_and_grad(quantile_huber, kappa)(p, t)
+    v_ref, g_ref = value_and_grad(quantile_huber_pairwise, kappa)(p, t)
+    assert v_fast.dtype == g_fast.dtype == dtype
+    assert relative_error(v_fast, v_ref) <= tolerance
+    assert relative_error(g_fast, g_ref) <= tolerance
+
+
 @settings(max_examples=40, deadline=None)
 @given(problems())
 def test_sorted_equals_pairwise_in_float64(problem):
-    pred, target, kappa = problem
     with jax.enable_x64(True):
-        p, t = jnp.asarray(pred, jnp.float64), jnp.asarray(target, jnp.float64)
-        v_fast, g_fast = value_and_grad(quantile_huber, kappa)(p, t)
-        v_ref, g_ref = value_and_grad(quantile_huber_pairwise, kappa)(p, t)
-        assert g_fast.dtype == jnp.float64
-    assert relative_error(v_fast, v_ref) <= 1e-10
-    assert relative_error(g_fast, g_ref) <= 1e-10
+        assert_sorted_equals_pairwise(problem, jnp.float64, 1e-10)
 
 
 @pytest.mark.newest
 @settings(max_examples=40, deadline=None)
 @given(problems())
 def test_sorted_equals_pairwise_in_float32(problem):
-    pred, target, kappa = problem
-    p, t = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
-    v_fast, g_fast = value_and_grad(quantile_huber, kappa)(p, t)
-    v_ref, g_ref = value_and_grad(quantile_huber_pairwise, kappa)(p, t)
-    assert v_fast.dtype == jnp.float32
-    assert relative_error(v_fast, v_ref) <= 1e-5
-    assert relative_error(g_fast, g_ref) <= 1e-5
+    assert_sorted_equals_pairwise(problem, jnp.float32, 1e-5)
 
 
 @pytest.mark.parametrize("kappa", [1.0, 0.5])
