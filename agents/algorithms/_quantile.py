@@ -17,14 +17,14 @@ the sorted order:
 | D   | t > p + κ          | τ      | κ(t − p − κ/2)       | κ           |
 
 so each run contributes through its count and its sums of t and t², read from prefix sums at
-the run's ends (three binary searches). The gradient with respect to p comes from the same
-counts and sums, as a custom VJP. The prefix sums are kept in two-float (compensated)
+the run's ends (`_count_below`: three counts per prediction). The gradient with respect to p
+comes from the same counts and sums, as a custom VJP. The prefix sums are kept in two-float (compensated)
 arithmetic about the median target, so that a run's sum, a difference of two prefix sums, keeps
 float32 accuracy when the targets spread over many κ. In float32 the value and gradient stay
 within 1e-5 (relative) of the pairwise form's while the predictions and targets spread over up
 to 100 κ about the median target (the tests' range, at any scale); far beyond, the quadratic
-runs lose digits as ε·(spread/κ) (2e-4 of the gradient's scale at 10⁴ κ). BRO's targets, returns
-of at most 1/(1 − γ) = 100 at κ = 1, are inside.
+runs lose digits as ε·(spread/κ) (2e-4 of the gradient's scale at 10⁴ κ). On DMC, whose
+rewards are at most 1, BRO's targets (returns of at most 1/(1 − γ) = 100 at κ = 1) are inside.
 
 The targets are held fixed (a TD target): differentiating with respect to them raises.
 """
