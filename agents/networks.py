@@ -257,8 +257,9 @@ def draw_members(make: Callable[[PRNGKeyArray], M], key: PRNGKeyArray, n: int) -
     They are drawn together (the same draws as one by one), so that a program that builds fresh
     ones compiles each layer's draw once, not once per member; then taken apart, since under
     `vmap` over a batch a member's layers lower to plain matrix products, while a `vmap` over
-    stacked members gives batched products, which a CPU runs several times slower at these
-    sizes. A surgery step reads each member's layers as their own groups.
+    stacked members gives batched products, which a CPU runs slower (a BRO twin critic's
+    gradient: 1.6× at width 64, 3× at 256). A surgery step reads each member's layers as their
+    own groups.
     """
     stacked = eqx.filter_vmap(make)(jax.random.split(key, n))
     params, static = eqx.partition(stacked, eqx.is_array)

@@ -35,15 +35,7 @@ from ._sinks import (
     plot_curves,
     replace_file,
 )
-from ._trainer import (
-    CHECKPOINT,
-    Callback,
-    NonFiniteError,
-    Trainer,
-    make_agent,
-    program_options,
-    versions,
-)
+from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, program_options, versions
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -191,8 +183,6 @@ def train(
                 f"checkpoint {ckpt_path} was written by a different configuration ({shown}); "
                 "resume with the options saved in the run folder, or start a new --run-dir"
             )
-        if header is not None:
-            _check_layout(header, config, ckpt_path)
         # a run's own `steps` may fall short of where it ended (it runs whole segments);
         # a new, smaller `steps` would be recorded against a state that is further on
         done = None if header is None else header["env_steps"]
@@ -215,6 +205,7 @@ def train(
     try:
         env_steps = updates = 0
         if header is not None:  # checked against the state's shapes before anything runs
+            _check_layout(header, trainer.agent, config.agent, ckpt_path)
             ts, header, extras = load_checkpoint_extras(ckpt_path, trainer.state_shapes())
             ts = trainer.place(ts)
             env_steps, updates = header["env_steps"], header["updates"]
@@ -306,21 +297,20 @@ def state_layout(agent: Any) -> int:
     return int(getattr(agent, "state_layout", 1))
 
 
-def _check_layout(header: dict, config: TrainConfig, path: Path) -> None:
-    """Refuse a checkpoint whose state has another layout than this version's agent, naming
-    what changed, before any array is read."""
+def _check_layout(header: dict, agent: Any, name: str, path: Path) -> None:
+    """Refuse a checkpoint whose state has another layout than `agent` (named `name`) trains,
+    naming what changed, before any array is read."""
     saved = int(header.get("state_layout", 1))
-    agent = migrate(header["config"]).get("agent", config.agent)
-    current = state_layout(make_agent(config, 1, 1))
+    current = state_layout(agent)
     if saved == current:
         return
     changes = [
-        f"layout {n}: {LAYOUT_CHANGES[(agent, n)]}"
+        f"layout {n}: {LAYOUT_CHANGES[(name, n)]}"
         for n in range(min(saved, current) + 1, max(saved, current) + 1)
-        if (agent, n) in LAYOUT_CHANGES
+        if (name, n) in LAYOUT_CHANGES
     ]
     raise CheckpointError(
-        f"checkpoint {path} holds a {agent} training state of layout {saved}, and this version "
+        f"checkpoint {path} holds a {name} training state of layout {saved}, and this version "
         f"of neurosurgery trains layout {current} ({'; '.join(changes) or 'unknown change'}): it "
         "cannot be resumed here; resume it with the version that wrote it (config.json names "
         "it under versions), or start a new --run-dir"

@@ -313,9 +313,8 @@ class Trainer:
                 after the segment's `last` step: the key is kept, as `act`'s mode 2 keeps it).
 
                 The key is split exactly as in the compiled segment, so a host run of a JAX task
-                follows the same trajectory as the scan. Its own function rather than a branch
-                of `advance_collect`: a `lax.cond` around the updates costs their state a copy
-                in and out on a CPU.
+                follows the same trajectory as the scan. Its own compiled function, chosen in
+                Python, so that the updates run with no `lax.cond` around them.
                 """
                 ts, stats = loop.insert(ts, actions, step, None)
                 ts, metrics = loop.updates(ts, u0)
