@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._published import Curve, check_published, mean_band, published_curve, published_tasks
 from ._results import RETURN, Row, Run, find_runs, option, read_rows, rows_of, write_rows
 from ._stats import MIN_SEEDS, FewSeedsWarning, iqm, normalised, stratified_bootstrap
 
@@ -69,6 +70,7 @@ def report(
     last_k: int = 1,
     name_by: Sequence[str] = (),
     against: Sequence[str] = (),
+    published: Sequence[str] = (),
     seed: int = 0,
 ) -> Report:
     """Read every run under `folders`, write `results.csv`, figures, `report.md` and
@@ -82,12 +84,16 @@ def report(
     scores with stratified-bootstrap 95 % CIs) and drawn as box plots. `against`: run options
     (dotted paths, e.g. `bro.critic_blocks` for a scaling study, `reset.tau` for a threshold
     sweep) each giving a figure of the final score against the option's value, per task and
-    method.
+    method. `published`: published algorithms (`BRO`, `BRO_fast`, `SAC`) drawn beside the runs
+    on every task of theirs that has a curve, as are those the runs name in their `published`
+    option; a section tabulates their IQM [95 % CI] and ours at the env steps both have (never
+    interpolated) and names the steps of ours without a published point.
 
     Raises:
         FileNotFoundError: a folder holds no run.
         ValueError: no finished run; a baseline file in another format or without the return
-            metric; `normalise_by` names a method absent from a task.
+            metric; `normalise_by` names a method absent from a task; a `published` algorithm
+            that has no curves, or none on the runs' tasks.
     """
     runs = find_runs(folders, tuple(dict.fromkeys((*name_by, *against))))
     for key in against:
@@ -109,6 +115,7 @@ def report(
         )
     by_run = {r.path: rows_of(r) for r in finished}
     rows = [row for r in finished for row in by_run[r.path]]
+    compared = _published_for(finished, published)
     for path in baselines:
         extra = read_rows(path)
         metric = baseline_metric or RETURN
@@ -120,6 +127,18 @@ def report(
         rows += [dataclasses.replace(r, metric=RETURN) if r.metric == metric else r for r in extra]
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "results.csv")
+    if compared:
+        write_rows(
+            [
+                Row(f"{c.algorithm} (published)", c.task, seed_, RETURN, step, float(v))
+                for curves in compared.values()
+                for c in curves
+                for i, seed_ in enumerate(c.seeds)
+                for step, v in zip(c.steps, c.returns[i], strict=True)
+                if not np.isnan(v)
+            ],
+            out / "published.csv",
+        )
     scores = final_scores(rows, last_k)
     methods = sorted({e for e, _ in scores})
     tasks = sorted({t for _, t in scores})
@@ -154,12 +173,14 @@ def report(
             )
         md += [f"### {task}", "", _table(("method", "seeds", "mean ± std", "IQM [95 % CI]"), body)]
         md.append("")
+    if compared:
+        md += _published_section(rows, compared, seed)
     figures = []
     if normalise_by is not None:
         section, per_seed = _normalised_section(scores, methods, tasks, normalise_by, seed)
         md += section
         figures.append(_boxes(per_seed, normalise_by, out / "normalised.png"))
-    figures = _figures(rows, out, methods, tasks) + figures
+    figures = _figures(rows, out, methods, tasks, compared, seed) + figures
     for key in against:
         figures.append(_against(finished, by_run, key, last_k, out))
     if figures:
@@ -170,6 +191,101 @@ def report(
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(_html(text, out))
     return Report(out, finished, partial, text, notes)
+
+
+def _published_for(runs: Sequence[Run], names: Sequence[str]) -> dict[str, list[Curve]]:
+    """{task: the published curves drawn beside the runs on it}: every name of `names` on each
+    task of the runs it has a curve on, and each run's own `published` on its task."""
+    tasks = sorted({r.env_name for r in runs})
+    for name in names:
+        check_published(name)
+        if not set(published_tasks(name)) & set(tasks):
+            raise ValueError(
+                f"--published {name}: it has no curve on the runs' tasks ({', '.join(tasks)}); "
+                f"its tasks: {', '.join(published_tasks(name))}"
+            )
+    out: dict[str, list[Curve]] = {}
+    for task in tasks:
+        wanted = [n for n in names if task in published_tasks(n)]
+        wanted += [r.config.published for r in runs if r.env_name == task and r.config.published]
+        if wanted:
+            out[task] = [published_curve(n, task) for n in dict.fromkeys(wanted)]
+    return out
+
+
+def _steps(points: Sequence[tuple[int, float]]) -> set[int]:
+    return {s for s, _ in points}
+
+
+def _published_section(rows: Sequence[Row], compared: dict[str, list[Curve]], seed: int):
+    """Per task, IQM [95 % CI] of ours and of each published curve at the env steps both have."""
+    md = [
+        "## Beside published curves",
+        "",
+        "IQM over seeds [95 % stratified-bootstrap CI] of the evaluation return, at the env steps "
+        "where a method of ours and a published curve both have an evaluation. Nothing is "
+        "interpolated: a step of ours without a published point is named, not compared. Sources: "
+        "agents/reporting/published/SOURCES.md.",
+        "",
+    ]
+    ours: dict[tuple[str, str], dict[int, dict[int, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for r in rows:
+        if r.metric == RETURN and r.env_name in compared:
+            ours[(r.exp_name, r.env_name)][r.env_step][r.seed] = r.value
+    for task, curves in compared.items():
+        methods = sorted(m for m, t in ours if t == task)
+        seeds_of = {m: set.union(*(set(v) for v in ours[(m, task)].values())) for m in methods}
+        full = {  # steps at which every seed of a method has its evaluation
+            m: sorted(s for s, v in ours[(m, task)].items() if set(v) == seeds_of[m])
+            for m in methods
+        }
+        mine = set().union(*(set(v) for v in full.values()))
+        theirs = set().union(*(set(c.steps) for c in curves))
+        both = sorted(mine & theirs)
+        md += [f"### {task}", ""]
+        header = ["env step"] + [f"{m} ({len(seeds_of[m])} seeds)" for m in methods]
+        header += [f"{c.algorithm}, published ({c.source}, {len(c.seeds)} seeds)" for c in curves]
+        body = []
+        for step in both:
+            row = [f"{step:,}"]
+            for m in methods:
+                v = ours[(m, task)][step] if step in full[m] else None
+                row.append("—" if v is None else _cell(np.array(list(v.values())), seed))
+            for c in curves:
+                row.append(_cell(c.at(step), seed) if step in c.steps else "—")
+            body.append(row)
+        if body:
+            md += [_table(header, body), ""]
+            if any("*" in cell for row in body for cell in row):
+                md.append(
+                    f"- \\* fewer than {MIN_SEEDS} seeds: the interval is too narrow to trust."
+                )
+        unmatched = sorted(mine - theirs)
+        for c in curves:
+            md.append(
+                f"- {c.algorithm} publishes {len(c.seeds)} seeds {c.span()}."
+                + (" No evaluation step of ours is one of them." if not body else "")
+            )
+        if unmatched:
+            md.append(
+                f"- Evaluations of ours with no published point (not compared): "
+                f"{_list_steps(unmatched)}."
+            )
+        md.append("")
+    return md
+
+
+def _list_steps(steps: Sequence[int]) -> str:
+    if len(steps) <= 6:
+        return ", ".join(f"{s:,}" for s in steps)
+    return f"{len(steps)} steps from {steps[0]:,} to {steps[-1]:,}"
+
+
+def _cell(x: np.ndarray, seed: int) -> str:
+    few = "*" if len(x) < MIN_SEEDS else ""
+    return _bootstrap(x[:, None], seed) + few
 
 
 def _flat_options(value: object, prefix: str = "") -> dict[str, object]:
@@ -296,7 +412,14 @@ def _against(runs: list[Run], by_run: dict, key: str, last_k: int, out: Path) ->
     return name
 
 
-def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str]) -> list[str]:
+def _figures(
+    rows: Sequence[Row],
+    out: Path,
+    methods: list[str],
+    tasks: list[str],
+    compared: dict[str, list[Curve]],
+    seed: int,
+) -> list[str]:
     plt = _plt()
 
     curves: dict[tuple[str, str, str], dict[int, list[tuple[int, float]]]] = defaultdict(
@@ -319,9 +442,13 @@ def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        last = 0
         for m in methods:
             if curves.get((RETURN, m, task)):
                 band(ax, curves[(RETURN, m, task)], m, colors[m])
+                last = max(last, *(s for p in curves[(RETURN, m, task)].values() for s, _ in p))
+        for i, c in enumerate(compared.get(task, ())):
+            _grey_band(ax, c, last, i, seed)
         ax.set(title=task, xlabel="environment steps", ylabel="evaluation return")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -349,6 +476,20 @@ def _figures(rows: Sequence[Row], out: Path, methods: list[str], tasks: list[str
         plt.close(fig)
         written.append("inactive.png")
     return written
+
+
+def _grey_band(ax, c: Curve, last: int, i: int, seed: int) -> None:
+    """A published curve in grey: its mean over seeds with a 95 % bootstrap band, up to our last
+    step (at least to its first point, so that it shows where it starts), points marked."""
+    upto = max(last, c.steps[0])
+    keep = [j for j, s in enumerate(c.steps) if s <= upto]
+    m, low, high = (a[keep] for a in mean_band(c, seed=seed))
+    xs = [c.steps[j] for j in keep]
+    grey = ("0.35", "0.6", "0.15")[i % 3]
+    style = ("--", ":", "-.")[i % 3]
+    label = f"{c.algorithm}, published ({len(c.seeds)} seeds)"
+    ax.plot(xs, m, color=grey, ls=style, marker=".", label=label)
+    ax.fill_between(xs, low, high, color=grey, alpha=0.25, lw=0)
 
 
 def _html(markdown: str, out: Path) -> str:

@@ -242,6 +242,10 @@ class TrainConfig:
     """Weights & Biases names (with --sinks wandb)."""
     progress: bool = True
     """Show a progress bar."""
+    published: str | None = None
+    """A published learning curve `neurosurgery report` draws beside this run and tabulates at the
+    env steps both have: BRO, BRO_fast or SAC (agents/reporting/published/SOURCES.md). It does
+    not change training; a run may resume with another value."""
     surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
     """Neuron scores logged during training."""
     reset: ResetConfig = field(default_factory=ResetConfig)
@@ -277,6 +281,13 @@ class TrainConfig:
 
             raise ValueError(WANDB_MISSING)
         self._validate_env_options()
+        if self.published is not None:
+            from ..reporting._published import check_published
+
+            try:
+                check_published(self.published, self.env)
+            except ValueError as err:
+                raise ValueError(f"published: {err}") from None
         if self.buffer_size < self.num_envs:
             raise ValueError("buffer_size must hold at least one vector step (num_envs)")
         {"sac": self.sac, "bro": self.bro, "dacer": self.dacer}[self.agent].validate()

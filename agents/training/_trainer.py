@@ -30,7 +30,8 @@ Callback = Callable[[int, dict[str, np.ndarray]], None]
 CHECKPOINT = "checkpoint.ckpt"
 #: options that may differ between a run and its resumption (steps: a run can be extended;
 #: env_workers: dm_control trajectories do not depend on the worker count; shard_seeds: the
-#: records do not depend on where the seeds run; keep_checkpoints: files only)
+#: records do not depend on where the seeds run; keep_checkpoints: files only; published: read
+#: by reports only)
 RUNTIME_OPTIONS = (
     "run_dir",
     "sinks",
@@ -40,6 +41,7 @@ RUNTIME_OPTIONS = (
     "wandb",
     "shard_seeds",
     "keep_checkpoints",
+    "published",
 )
 _JIT_CACHE: dict[Any, dict[str, Any]] = {}
 
@@ -64,6 +66,7 @@ def _program_key(config: TrainConfig) -> Any:
         "env_workers": None,
         "wandb": WandbConfig(),
         "keep_checkpoints": False,
+        "published": None,
     }
     return dataclasses.replace(config, seeds=tuple(range(len(config.seeds))), **runtime)
 

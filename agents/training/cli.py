@@ -33,9 +33,9 @@ class TrainCommand(TrainConfig):
 
     resume: str | None = None
     """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks, --progress, --env-workers and
-    --shard-seeds may be given (each then replaces the saved value); any other is refused
-    unless it repeats the saved value."""
+    options only --steps (to extend the run), --sinks, --progress, --env-workers,
+    --shard-seeds, --keep-checkpoints, --published and --wandb.* may be given (each then replaces
+    the saved value); any other is refused unless it repeats the saved value."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,9 @@ class ReportCommand:
     """Options that tell methods apart besides agent and reset method (e.g. sac.critic.width)."""
     against: tuple[str, ...] = ()
     """Numeric options to plot the final score against (bro.critic-blocks, reset.tau)."""
+    published: tuple[str, ...] = ()
+    """Published curves drawn beside the runs and tabulated at the env steps both have (BRO,
+    BRO_fast, SAC), besides those the runs name in their `published` option."""
     seed: int = 0
     """Seed of the bootstrap."""
 
@@ -108,6 +111,7 @@ def _report(cmd: ReportCommand) -> int:
                 last_k=cmd.last_k,
                 name_by=[n.replace("-", "_") for n in cmd.name_by],
                 against=[n.replace("-", "_") for n in cmd.against],
+                published=cmd.published,
                 seed=cmd.seed,
             )
     except (ValueError, FileNotFoundError, CheckpointError) as err:
@@ -283,6 +287,7 @@ RESUME_OPTIONS = (
     "wandb.project",
     "wandb.group",
     "wandb.entity",
+    "published",
     "resume",
 )
 #: flags of earlier versions and the options that replaced them
@@ -376,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else config.keep_checkpoints
                 ),
                 wandb=dataclasses.replace(config.wandb, **wandb),
+                published=cmd.published if "published" in given else config.published,
             )
             if not (Path(cmd.resume) / CHECKPOINT).exists():
                 print(
