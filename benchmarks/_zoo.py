@@ -153,6 +153,23 @@ def unet(k):
     return UNet(k), (jnp.zeros((1, 16, 16)),), None
 
 
+class KeySoftmaxAttention(eqx.Module):
+    """Linear attention with the keys softmaxed over positions (no softmax on the queries)."""
+
+    qkv: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __call__(self, x):
+        q, k, v = jnp.split(jax.vmap(self.qkv)(x), 3, axis=-1)
+        return jax.vmap(self.out)(q @ (jax.nn.softmax(k, axis=0).T @ v))
+
+
+def key_softmax(k):
+    k0, k1 = jax.random.split(k)
+    model = KeySoftmaxAttention(eqx.nn.Linear(4, 12, key=k0), eqx.nn.Linear(4, 2, key=k1))
+    return model, (jnp.zeros((6, 4)),), None
+
+
 class Mixer(eqx.Module):
     embed: eqx.nn.Linear
     ln1: eqx.nn.LayerNorm
@@ -386,6 +403,7 @@ FAMILIES = {
     "BERT-style encoder layer (Embedding, post-LN, mask)": bert,
     "ViT-style block with stochastic depth (key input)": vit,
     "U-Net with linear self-attention": unet,
+    "linear attention, keys softmaxed over positions": key_softmax,
     "MLP-Mixer block (token mixing)": mixer,
     "SwiGLU, fused up-projection": lambda k: (Gated(True, k), (jnp.zeros(8),), None),
     "SwiGLU, separate gate and up": lambda k: (Gated(False, k), (jnp.zeros(8),), None),

@@ -2,7 +2,7 @@
 message), its groups and units, and the measured function-preservation error.
 
 Run: `.venv/bin/python benchmarks/anatomy_table.py > table.md`. For every group that is neither
-an output, shared (residual stream) nor normalised, ~30 % of its units are reset with their
+an output, shared (residual stream), normalised nor `term_kept`, ~30 % of its units are reset with their
 incoming weights re-drawn (from a second model of the family) and outgoing weights zeroed, and
 the outputs are compared with the same reset re-drawing from the model itself (outgoing weights
 zeroed only). The table shows the largest output difference over those groups, relative to the
@@ -59,7 +59,7 @@ def preservation(anatomy, make, fn, example) -> tuple[float | None, int]:
     worst, checked = None, 0
     rng = np.random.default_rng(0)
     for g in anatomy.groups:
-        if g.output or g.shared or g.normalized:
+        if g.output or g.shared or g.normalized or g.term_kept:
             continue
         mask = rng.random(g.unit_shape) < 0.3
         mask.flat[0] = True
@@ -94,6 +94,9 @@ def row(name: str, make) -> str:
     normalised = [g.name for g in anatomy.groups if g.normalized and not g.output]
     if normalised:
         extra.append(f"normalised: {len(normalised)}")
+    kept = [g.name for g in anatomy.hidden if g.term_kept]
+    if kept:
+        extra.append(f"term kept: {len(kept)}")
     held = [g.name for g in anatomy.hidden if g.no_reset]
     if held:
         extra.append(f"not reset by default: {len(held)}")

@@ -225,7 +225,8 @@ class Anatomy:
                     "×".join(map(str, g.unit_shape)),
                     g.kind()
                     + (" normalised" if g.normalized and not g.output else "")
-                    + (" entangled" if g.entangled_with and not g.shared else ""),
+                    + (" entangled" if g.entangled_with and not g.shared else "")
+                    + (" term-kept" if g.term_kept else ""),
                     ", ".join(map(repr, g.incoming)) or "-",
                     ", ".join(map(repr, g.per_unit)) or "-",
                     ", ".join(map(repr, g.outgoing)) or "-",

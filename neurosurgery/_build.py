@@ -105,6 +105,7 @@ def anatomy(
         if partner & normalized:
             normalized.add(g)
     groups = _groups(tracer, lm, finals, owned, paths, shapes, owner_types, partners, normalized)
+    groups = _check_pairs(tracer, groups, graph, [*leaves, *flat_args])
     declared = declared_groups(declaring, paths, shapes, len(groups))
     all_groups = groups + declared
     taps_all = [*group_taps, *([None] * len(declared))]
@@ -202,6 +203,103 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
             )
         )
     return _entangle(groups)
+
+
+KEPT = (
+    "zeroing its outgoing entries (the rows of its partners `{partner}`) does not remove its "
+    "units' term from the outputs: the operations between those rows and the product at "
+    "{where} do not map zero to zero (e.g. a softmax over positions makes a zeroed row 1/n). "
+    "Re-drawn units reach the outputs, so a reset changes the function"
+)
+
+
+def _check_pairs(t: Tracer, groups: list[NeuronGroup], graph: Graph, args) -> list[NeuronGroup]:
+    """Paired (query/key) groups: their outgoing entries are their partners' rows, and whether
+    zeroing those rows removes the pair's term depends on what lies between the rows and the
+    product. Run the traced program with the outgoing entries of every other unit zeroed, with
+    and without those units' own entries re-drawn, on a random input of the example's shapes:
+    where the outputs move, the group is marked `term_kept` (not function-preserving)."""
+    if not any(g.paired_with for g in groups):
+        return groups
+    # values, also where the anatomy is built under a trace (e.g. inside `eval_shape`): abstract
+    # leaves and inputs are replaced by random draws of their shapes
+    with jax.ensure_compile_time_eval():
+        return [_check_pair(t, g, graph, args) for g in groups]
+
+
+def _concrete(x: Any) -> bool:
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    try:
+        np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return False
+    return True
+
+
+def _draw(x: Any, i: int, always: bool = False) -> Any:
+    """`x`, or a random draw of its shape where it is abstract (or `always`, for floats)."""
+    abstract = not _concrete(x)
+    if not (always or abstract):
+        return x
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return jax.random.key(i) if abstract else x
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return np.zeros(jnp.shape(x), dtype) if abstract else x
+    return np.random.default_rng(i).standard_normal(jnp.shape(x)).astype(dtype)
+
+
+def _check_pair(t: Tracer, g: NeuronGroup, graph: Graph, args) -> NeuronGroup:
+    if not g.paired_with or g.output or g.normalized or g.entangled_with:
+        return g
+    n = len(t.leaf_shapes)
+    leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]
+    # a random input rather than the example, which is often all zeros and hides terms
+    xs = [_draw(x, n + i, always=True) for i, x in enumerate(args[n:])]
+    zero = [np.zeros(s, bool) for s in t.leaf_shapes]
+    move = [np.zeros(s, bool) for s in t.leaf_shapes]
+    for part, masks in ((g.outgoing, zero), ((*g.incoming, *g.per_unit), move)):
+        for sl in part:
+            own = sl.element_owner()
+            masks[sl.leaf] |= (own >= 0) & (own % 2 == 0)
+    key = jax.random.key(0)
+    zeroed, moved = [], []
+    for i, (x, z, m) in enumerate(zip(leaves, zero, move, strict=True)):
+        x = jnp.where(z, jnp.zeros_like(x), x)
+        noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        zeroed.append(x)
+        moved.append(jnp.where(m, x + noise * (jnp.std(x) + 1), x))
+    kept = False
+    before, _ = evaluate(graph, [*zeroed, *xs], {})
+    after, _ = evaluate(graph, [*moved, *xs], {})
+    for a, b in zip(before, after, strict=True):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            continue
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = float(np.max(np.abs(a), initial=0.0)) + 1e-30
+        if np.isfinite(a).all() and np.isfinite(b).all():
+            kept |= float(np.max(np.abs(a - b), initial=0.0)) > 1e-6 * scale
+    if not kept:
+        return g
+    where = sorted({t.where(op) for _, _, op in _pairs_of(t, g)}) or ["the product"]
+    note = KEPT.format(partner="`, `".join(g.paired_with), where=", ".join(where))
+    return dataclasses.replace(g, term_kept=note, no_reset=note)
+
+
+def _pairs_of(t: Tracer, g: NeuronGroup):
+    """The recorded products (pairs) whose operands carry the group's incoming rows."""
+    mine = {sl.leaf for sl in g.incoming}
+    for a, b, op in t.pairs:
+        labels = np.concatenate([np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)])
+        leaves = {
+            t.groups[t.unit_group[m]].leaf
+            for lab in labels
+            for m in t.members(int(lab))
+            if m in t.unit_group
+        }
+        if leaves & mine:
+            yield a, b, op
 
 
 def _entangle(groups: list[NeuronGroup]) -> list[NeuronGroup]:

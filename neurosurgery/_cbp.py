@@ -75,8 +75,10 @@ class CBP:
     the unit's contribution, so the function is kept exactly for units whose activation was
     zero. Either way only in [`preserving`][neurosurgery.NeuronGroup.preserving] groups: behind
     a norm over the units, or in a group `entangled_with` another, a replacement moves the
-    outputs. Every hidden, non-residual group is operated (residual-stream channels
-    with `include_shared`); output units never.
+    outputs. Every hidden group reset by default is operated ([`resettable`]
+    [neurosurgery.NeuronGroup.resettable]; residual-stream channels and groups with a
+    `no_reset` reason, such as attention query/key pairs, with `include_shared`); output units
+    never.
 
     Defaults: η = 0.99, maturity 100 updates (the paper's), ρ = 1e-4 (per update).
     `info` holds `reset/<group>` (fraction of the group's units replaced now), `mature/<group>`
@@ -109,9 +111,10 @@ class CBP:
         _check_decay("CBP", self.decay)
 
     def groups(self, anatomy: Anatomy) -> tuple[NeuronGroup, ...]:
-        """The groups CBP operates: observed hidden groups (residual-stream ones on request)."""
+        """The groups CBP operates: observed groups reset by default (the others but outputs
+        with `include_shared`)."""
         return tuple(
-            g for g in anatomy.observed if not g.output and (not g.shared or self.include_shared)
+            g for g in anatomy.observed if not g.output and (g.resettable or self.include_shared)
         )
 
     def init(self, anatomy: Anatomy) -> CBPState:

@@ -104,6 +104,11 @@ class NeuronGroup:
             entries (one layer consumes both, e.g. a layer applied to its own output, or one head
             applied to two producers): zeroing a unit's outgoing weights also silences the
             matching unit of those groups, so a reset is not function-preserving.
+        term_kept: why zeroing the group's outgoing entries does not remove its units' term from
+            the outputs though the group is neither normalised nor entangled ("": it does), found
+            by running the traced program with them zeroed: e.g. query units whose key partners
+            pass through a softmax over positions before the product, where a zeroed key row
+            becomes 1/n, not 0. A reset of such a group is not function-preserving.
         no_reset: why the group is left out of resets by default ("": it is not), e.g. attention
             query/key pairs, units read through a constant weight, or units that reach the
             outputs only through a sum or max over units: no outgoing weight can be zeroed.
@@ -124,12 +129,14 @@ class NeuronGroup:
     paired_with: tuple[str, ...] = ()
     no_reset: str = ""
     entangled_with: tuple[str, ...] = ()
+    term_kept: str = ""
 
     @property
     def preserving(self) -> bool:
         """A reset with zeroed outgoing weights leaves the model's function unchanged: the group
-        is not `normalized` and not `entangled_with` another one."""
-        return not self.normalized and not self.entangled_with
+        is not `normalized`, not `entangled_with` another one, and zeroing its outgoing entries
+        removes its units' term (`term_kept` is empty)."""
+        return not self.normalized and not self.entangled_with and not self.term_kept
 
     @property
     def width(self) -> int:

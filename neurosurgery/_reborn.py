@@ -7,11 +7,15 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._anatomy import Anatomy
+from ._errors import AnatomyError
+from ._graph import evaluate
+from ._groups import NeuronGroup
 from ._metrics import Dormant, Metric
 from ._observe import Observation
 from ._optstate import Initable, reset_optimizer_state
@@ -20,6 +24,91 @@ from ._schedule import Schedule
 from ._select import inactive_ratio
 from ._strategy import Count, StepResult, _when, unit_info
 from ._units import from_units, spread
+
+
+def _split(g: NeuronGroup, leaves: list, receivers, donors, donor_of, share: float) -> list:
+    """The leaves with every receiver of `g` a copy of its donor (incoming and per-unit entries)
+    and the donor's outgoing entries split: `share` to the receiver, the rest kept."""
+    leaves = list(leaves)
+    offsets = np.arange(g.n_units).reshape(g.unit_shape) - np.arange(g.width)
+    source = (jnp.asarray(offsets) + donor_of).reshape(-1)
+    for s in (*g.incoming, *g.per_unit):
+        leaves[s.leaf] = from_units(s, g, leaves[s.leaf], source)
+    factor = jnp.where(receivers, share, jnp.where(donors, 1 - share, 1.0))
+    for s in g.outgoing:
+        moved = from_units(s, g, leaves[s.leaf], source)
+        leaves[s.leaf] = moved * spread(s, g, factor.astype(moved.dtype), fill=1)
+    return leaves
+
+
+def copy_change(anatomy: Anatomy, g: NeuronGroup, share: float = 0.5, draws: int = 5) -> float:
+    """The largest output change, relative to the outputs' scale, when units of `g` whose
+    outgoing entries are zero (dead receivers) become copies of others (`_split`), on random
+    weights and inputs: 0 for interchangeable units. Two pairings: each unit of the first half
+    with the unit half a width away, and neighbours (2i with 2i + 1). A draw where zeroing the
+    receivers' outgoing entries leaves the outputs as they were (the units do not reach them,
+    e.g. behind ReLUs that happen to be dead) says nothing, and the next draw is taken."""
+    if g.width < 2:
+        return 0.0
+    units = np.arange(g.width)
+    half = g.width // 2
+    pairings = [
+        (units < half, np.where(units < half, units + half, units)),
+        (units % 2 == 0, np.where((units % 2 == 0) & (units + 1 < g.width), units + 1, units)),
+    ]
+    worst = 0.0
+    with jax.ensure_compile_time_eval():
+        for receive, donor in pairings:
+            receive = receive & (donor != units)
+            for seed in range(draws):
+                seen, change = _copy_trial(anatomy, g, share, receive, donor, seed)
+                if seen:
+                    worst = max(worst, change)
+                    break
+    return worst
+
+
+def _copy_trial(anatomy: Anatomy, g: NeuronGroup, share: float, receive, donor, seed: int):
+    """One random draw: (do the receivers reach the outputs, the relative change of a split)."""
+    graph = anatomy._graph
+    rng = np.random.default_rng(seed)
+    values = []
+    n = len(anatomy.leaf_paths)
+    for i, vid in enumerate(graph.inputs):
+        dtype, shape = graph.dtypes[vid], graph.shapes[vid]
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            values.append(jax.random.key(1000 * seed + i))
+        elif jnp.issubdtype(dtype, jnp.floating):
+            # weights N(0, 0.5²): large enough to reach the outputs, small enough that softmaxes
+            # and saturating activations do not flatten every difference
+            scale = 0.5 if i < n else 1.0
+            values.append(jnp.asarray(scale * rng.standard_normal(shape), dtype))
+        else:
+            values.append(jnp.zeros(shape, dtype))
+    leaves, xs = values[:n], values[n:]
+    receivers = jnp.broadcast_to(jnp.asarray(receive), g.unit_shape)
+    donors = jnp.broadcast_to(
+        jnp.asarray(np.isin(np.arange(g.width), donor[receive])), g.unit_shape
+    )
+    donor_of = jnp.broadcast_to(jnp.asarray(donor), g.unit_shape)
+    dead = list(leaves)
+    for s in g.outgoing:
+        owner = s.element_owner()
+        gone = (owner >= 0) & receive[np.where(owner >= 0, owner, 0) % g.width]
+        dead[s.leaf] = jnp.where(gone, jnp.zeros_like(dead[s.leaf]), dead[s.leaf])
+    split = _split(g, dead, receivers, donors, donor_of, share)
+    outs = [evaluate(graph, [*ls, *xs], {})[0] for ls in (leaves, dead, split)]
+    seen, change = False, 0.0
+    for full, before, after in zip(*outs, strict=True):
+        if not jnp.issubdtype(jnp.result_type(before), jnp.inexact):
+            continue
+        full, a, b = (np.asarray(v, np.float64) for v in (full, before, after))
+        if not (np.isfinite(full).all() and np.isfinite(a).all() and np.isfinite(b).all()):
+            continue
+        scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
+        seen |= float(np.max(np.abs(full - a), initial=0.0)) > 1e-6 * scale
+        change = max(change, float(np.max(np.abs(a - b), initial=0.0)) / scale)
+    return seen, change
 
 
 def pairs(scores: Array, tau: float, overactive: float) -> tuple[Array, Array, Array]:
@@ -56,8 +145,13 @@ class ReBorn:
 
     Groups behind a norm over their units (`normalized`, LayerNorm) are not function-preserving
     (a copied unit changes the layer's statistics), nor are groups `entangled_with` another
-    (the split columns also carry the other group's units): see `NeuronGroup.preserving`. `info` holds `flagged/<group>` (dormant),
-    `reset/<group>` (reborn now), `donors/<group>` and the network totals.
+    (the split columns also carry the other group's units): see `NeuronGroup.preserving`. In a
+    preserving group the split keeps the function only if the group's units are
+    interchangeable downstream; `init` checks this by running the traced program on random
+    weights and inputs with units copied onto others, and refuses groups where a copy moves the
+    outputs (value units of different attention heads), naming them: leave such groups out with
+    `skip` (group names). `info` holds `flagged/<group>` (dormant), `reset/<group>` (reborn
+    now), `donors/<group>` and the network totals.
     """
 
     tau: float = 0.0
@@ -65,6 +159,7 @@ class ReBorn:
     share: float = 0.5
     metric: Metric = dataclasses.field(default_factory=Dormant)
     schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    skip: tuple[str, ...] = ()
     name: str = "reborn"
     observes: bool = dataclasses.field(default=True, init=False)
 
@@ -83,6 +178,38 @@ class ReBorn:
             )
 
     def init(self, anatomy: Anatomy) -> Any:
+        """The metric's state, once every group ReBorn may split is known to keep the function.
+
+        Raises:
+            AnatomyError: in a `preserving` group, copying one unit onto another changes the
+                outputs (its units are not interchangeable, e.g. value units of different
+                attention heads, weighted by different attention patterns); the message names
+                the groups and the way out, `skip`.
+        """
+        unknown = sorted(set(self.skip) - set(anatomy.names))
+        if unknown:
+            raise ValueError(
+                f"ReBorn: skip names {unknown}, which are not groups of this anatomy; its groups: "
+                f"{list(anatomy.names)}"
+            )
+        bad = [
+            (g.name, change)
+            for g in anatomy.resettable
+            if g.preserving and g.name not in self.skip
+            for change in [copy_change(anatomy, g, self.share)]
+            if change > 1e-5
+        ]
+        if bad:
+            names = ", ".join(
+                f"{n!r} (a copy moves the outputs by {c:.2g} of their scale)" for n, c in bad
+            )
+            raise AnatomyError(
+                f"ReBorn: the units of {names} are not interchangeable: a dormant unit that takes "
+                "another's incoming weights and half its outgoing ones does not compute what the "
+                "other did downstream (e.g. value units of different attention heads are weighted "
+                "by different attention patterns), so a split would change the function. Leave "
+                f"them out: ReBorn(..., skip={tuple(n for n, _ in bad)!r})."
+            )
         return self.metric.init(anatomy)
 
     def step(
@@ -103,7 +230,7 @@ class ReBorn:
         if observation is None:
             raise ValueError("reborn scores units: pass the observation of this update")
         scores, state = self.metric.score(anatomy, observation, state)
-        groups = [g for g in anatomy.resettable if g.name in scores]
+        groups = [g for g in anatomy.resettable if g.name in scores and g.name not in self.skip]
         plan = {g.name: pairs(scores[g.name], self.tau, self.overactive) for g in groups}
         due = self.schedule.due(step, since)
 
@@ -111,15 +238,7 @@ class ReBorn:
             params, static = eqx.partition(model, eqx.is_array)
             leaves = anatomy._leaves(model)
             for g in groups:  # in execution order: a later group copies already-split rows
-                receivers, donors, donor_of = plan[g.name]
-                offsets = np.arange(g.n_units).reshape(g.unit_shape) - np.arange(g.width)
-                source = (jnp.asarray(offsets) + donor_of).reshape(-1)
-                for s in (*g.incoming, *g.per_unit):
-                    leaves[s.leaf] = from_units(s, g, leaves[s.leaf], source)
-                factor = jnp.where(receivers, self.share, jnp.where(donors, 1 - self.share, 1.0))
-                for s in g.outgoing:
-                    moved = from_units(s, g, leaves[s.leaf], source)
-                    leaves[s.leaf] = moved * spread(s, g, factor.astype(moved.dtype), fill=1)
+                leaves = _split(g, leaves, *plan[g.name], self.share)
             new = eqx.combine(anatomy._tree(leaves), static)
             if optimizer is None:
                 return new, opt_state

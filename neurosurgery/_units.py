@@ -100,6 +100,13 @@ def consumers(
 
 def check_consumer_biases(anatomy: Anatomy, group: NeuronGroup) -> None:
     """Every consumer of `group` has a bias to absorb a unit's mean contribution."""
+    if group.paired_with:
+        raise AnatomyError(
+            f"Group {group.name!r} meets {', '.join(map(repr, group.paired_with))} in a product "
+            "of two activations (attention's queries and keys): no consumer's bias can absorb "
+            "a replaced unit's mean contribution there. Pass bias_correction=False, or leave "
+            "include_shared off (paired groups are then not operated)."
+        )
     for s, consumer, _ in consumers(anatomy, group):
         if not any(b.kind == "bias" for b in consumer.incoming):
             raise AnatomyError(

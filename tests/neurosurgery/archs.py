@@ -1,5 +1,6 @@
 """Small architectures assembled from the pieces users combine: a front end for the input
-(a convolution with pooling, an attention block, a scanned recurrent cell, token mixing) and
+(a convolution with pooling, an attention block, a linear attention with keys softmaxed over
+positions, a scanned recurrent cell, token mixing) and
 one or two body pieces (dense, LayerNorm residual block, concatenation, gated unit, a layer
 called twice), optionally stacked as a vmapped ensemble."""
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 WIDTH = 6
-FRONTS = ("vec", "conv-max", "conv-avg", "attn", "gru", "mix")
+FRONTS = ("vec", "conv-max", "conv-avg", "attn", "linattn", "gru", "mix")
 PIECES = ("dense", "lnres", "concat", "glu", "twice")
 
 
@@ -52,6 +53,18 @@ class AttnBlock(eqx.Module):
         h = jax.vmap(self.ln2)(x)
         x = x + jax.vmap(lambda t: self.fc2(jax.nn.gelu(self.fc1(t))))(h)
         return jnp.mean(x, axis=0)
+
+
+class LinAttn(eqx.Module):
+    """A U-Net's linear attention: keys softmaxed over positions, so a zeroed key row is 1/n
+    there, not 0 (zeroing a query unit's partner does not remove its term)."""
+
+    qkv: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __call__(self, x):
+        q, k, v = jnp.split(jax.vmap(self.qkv)(x), 3, axis=-1)
+        return jnp.mean(jax.vmap(self.out)(q @ (jax.nn.softmax(k, axis=0).T @ v)), axis=0)
 
 
 class Recurrent(eqx.Module):
@@ -145,7 +158,7 @@ class Spec:
     def example(self) -> jax.Array:
         if self.front.startswith("conv"):
             return jnp.zeros((1, 6, 6))
-        if self.front in ("attn", "gru", "mix"):
+        if self.front in ("attn", "linattn", "gru", "mix"):
             return jnp.zeros((3, 4))
         return jnp.zeros(4)
 
@@ -157,6 +170,8 @@ def build(spec: Spec, key) -> Net:
         front, n = ConvPool(spec.front[5:], k[0]), 27
     elif spec.front == "attn":
         front = AttnBlock(4, k[0])
+    elif spec.front == "linattn":
+        front = LinAttn(eqx.nn.Linear(4, 12, key=k[0]), eqx.nn.Linear(4, 4, key=k[1]))
     elif spec.front == "gru":
         front, n = Recurrent(eqx.nn.GRUCell(4, 5, key=k[0])), 5
     elif spec.front == "mix":

@@ -258,3 +258,30 @@ def test_bad_options_fail_before_any_work(zoo):
     cbp = ns.CBP(bias_correction=False)
     with pytest.raises(ValueError, match="pass the observation"):
         cbp.step(anatomy, inline, None, cbp.init(anatomy), jax.random.key(0), 1, init=zoo.Inline)
+
+
+def test_attention_pairs_are_left_alone_unless_asked():
+    """Query and key groups are not reset by default (`no_reset`): CBP leaves them out as the
+    other methods do; with include_shared it operates them, and its bias correction, which has
+    no consumer bias to shift in a product of two activations, is refused by name."""
+
+    class Attn(eqx.Module):
+        qkv: eqx.nn.Linear
+        out: eqx.nn.Linear
+
+        def __call__(self, x):
+            q, k, v = jnp.split(jax.vmap(self.qkv)(x), 3, axis=-1)
+            return jax.vmap(self.out)(jax.nn.softmax(q @ k.T, axis=-1) @ v).mean(0)
+
+    k0, k1 = jax.random.split(jax.random.key(0))
+    anatomy = ns.anatomy(
+        Attn(eqx.nn.Linear(4, 12, key=k0), eqx.nn.Linear(4, 2, key=k1)), jnp.zeros((3, 4))
+    )
+    paired = {g.name for g in anatomy.groups if g.paired_with}
+    assert paired == {"qkv:query", "qkv:key"}
+    assert {g.name for g in ns.CBP().groups(anatomy)} == {"qkv:value"}
+    assert {g.name for g in ns.CBP(include_shared=True, bias_correction=False).groups(anatomy)} == (
+        paired | {"qkv:value"}
+    )
+    with pytest.raises(ns.AnatomyError, match=r"'qkv:query' meets 'qkv:key'.*bias_correction=F"):
+        ns.CBP(include_shared=True).init(anatomy)

@@ -26,7 +26,7 @@ SPECS = archs.SPECS
 
 
 def checked(group: ns.NeuronGroup) -> bool:
-    return not (group.output or group.shared or group.normalized)
+    return not (group.output or group.shared or group.normalized or group.term_kept)
 
 
 def feeds_itself(group: ns.NeuronGroup) -> bool:

@@ -134,3 +134,22 @@ def test_not_due_changes_nothing_and_bad_options():
     with pytest.raises(ValueError, match=r"share=0\.0 is invalid"):
         ns.strategy("reborn", share=0.0)
     assert ns.strategy("reborn", tau=0.01, every=50).schedule == ns.Schedule(50)
+
+
+def test_units_that_are_not_interchangeable_are_refused_by_name():
+    """Value units of different attention heads are weighted by different attention patterns:
+    a dormant value unit that copies one of another head would not compute what its donor did
+    downstream, so the split would change the function. `init` finds this by running the traced
+    program with units copied onto others, names the group and the way out; `skip` takes it."""
+    mha = eqx.nn.MultiheadAttention(2, 4, key=jax.random.key(0))
+    anatomy = ns.anatomy(mha, jnp.zeros((3, 4)), fn=lambda m, x: m(x, x, x))
+    with pytest.raises(
+        ns.AnatomyError, match=r"'value_proj' \(a copy moves.*skip=\('value_proj',\)"
+    ):
+        ns.ReBorn().init(anatomy)
+    ns.ReBorn(skip=("value_proj",)).init(anatomy)
+    with pytest.raises(ValueError, match=r"skip names \['valu'\], which are not groups"):
+        ns.ReBorn(skip=("valu",)).init(anatomy)
+    # one head: its value units are interchangeable, and nothing is refused
+    one = eqx.nn.MultiheadAttention(1, 4, key=jax.random.key(0))
+    ns.ReBorn().init(ns.anatomy(one, jnp.zeros((3, 4)), fn=lambda m, x: m(x, x, x)))
