@@ -11,6 +11,7 @@ from ._cbp import CBP as CBP
 from ._cbp import CBPState as CBPState
 from ._chain import Chain as Chain
 from ._compare import Comparison as Comparison
+from ._compare import checked_score as checked_score
 from ._compare import compare as compare
 from ._compare import score_all as score_all
 from ._cpr import CPR as CPR

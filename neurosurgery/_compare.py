@@ -15,6 +15,48 @@ from ._metrics import Metric, Scores
 from ._observe import Observation
 
 
+def checked_score(
+    metric: Metric, anatomy: Anatomy, observation: Observation, state: Any
+) -> tuple[Scores, Any]:
+    """`metric.score(anatomy, observation, state)`, checked: a pair `(scores, state)` whose
+    scores map groups of the anatomy to one value per unit (the group's `unit_shape`). Works
+    under `jax.jit` (shapes are static), so a metric of one's own fails at its first call with
+    what is wrong, not deep inside a training step.
+
+    Raises:
+        TypeError: `score` returned something else than a pair of a mapping and a state, or
+            a group's scores are not an array.
+        ValueError: a group the anatomy does not have, or scores of another shape.
+    """
+    name = getattr(metric, "name", type(metric).__name__)
+    out = metric.score(anatomy, observation, state)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Mapping)):
+        raise TypeError(
+            f"metric {name!r}: score(anatomy, observation, state) returned "
+            f"{type(out).__name__}, not a pair (scores, state) with scores a dict group → "
+            "one score per unit; return `(scores, state)` (stateless: `ns.EmptyState()`)"
+        )
+    scores, new = out
+    for g, x in scores.items():
+        if g not in anatomy.names:
+            raise ValueError(
+                f"metric {name!r} scored group {g!r}, which this anatomy does not have; its "
+                f"groups: {list(anatomy.names)}"
+            )
+        if not hasattr(x, "shape"):
+            raise TypeError(
+                f"metric {name!r}: the scores of group {g!r} are {type(x).__name__}, not an "
+                f"array of the group's unit shape {anatomy[g].unit_shape}"
+            )
+        if tuple(x.shape) != anatomy[g].unit_shape:
+            raise ValueError(
+                f"metric {name!r}: the scores of group {g!r} have shape {tuple(x.shape)}, the "
+                f"group's units {anatomy[g].unit_shape}; return one score per unit (reduce "
+                "over batch and positions, keep ensemble members)"
+            )
+    return scores, new
+
+
 def score_all(
     anatomy: Anatomy,
     metrics: Sequence[Metric],
@@ -33,7 +75,7 @@ def score_all(
     for metric in metrics:
         state = (states or {}).get(metric.name)
         state = metric.init(anatomy) if state is None else state
-        out[metric.name] = metric.score(anatomy, observation, state)[0]
+        out[metric.name] = checked_score(metric, anatomy, observation, state)[0]
     return out
 
 
@@ -53,7 +95,7 @@ class Comparison:
         inactive: metric → group → fraction of units with score ≤ τ.
         network: metric → fraction over all compared groups (weighted by units).
         jaccard: (metric a, metric b) → group → |A ∩ B| / |A ∪ B| of the flagged sets
-            (1.0 when both are empty).
+            (NaN when both are empty: there is nothing to agree on; `table` shows "–").
         quadrants: group → counts of units (high activation & high gradient, high activation &
             low gradient, low activation & high gradient, low & low), "high" meaning in the top
             25 % of the layer, for the activation and gradient metrics named in `quadrant_metrics`.
@@ -75,7 +117,7 @@ class Comparison:
         rows = [head]
         for g in groups:
             row = [g, *[f"{100 * self.inactive[m].get(g, float('nan')):.1f}" for m in metrics]]
-            row += [f"{self.jaccard[p].get(g, float('nan')):.2f}" for p in self.jaccard]
+            row += [_two(self.jaccard[p].get(g, float("nan"))) for p in self.jaccard]
             if self.quadrants:
                 row.append("/".join(map(str, self.quadrants.get(g, ()))))
             rows.append(row)
@@ -84,6 +126,44 @@ class Comparison:
         return "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows
         )
+
+
+def _two(x: float) -> str:
+    return "–" if np.isnan(x) else f"{x:.2f}"
+
+
+def _check(anatomy: Anatomy, scores: Mapping[str, Scores], tau: Any) -> dict[str, float]:
+    """The threshold of each metric; every score array of the group's unit shape."""
+    if isinstance(tau, Mapping):
+        missing = sorted(set(scores) - set(tau))
+        if missing:
+            raise ValueError(
+                f"tau has no threshold for {missing} (it has {sorted(tau)}); give one per "
+                "metric compared, or one number for all"
+            )
+        taus = {m: tau[m] for m in scores}
+    else:
+        taus = {m: tau for m in scores}
+    for m, by_group in scores.items():
+        if not isinstance(by_group, Mapping):
+            raise ValueError(
+                f"scores[{m!r}] is a {type(by_group).__name__}, not a mapping group → scores; "
+                "score with `ns.score_all(anatomy, metrics, observation)`"
+            )
+        for g, x in by_group.items():
+            if g not in anatomy.names:
+                raise ValueError(
+                    f"scores[{m!r}] has group {g!r}, which this anatomy does not have; its "
+                    f"groups: {list(anatomy.names)}"
+                )
+            shape = tuple(np.shape(x)) if x is not None else None
+            if shape != anatomy[g].unit_shape:
+                raise ValueError(
+                    f"scores[{m!r}][{g!r}] has shape {shape}, the group's units "
+                    f"{anatomy[g].unit_shape}: one score per unit (a metric's `score` must "
+                    "return the unit shape of every group it scores)"
+                )
+    return taus
 
 
 def compare(
@@ -105,8 +185,12 @@ def compare(
         hidden_only: leave output groups out.
         quadrant_metrics: (activation metric, gradient metric) for the quadrant counts, as in the
             paper's analysis; skipped when either is missing.
+
+    Raises:
+        ValueError: `tau` maps no threshold to a metric of `scores`; a score array is not of
+            its group's unit shape; a group the anatomy does not have.
     """
-    taus = {m: (tau[m] if isinstance(tau, Mapping) else tau) for m in scores}
+    taus = _check(anatomy, scores, tau)
     keep = [g for g in anatomy.groups if not (hidden_only and g.output)]
     names = [g.name for g in keep if all(g.name in s for s in scores.values())]
     flagged = {m: {g: np.asarray(s[g]) <= taus[m] for g in names} for m, s in scores.items()}
@@ -119,7 +203,7 @@ def compare(
         for g in names:
             union = np.logical_or(flagged[a][g], flagged[b][g]).sum()
             inter = np.logical_and(flagged[a][g], flagged[b][g]).sum()
-            jaccard[(a, b)][g] = float(inter / union) if union else 1.0
+            jaccard[(a, b)][g] = float(inter / union) if union else float("nan")
     quadrants = {}
     if quadrant_metrics and all(m in scores for m in quadrant_metrics):
         act_m, grad_m = quadrant_metrics

@@ -53,8 +53,22 @@ def applied_masks(
     return out
 
 
+def _is_model(x: Any) -> bool:
+    """An Equinox module holding arrays (a model, not a constructor)."""
+    return isinstance(x, eqx.Module) and bool(
+        jax.tree_util.tree_leaves(eqx.filter(x, eqx.is_array))
+    )
+
+
 def fresh_model(anatomy: Anatomy, init: Any, key: PRNGKeyArray) -> PyTree:
     """`init(key)`, checked to be a model of this anatomy's shapes (for a constructor)."""
+    if _is_model(init):
+        raise TypeError(
+            f"init is a model instance ({type(init).__name__}), not a constructor: a reset "
+            "draws fresh weights by calling init(key). Pass the constructor, e.g. "
+            f"`init=lambda key: {type(init).__name__}(..., key=key)`, or a named distribution, "
+            "e.g. `init=ns.lecun_normal()`."
+        )
     try:
         inspect.signature(init).bind(key)
     except TypeError as err:

@@ -147,7 +147,9 @@ class Surgery:
         new = {}
         hidden = {g.name for g in anatomy.hidden}
         for metric in self.metrics:
-            scores, new[metric.name] = metric.score(anatomy, observation, states[metric.name])
+            scores, new[metric.name] = ns.checked_score(
+                metric, anatomy, observation, states[metric.name]
+            )
             flagged = ns.threshold({g: s for g, s in scores.items() if g in hidden}, self.tau)
             for group, mask in flagged.items():
                 out[f"{metric.name}/{group}"] = jnp.mean(ns.inactive_ratio(mask))

@@ -137,6 +137,38 @@ def test_a_users_metric_is_logged_and_its_state_carried(base_config):
     assert all(float(v) == 2.0 for v in jax.tree.leaves(states["critic"]["metrics"]["steps"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Broken:
+    """A user's metric gone wrong: `score` returns what `how` says."""
+
+    how: str
+    name: str = "broken"
+
+    def init(self, anatomy):
+        return ns.EmptyState()
+
+    def score(self, anatomy, observation, state):
+        if self.how == "none":
+            return None
+        return {k: jnp.mean(v, axis=(0, 1, 2)) for k, v in observation.activations.items()}, state
+
+
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [
+        ("none", r"metric 'broken': score\(anatomy, observation, state\) returned NoneType"),
+        ("shape", r"metric 'broken': the scores of group '.*' have shape \(\), the group's"),
+    ],
+)
+def test_a_broken_metric_is_named_at_its_first_call(base_config, how, error):
+    """A metric whose `score` returns None, or a scalar per layer, fails at its first call in
+    a training step with what is wrong, not with a TypeError deep in the step."""
+    surgery_config = agents.SurgeryConfig(metrics=(Broken(how),), tau=0.0)
+    surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
+    with pytest.raises((TypeError, ValueError), match=error):
+        _step(surgery, agent, state, states, batch)
+
+
 def test_a_users_strategy_drives_the_resets(base_config):
     """A strategy built from the user's metric, selection and schedule resets the units it
     flags: every unit of the first critic layer that never fires."""

@@ -198,6 +198,16 @@ def test_compare_reports_ratios_jaccard_and_quadrants(setup):
     grad_top = set(np.argsort(-np.abs(n["grad_z"]).mean(0), kind="stable")[:2])
     assert hh == len(act_top & grad_top)
     assert "layers[0]" in result.table() and "network" in result.table()
+    # nothing flagged by either metric: no agreement to measure (NaN, "–"), as `inspect` says
+    none = ns.compare(anatomy, scores, tau=-1.0)
+    assert np.isnan(none.jaccard[("dormant", "grama")]["layers[0]"])
+    assert "–" in none.table()
+    # bad input is refused by name, never printed as a silent 0.0 %
+    with pytest.raises(ValueError, match=r"tau has no threshold for \['grama_activation'\]"):
+        ns.compare(anatomy, scores, tau={"dormant": 0.0, "grama": 0.0})
+    flat = {**scores, "dormant": {g: v.reshape(-1)[:3] for g, v in scores["dormant"].items()}}
+    with pytest.raises(ValueError, match=r"scores\['dormant'\]\['layers\[0\]'\] has shape \(3,\)"):
+        ns.compare(anatomy, flat)
 
 
 def test_bad_metric_options(setup):

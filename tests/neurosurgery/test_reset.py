@@ -236,6 +236,9 @@ def test_bad_masks_inits_and_states(getkey, archs):
         ns._anatomy._check_unit_masks(anatomy, (ones, ns.EmptyState()))
     with pytest.raises(TypeError, match=r"cannot be called as init\(key\).*ns.Initializer"):
         ns.reset(anatomy, model, ones, getkey(), init=jax.nn.initializers.lecun_normal())
+    # the model itself instead of its constructor: callable, but not as init(key)
+    with pytest.raises(TypeError, match=r"init is a model instance \(MLP\), not a constructor"):
+        ns.reset(anatomy, model, ones, getkey(), init=model)
     other = eqx.nn.MLP(3, 2, 7, 2, key=getkey())
     with pytest.raises(ns.AnatomyError, match="does not match this anatomy"):
         ns.reset(anatomy, model, ones, getkey(), init=lambda k: eqx.nn.MLP(3, 2, 7, 2, key=k))
