@@ -224,7 +224,9 @@ class TrainConfig:
     buffer_size: int = 1_000_000
     """Replay capacity per seed (transitions), on device."""
     log_every: int = 5000
-    """Environment steps between metric records; also the length of one compiled segment."""
+    """Environment steps between metric records; also the length of one compiled segment.
+    Records fall on its multiples: a warm-up that ends between two of them is followed by one
+    shorter segment (compiled once more), which does not change the trajectory."""
     eval_every: int = 10_000
     """Environment steps between deterministic evaluations (rounded to log_every); 0: never."""
     eval_episodes: int = 5

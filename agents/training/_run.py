@@ -365,13 +365,15 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
     try:
         while env_steps < c.steps:
             learning = env_steps >= warmup_steps
+            bodies = trainer.bodies_at(env_steps) if learning else 0
             t0 = time.perf_counter()
             compile_before = trainer.compile_s
-            ts, stats, metrics = trainer.segment(ts, updates, learning)
+            ts, stats, metrics = trainer.segment(ts, updates, learning, bodies or None)
             jax.block_until_ready(ts)
-            seg_steps = trainer.segment_env_steps if learning else warmup_steps
-            seg_updates = trainer.bodies * trainer.loop.updates_per_body if learning else 0
-            _check_finite(trainer, ts, metrics, env_steps, updates, last_ckpt)
+            per_body = trainer.loop.env_per_body * c.num_envs
+            seg_steps = bodies * per_body if learning else warmup_steps
+            seg_updates = bodies * trainer.loop.updates_per_body
+            _check_finite(trainer, ts, metrics, env_steps, updates, last_ckpt, seg_steps)
             env_steps, updates = env_steps + seg_steps, updates + seg_updates
             wall = time.perf_counter() - t0 - (trainer.compile_s - compile_before)
             record = _record(stats, metrics)
@@ -423,7 +425,9 @@ def _record(stats: Any, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_finite(trainer: Trainer, ts, metrics, env_steps: int, updates: int, last_ckpt) -> None:
+def _check_finite(
+    trainer: Trainer, ts, metrics, env_steps: int, updates: int, last_ckpt, seg_steps: int
+) -> None:
     kept = f"last good checkpoint: env step {last_ckpt}" if last_ckpt else "no checkpoint yet"
     per_body_updates = trainer.loop.updates_per_body
     per_body_steps = trainer.loop.env_per_body * trainer.config.num_envs
@@ -452,7 +456,7 @@ def _check_finite(trainer: Trainer, ts, metrics, env_steps: int, updates: int, l
             seed = trainer.config.seeds[int(np.argmin(ok))]
             raise NonFiniteError(
                 f"non-finite parameters in network '{network}' (seed {seed}) after env step "
-                f"{env_steps + trainer.segment_env_steps}, update {updates}; run stopped ({kept})"
+                f"{env_steps + seg_steps}, update {updates}; run stopped ({kept})"
             )
 
 

@@ -264,7 +264,16 @@ class Trainer:
             return
         options = tuple(sorted((self.compiler_options or {}).items()))
         key = (_program_key(self.config), options)
-        names = ("_init", "_finite", "_segment", "_warmup", "_evaluate", "_aot")
+        names = (
+            "_init",
+            "_finite",
+            "_segment",
+            "_segments",
+            "_segment_of",
+            "_warmup",
+            "_evaluate",
+            "_aot",
+        )
         if key not in _JIT_CACHE:
             self._aot = {}
             self._jit()
@@ -298,9 +307,16 @@ class Trainer:
             vmap(lambda ts: {k: _all_finite(v) for k, v in self.agent.networks(ts.agent).items()})
         )
         if self.jittable:
-            self._segment = donate(
-                vmap(lambda ts, u0: loop.segment(ts, u0, self.bodies, True), in_axes=(0, None))
-            )
+
+            def segment_of(bodies: int):
+                return donate(
+                    vmap(lambda ts, u0: loop.segment(ts, u0, bodies, True), in_axes=(0, None))
+                )
+
+            self._segment = segment_of(self.bodies)
+            # shorter segments, compiled when first needed (`bodies_at`), by body count
+            self._segments: dict[int, Any] = {self.bodies: self._segment}
+            self._segment_of = segment_of
             self._warmup = donate(vmap(lambda ts: loop.warmup(ts, self.warmup_vec)))
             ev = self.eval_envs[0]
             self._evaluate = jit(vmap(lambda a, k: loop.evaluate(a, ev, k, self.eval_length)))
@@ -430,23 +446,42 @@ class Trainer:
             self._aot[name] = compiled
         return (compiled or fn)(*args)
 
-    def segment(self, ts: TrainState, updates: int, learning: bool):
-        """One logging interval (or the warm-up): returns state, stats [S,B,3], metrics [S,B]."""
+    def bodies_at(self, env_steps: int) -> int:
+        """Bodies of the learning segment that starts at `env_steps`: a whole segment, or, from
+        an env step off the segment grid (the end of a warm-up that is not a whole number of
+        segments), the bodies up to the next multiple of `segment_env_steps`, so that records,
+        evaluations and checkpoints fall on the same env steps whatever `learning_starts` is.
+        Trajectories do not depend on how the steps are cut into segments."""
+        off = env_steps % self.segment_env_steps
+        if off == 0:
+            return self.bodies
+        per_body = self.loop.env_per_body * self.config.num_envs
+        return max(1, math.ceil((self.segment_env_steps - off) / per_body))
+
+    def segment(self, ts: TrainState, updates: int, learning: bool, bodies: int | None = None):
+        """One logging interval (or the warm-up): returns state, stats [S,B,3], metrics [S,B].
+
+        A learning segment has `bodies` bodies (default: a whole segment, `self.bodies`)."""
+        bodies = self.bodies if bodies is None else bodies
         if self.jittable:
             if learning:
-                ts, out = self._timed("segment", self._segment, ts, jnp.int32(updates))
+                fn = self._segments.get(bodies)
+                if fn is None:
+                    fn = self._segments[bodies] = self._segment_of(bodies)
+                name = "segment" if bodies == self.bodies else f"segment_{bodies}"
+                ts, out = self._timed(name, fn, ts, jnp.int32(updates))
             else:
                 ts, out = self._timed("warmup", self._warmup, ts)
             return ts, out["stats"], out.get("metrics", {})
-        return self._host_segment(ts, updates, learning)
+        return self._host_segment(ts, updates, learning, bodies)
 
-    def _host_segment(self, ts: TrainState, updates: int, learning: bool):
+    def _host_segment(self, ts: TrainState, updates: int, learning: bool, bodies: int):
         """The segment as a Python loop: one compiled call per vectorised env step."""
         # Scalars go in as NumPy values and results are stacked with NumPy: jnp.int32(...) and
         # jnp.stack over the segment's steps dispatch an eager XLA operation for each element,
         # which cost about as much as the compiled step itself for small networks.
         loop = self.loop
-        bodies, per_body = (self.bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
+        bodies, per_body = (bodies, loop.env_per_body) if learning else (1, self.warmup_vec)
         stats_all, metrics_all = [], []
         u0 = np.int32(updates)
         leaves, actions = self._act(jax.tree.leaves(ts), np.int32(1 if learning else 0))

@@ -381,6 +381,32 @@ def test_replay_ratio_body_shapes(ratio, cycle, shape):
     assert updates % cycle == 0 and abs(updates / env_steps - ratio) < 1e-9
 
 
+@pytest.mark.parametrize("env", ["test/point-mass", "test/point-mass-host"])
+def test_records_stay_on_the_segment_grid_whatever_learning_starts_is(base_config, tmp_path, env):
+    """A warm-up that ends off the segment grid is followed by a shorter first learning segment,
+    so records and evaluations fall on multiples of log_every / eval_every (as published curves
+    do); the trajectory is the one a run cut into shorter segments follows."""
+    config = dataclasses.replace(
+        base_config, seeds=(0,), learning_starts=100, steps=800, checkpoint_every=400
+    )
+    runs = {}
+    for log_every, name in ((200, "off_grid"), (100, "fine")):
+        steps: list[int] = []
+        run_env = env if name == "off_grid" else "test/point-mass"
+        c = dataclasses.replace(
+            config, env=run_env, log_every=log_every, run_dir=str(tmp_path / name)
+        )
+        summary = agents.train(c, callbacks=[lambda step, m, s=steps: s.append(step)])
+        evals = [r for r in rows(tmp_path / name) if r[2] == "eval/episode_return"]
+        runs[name] = steps, summary, {int(r[0]): float(r[3]) for r in evals}
+    steps, summary, evals = runs["off_grid"]
+    assert steps == [100, 200, 400, 600, 800]
+    assert sorted(evals) == [400, 800] and sorted(runs["fine"][2]) == [400, 800]
+    assert summary["updates"] == runs["fine"][1]["updates"] == 350  # 700 env steps, 2 envs
+    for step in (400, 800):
+        np.testing.assert_allclose(evals[step], runs["fine"][2][step], rtol=1e-4, atol=1e-5)
+
+
 def test_fractional_replay_ratio_counts(full_run):
     config, _, _, _ = full_run
     trainer = agents.Trainer(dataclasses.replace(config, replay_ratio=0.5))
