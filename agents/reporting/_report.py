@@ -152,6 +152,7 @@ def report(
     if partial:
         md += ["", "Partial runs (in progress or killed), left out of every table and figure:"]
         md += [f"- `{r.path}`" for r in partial]
+    md += _runs_section(finished, by_run)
     md += ["", "## Per task", ""]
     for task in tasks:
         body = []
@@ -191,6 +192,38 @@ def report(
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(_html(text, out))
     return Report(out, finished, partial, text, notes)
+
+
+def _runs_section(finished: Sequence[Run], by_run: dict[Path, list[Row]]) -> list[str]:
+    """A table of the finished runs: folder, method, task, seeds, env steps and wall time (the
+    run's `perf/wall_s` at its last record: training, evaluations and compilation, summed over
+    the processes of a resumed run up to the records it kept)."""
+    body = []
+    untimed = False
+    for r in finished:
+        rows = by_run[r.path]
+        steps = max((x.env_step for x in rows), default=0)
+        wall = [x.value for x in rows if x.metric == "perf/wall_s" and x.env_step == steps]
+        if wall:
+            rate = f"{steps / wall[0]:.1f}" if wall[0] > 0 else "–"
+            time_ = _hms(wall[0])
+        else:
+            untimed, rate, time_ = True, "–", "–"
+        body.append(
+            (f"`{r.path}`", r.exp_name, r.env_name, str(len(r.seeds)), f"{steps:,}", time_, rate)
+        )
+    md = ["", "## Runs", ""]
+    header = ("run", "method", "task", "seeds", "env steps", "wall time", "env steps/s per seed")
+    md.append(_table(header, body))
+    if untimed:
+        md += ["", "–: the run was written before runs recorded their wall time (`perf/wall_s`)."]
+    return md
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _published_for(runs: Sequence[Run], names: Sequence[str]) -> dict[str, list[Curve]]:

@@ -200,6 +200,7 @@ def train(
             "would mix its metrics with theirs: delete them or pick another --run-dir"
         )
     _check_writable(run_dir)
+    started = time.perf_counter()
     trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
     sinks: list[Sink] = []
     try:
@@ -229,7 +230,10 @@ def train(
         text = json.dumps(meta, indent=2, sort_keys=True)
         replace_file(run_dir / "config.json", lambda f: f.write(text))
         emit = [*callbacks, history.write, *(s.write for s in sinks)]
-        ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path)
+        # the run's wall time goes on from the last record a resumed run kept
+        earlier = history.curves.get("perf/wall_s", {}).get(config.seeds[0], [])
+        clock = (started, earlier[-1][1] if earlier else 0.0)
+        ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path, clock)
     finally:
         for s in sinks:
             s.close()
@@ -352,8 +356,11 @@ def _check_writable(run_dir: Path) -> None:
         )
 
 
-def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: Path):
+def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: Path, clock: tuple):
+    """Segments until `steps`; `clock` (perf_counter at the process's start, the run's wall
+    seconds before it) times `perf/wall_s`, the run's wall time so far at each record."""
     c = trainer.config
+    started, wall_before = clock
     warmup_steps = trainer.warmup_vec * c.num_envs
     bar = None
     if c.progress:
@@ -386,6 +393,8 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
                 done or env_steps // c.eval_every > (env_steps - seg_steps) // c.eval_every
             ):
                 record["eval/episode_return"] = trainer.evaluate(ts, env_steps)
+            elapsed = wall_before + time.perf_counter() - started
+            record["perf/wall_s"] = np.full(n_seeds, elapsed)
             for fn in emit:
                 fn(env_steps, record)
             if (
@@ -487,5 +496,7 @@ def _finish(
         curves, run_dir / "inactive.png", ("surgery/",), "inactive neurons (fraction)", depth=3
     )
     summary["compile_s"] = trainer.compile_s
+    wall = curves.get("perf/wall_s", {}).get(config.seeds[0], [])
+    summary["wall_s"] = wall[-1][1] if wall else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

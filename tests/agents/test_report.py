@@ -24,7 +24,7 @@ def final_return(method: str, task: int, seed: int) -> float:
     return 10.0 * (1 + task) + seed + (5.0 if method == "regrama" else 0.0)
 
 
-def write_run(folder, method, task, seeds=SEEDS, finished=True, inactive=True):
+def write_run(folder, method, task, seeds=SEEDS, finished=True, inactive=True, wall=None):
     """A run folder as `neurosurgery train` leaves it, with known evaluation returns: at steps
     100 and 200, `final_return - 2` then `final_return`."""
     folder.mkdir(parents=True)
@@ -39,6 +39,8 @@ def write_run(folder, method, task, seeds=SEEDS, finished=True, inactive=True):
                 w.writerow([step, s, "eval/episode_return", value])
                 if inactive:
                     w.writerow([step, s, "surgery/critic/grama", 0.1 * step / 200])
+                if wall is not None:
+                    w.writerow([step, s, "perf/wall_s", wall[step // 100 - 1]])
     if finished:
         (folder / "summary.json").write_text(json.dumps({"env_steps": 200}))
 
@@ -76,8 +78,22 @@ def test_report_tables_match_values_computed_by_hand(study, tmp_path):
     assert f"| {np.mean(per_seed):.2f} ± {np.std(per_seed):.2f} |" in line
     assert "killed" in done.markdown and not done.notes  # 5 seeds: no warning
     page = done.html.read_text()
-    assert page.count("<table>") == 3 and page.count("data:image/png;base64,") == 3
+    assert page.count("<table>") == 4 and page.count("data:image/png;base64,") == 3
     assert (out / "returns.png").stat().st_size > 0 and (out / "inactive.png").exists()
+
+
+def test_runs_table_gives_each_runs_wall_time(tmp_path):
+    root = tmp_path / "study"
+    write_run(root / "timed", "none", 0, wall=[40.0, 100.0])
+    write_run(root / "untimed", "regrama", 0)
+    done = report([root], tmp_path / "report")
+    lines = done.markdown.splitlines()
+    timed = next(x for x in lines if x.startswith(f"| `{root / 'timed'}`"))
+    # 200 env steps in 100 s, the last record's wall time
+    assert timed == f"| `{root / 'timed'}` | sac | {TASKS[0]} | 5 | 200 | 0:01:40 | 2.0 |"
+    untimed = next(x for x in lines if x.startswith(f"| `{root / 'untimed'}`"))
+    assert untimed.endswith("| 200 | – | – |")
+    assert "before runs recorded their wall time" in done.markdown
 
 
 def test_fewer_than_five_seeds_are_flagged(tmp_path):

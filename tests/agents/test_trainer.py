@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -28,10 +29,10 @@ from agents.training import _checkpoint, _loop, _trainer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rows(run_dir: Path) -> list[tuple[str, ...]]:
-    """metrics.csv without timing-dependent rows."""
+def rows(run_dir: Path, perf: bool = False) -> list[tuple[str, ...]]:
+    """metrics.csv without timing-dependent rows (with them: `perf`)."""
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [tuple(r) for r in csv.reader(f) if not r[2].startswith("perf/")]
+        return [tuple(r) for r in csv.reader(f) if perf or not r[2].startswith("perf/")]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,11 @@ def test_callback_metric_names(full_run):
         "perf/env_steps_per_s",
         "perf/updates_per_s",
         "perf/compile_s",
+        "perf/wall_s",
     ):
         assert name in names, name
+    wall = [m["perf/wall_s"][0] for _, m in records]
+    assert all(0 < a < b for a, b in itertools.pairwise(wall))
     assert all(np.shape(v) == (2,) for _, m in records for v in m.values())
     assert "train/critic_loss" not in records[0][1]  # warm-up: no updates yet
 
@@ -127,6 +131,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(full_run, killed_run):
     assert rows(run_dir) == rows(full_dir)
     for key in ("env_steps", "updates", "eval/episode_return", "train/episode_return"):
         assert resumed[key] == summary[key]
+    # the wall time goes on from the last record kept, not from zero
+    kept = [float(r[3]) for r in rows(run_dir, perf=True) if r[1:3] == ("0", "perf/wall_s")]
+    assert all(a < b for a, b in itertools.pairwise(kept))
+    assert resumed["wall_s"] == kept[-1]
 
 
 def test_vmapped_seeds_equal_single_seed_runs(full_run, tmp_path):
