@@ -426,21 +426,16 @@ def _against(runs: list[Run], by_run: dict, key: str, last_k: int, out: Path) ->
             if t != task:
                 continue
             xs = sorted(by_value)
-            m = np.array([np.mean(by_value[x]) for x in xs])
-            half = np.array(
-                [
-                    1.96 * np.std(by_value[x], ddof=1) / np.sqrt(len(by_value[x]))
-                    if len(by_value[x]) > 1
-                    else 0
-                    for x in xs
-                ]
+            bands = np.array(
+                [np.array(seed_band(np.asarray(by_value[x])[:, None]))[:, 0] for x in xs]
             )
-            ax.errorbar(xs, m, yerr=half, marker="o", capsize=3, label=name)
+            m, low, high = bands.T
+            ax.errorbar(xs, m, yerr=(m - low, high - m), marker="o", capsize=3, label=name)
         ax.set(title=task, xlabel=key, ylabel="final evaluation return")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
     name = f"against_{key.replace('.', '_')}.png"
-    fig.savefig(out / name, dpi=110)
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return name
 
@@ -467,10 +462,10 @@ def _figures(
         if not steps:
             return
         values = np.array([[dict(p)[s] for s in steps] for p in by_seed.values()])
-        m = values.mean(axis=0)
-        half = 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0
+        m, low, high = seed_band(values, seed)
         ax.plot(steps, m, label=f"{label} ({len(values)} seeds)", color=color)
-        ax.fill_between(steps, m - half, m + half, alpha=0.2, color=color)
+        if len(values) > 1:
+            ax.fill_between(steps, low, high, alpha=0.2, color=color, lw=0)
 
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
@@ -483,9 +478,9 @@ def _figures(
         for i, c in enumerate(compared.get(task, ())):
             _grey_band(ax, c, last, i, seed)
         ax.set(title=task, xlabel="environment steps", ylabel="evaluation return")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
-    fig.savefig(out / "returns.png", dpi=110)
+    fig.savefig(out / "returns.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     written.append("returns.png")
     inactive = sorted(
@@ -502,13 +497,32 @@ def _figures(
                         band(ax, curves[(metric, m, task)], m, colors[m])
                 _, network, name = metric.split("/")
                 ax.set(title=f"{task}: {network}, {name}", ylabel="inactive fraction")
-                ax.legend(fontsize=7)
+                _legend(ax)
         axes[-1][0].set_xlabel("environment steps")
         fig.tight_layout()
-        fig.savefig(out / "inactive.png", dpi=110)
+        fig.savefig(out / "inactive.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append("inactive.png")
     return written
+
+
+def seed_band(
+    values: np.ndarray, seed: int = 0, reps: int = 2000, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (rows of `values`, `[seeds, steps]`) at each step and its `level`
+    percentile bootstrap interval (seeds resampled with replacement). The interval lies within
+    the seeds' range, so a band of fractions stays within [0, 1] (mean ± k·std does not)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(reps, len(values)))
+    means = values[idx].mean(axis=1)  # [reps, steps]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha], axis=0)
+    return values.mean(axis=0), low, high
+
+
+def _legend(ax) -> None:
+    """The legend beside the axes, where it hides no curve."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _grey_band(ax, c: Curve, last: int, i: int, seed: int) -> None:

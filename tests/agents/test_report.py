@@ -13,6 +13,7 @@ import pytest
 
 from agents import ResetConfig, TrainConfig
 from agents.reporting import COLUMNS, final_scores, read_rows, report
+from agents.reporting._report import seed_band
 from agents.training._config import encode
 from agents.training.cli import main
 
@@ -94,6 +95,19 @@ def test_runs_table_gives_each_runs_wall_time(tmp_path):
     untimed = next(x for x in lines if x.startswith(f"| `{root / 'untimed'}`"))
     assert untimed.endswith("| 200 | – | – |")
     assert "before runs recorded their wall time" in done.markdown
+
+
+def test_seed_bands_stay_within_the_seeds_range_and_match_the_normal_interval():
+    # fractions near 0: mean ± 1.96 standard errors would cross 0 (0.1 - 0.196 < 0)
+    few = np.array([[0.0], [0.0], [0.0], [0.0], [0.5]])
+    m, low, high = seed_band(few)
+    assert m[0] == pytest.approx(0.1) and 0.0 <= low[0] < m[0] < high[0] <= 0.5
+    # many seeds: the percentile bootstrap approaches mean ± 1.96 s / sqrt(n)
+    x = np.random.default_rng(3).normal(2.0, 1.0, size=(400, 2))
+    m, low, high = seed_band(x, reps=4000)
+    half = 1.96 * x.std(axis=0, ddof=1) / np.sqrt(len(x))
+    np.testing.assert_allclose(high - m, half, rtol=0.15)
+    np.testing.assert_allclose(m - low, half, rtol=0.15)
 
 
 def test_fewer_than_five_seeds_are_flagged(tmp_path):
