@@ -38,6 +38,7 @@ from .training import JSONLSink as JSONLSink
 from .training import NonFiniteError as NonFiniteError
 from .training import Replay as Replay
 from .training import ResetConfig as ResetConfig
+from .training import RunWriteError as RunWriteError
 from .training import SurgeryConfig as SurgeryConfig
 from .training import TensorBoardSink as TensorBoardSink
 from .training import TrainConfig as TrainConfig

@@ -296,15 +296,21 @@ class Anatomy:
         shapes = tuple(tuple(x.shape) for x in leaves)
         if shapes != self.leaf_shapes:
             i = _first_diff(shapes, self.leaf_shapes)
-            where = (
-                f"; first mismatch at {self.leaf_paths[i]}"
-                if i is not None and i < len(self.leaf_paths)
-                else ""
-            )
+            where = ""
+            if i is not None and i < len(self.leaf_paths):
+                got = shapes[i] if i < len(shapes) else None
+                where = (
+                    f"; first difference at leaf {i}, {self.leaf_paths[i]}: "
+                    f"{_shape_text(self.leaf_shapes[i])} in the anatomy, {_shape_text(got)} in "
+                    "this model"
+                )
+            elif i is not None:
+                where = f"; its leaves from leaf {i} on are extra, the first of {_shape_text(shapes[i])}"
             raise AnatomyError(
                 f"The model does not match this anatomy (built for a {self.model_type} with "
-                f"{len(self.leaf_shapes)} array leaves, got {len(shapes)} leaves{where}). Build "
-                "the anatomy from this model: `ns.anatomy(model, *example_args)`."
+                f"{len(self.leaf_shapes)} array leaves, got a {type(model).__name__} with "
+                f"{len(shapes)}{where}). Build the anatomy from this model: "
+                "`ns.anatomy(model, *example_args)`."
             )
         return leaves
 
@@ -418,6 +424,10 @@ def _check_unit_masks(anatomy: Anatomy, unit_masks: Any) -> None:
                 "units to reset, True or False: build them with a selection rule "
                 "(`ns.threshold(scores, tau)`) or compare, e.g. `mask > 0.5`."
             )
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "no leaf" if shape is None else f"shape {shape}"
 
 
 def _first_diff(a: tuple, b: tuple) -> int | None:

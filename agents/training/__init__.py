@@ -3,6 +3,7 @@ checkpoints, metric sinks, neuron surgery through the library's pipeline, and th
 
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import InexactResumeWarning as InexactResumeWarning
+from ._checkpoint import RunWriteError as RunWriteError
 from ._checkpoint import load_checkpoint as load_checkpoint
 from ._checkpoint import load_checkpoint_extras as load_checkpoint_extras
 from ._checkpoint import save_checkpoint as save_checkpoint

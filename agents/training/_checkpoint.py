@@ -36,6 +36,19 @@ _TRAILER = b"CRC32"
 _DAMAGED = "restore it from a copy, or start again in a new --run-dir"
 
 
+def named_oserror(err: BaseException, path: Path) -> BaseException:
+    """`err`, or, for an OSError that names no file (a failed write), the same error naming
+    `path`."""
+    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+        return type(err)(err.errno, err.strerror, str(path))
+    return err
+
+
+class RunWriteError(OSError):
+    """A run could not write one of its files (a full disk, a quota): the run stopped, its last
+    checkpoint is intact and no temporary file is left; free space and resume."""
+
+
 class CheckpointError(ValueError):
     """The checkpoint is missing, damaged or does not match the run."""
 
@@ -132,18 +145,22 @@ def save_checkpoint(
         header["extras"] = listed
     blob = json.dumps(header, sort_keys=True).encode()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as raw:
-        f = _Checksummed(raw)
-        f.write(MAGIC_EXTRAS if extras else MAGIC)
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        eqx.tree_serialise_leaves(f, _unwrap_keys(state))
-        for value in arrays:
-            f.write(value.tobytes())
-        raw.write(_TRAILER + struct.pack("<I", f.crc))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as raw:
+            f = _Checksummed(raw)
+            f.write(MAGIC_EXTRAS if extras else MAGIC)
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            eqx.tree_serialise_leaves(f, _unwrap_keys(state))
+            for value in arrays:
+                f.write(value.tobytes())
+            raw.write(_TRAILER + struct.pack("<I", f.crc))
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
+        raise named_oserror(err, path) from err
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,7 +21,9 @@ import numpy as np
 from ._checkpoint import (
     CheckpointError,
     InexactResumeWarning,
+    RunWriteError,
     load_checkpoint_extras,
+    named_oserror,
     read_header,
     save_checkpoint,
 )
@@ -234,11 +238,33 @@ def train(
         earlier = history.curves.get("perf/wall_s", {}).get(config.seeds[0], [])
         clock = (started, earlier[-1][1] if earlier else 0.0)
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path, clock)
+        return _finish(config, run_dir, env_steps, updates, trainer, history)
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        raise _write_error(err, run_dir, ckpt_path) from None
     finally:
         for s in sinks:
-            s.close()
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails too
+                s.close()
         trainer.close()
-    return _finish(config, run_dir, env_steps, updates, trainer, history)
+
+
+#: the errors of a write that finds no room: a full disk, an exhausted quota, a file too large
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error(err: OSError, run_dir: Path, ckpt_path: Path) -> RunWriteError:
+    """One line for a write that found no room: what, where, what is intact, how to go on."""
+    what = err.filename or f"a file in {run_dir}"
+    try:
+        kept = f"the last checkpoint (env step {read_header(ckpt_path)['env_steps']}) is intact"
+    except (OSError, ValueError):
+        kept = "no checkpoint was written yet"
+    return RunWriteError(
+        f"could not write {what}: {err.strerror}; the run stopped, {kept} and no temporary "
+        f"file is left: free space, then continue with `neurosurgery train --resume {run_dir}`"
+    )
 
 
 def _resume_host_envs(trainer: Trainer, ts, header: dict, extras: dict, path: Path, env_steps):
@@ -282,10 +308,14 @@ def _keep(path: Path, env_steps: int) -> None:
     tmp = kept.with_suffix(f".tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, kept)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, kept)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        raise named_oserror(err, kept) from err
 
 
 #: what changed in each agent's training state, by the layout number that came with it (a

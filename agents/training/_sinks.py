@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ._checkpoint import named_oserror
+
 Record = dict[str, np.ndarray]
 #: name → seed → [(env_steps, value), ...]
 Curves = dict[str, dict[int, list[tuple[int, float]]]]
@@ -75,11 +77,15 @@ def replace_file(path: Path, write, newline: str | None = None) -> None:
     """Write a file through a synced temporary file and a rename, so that an interrupted
     rewrite leaves the old file whole."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline=newline) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline=newline) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)  # the old file stays whole
+        raise named_oserror(err, path) from err
 
 
 class _FileSink:
@@ -134,10 +140,13 @@ class CSVSink(_FileSink):
         csv.writer(f).writerows([["env_steps", "seed", "name", "value"], *records])
 
     def write(self, env_steps: int, metrics: Record) -> None:
-        for seed, values in _rows(env_steps, self.seeds, metrics):
-            for name, value in sorted(values.items()):
-                self.writer.writerow([env_steps, seed, name, repr(value)])
-        self.file.flush()
+        try:
+            for seed, values in _rows(env_steps, self.seeds, metrics):
+                for name, value in sorted(values.items()):
+                    self.writer.writerow([env_steps, seed, name, repr(value)])
+            self.file.flush()
+        except OSError as err:  # a torn last line is dropped on resume
+            raise named_oserror(err, Path(self.file.name)) from err
 
 
 class JSONLSink(_FileSink):
@@ -149,9 +158,13 @@ class JSONLSink(_FileSink):
         f.writelines(line + "\n" for line in records)
 
     def write(self, env_steps: int, metrics: Record) -> None:
-        for seed, values in _rows(env_steps, self.seeds, metrics):
-            self.file.write(json.dumps({"env_steps": env_steps, "seed": seed, **values}) + "\n")
-        self.file.flush()
+        try:
+            for seed, values in _rows(env_steps, self.seeds, metrics):
+                line = json.dumps({"env_steps": env_steps, "seed": seed, **values})
+                self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as err:  # a torn last line is dropped on resume
+            raise named_oserror(err, Path(self.file.name)) from err
 
 
 class TensorBoardSink:

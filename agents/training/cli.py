@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tyro
 
-from ._checkpoint import CheckpointError
+from ._checkpoint import CheckpointError, RunWriteError
 from ._config import TrainConfig
 from ._run import load_run_config, train
 from ._study import LauncherConfig, StudyError
@@ -395,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"neurosurgery: {err}", file=sys.stderr)
         return 3
+    except RunWriteError as err:
+        print(f"neurosurgery: error: {err}", file=sys.stderr)
+        return 4
     except (ValueError, CheckpointError) as err:
         print(f"neurosurgery: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ import pytest
 import agents
 import envs
 from agents import NetworkConfig, TrainConfig
-from agents.training import _checkpoint, _loop, _trainer
+from agents.training import _checkpoint, _loop, _sinks, _trainer, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,6 +200,64 @@ def test_non_finite_stops_run_and_keeps_checkpoint(full_run, tmp_path, network):
         agents.train(config, resume=True)
     assert "env step" in str(err.value) and "1000" in str(err.value)
     assert ckpt.read_bytes() == before
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_a_resume_after_is_exact(
+    full_run, tmp_path, monkeypatch
+):
+    """No room for the checkpoint at env step 600: the run stops with one error naming the file,
+    the intact checkpoint (400) and the way on; no temporary file is left; once there is room
+    again, the resumed run's records are those of an uninterrupted run."""
+    config, full_dir, summary, _ = full_run
+    run_dir = tmp_path / "disk"
+    real = _checkpoint._Checksummed.write
+    full = []
+
+    def write(self, data):
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(_checkpoint._Checksummed, "write", write)
+    fill = lambda step, metrics: full.append(1) if step == 600 else None
+    c = dataclasses.replace(config, run_dir=str(run_dir))
+    with pytest.raises(agents.RunWriteError) as caught:
+        agents.train(c, callbacks=[fill])
+    message = str(caught.value)
+    assert "\n" not in message and str(run_dir / "checkpoint.ckpt") in message
+    assert "No space left on device" in message
+    assert "last checkpoint (env step 400) is intact" in message
+    assert f"neurosurgery train --resume {run_dir}" in message
+    assert not list(run_dir.glob("*.tmp*"))
+    assert _checkpoint.read_header(run_dir / "checkpoint.ckpt")["env_steps"] == 400
+    full.clear()
+    resumed = agents.train(c, resume=True)
+    assert rows(run_dir) == rows(full_dir)
+    assert resumed["eval/episode_return"] == summary["eval/episode_return"]
+
+
+def test_a_file_rewritten_on_a_full_disk_stays_whole(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("old\n")
+
+    def write(f):
+        f.write("new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space") as caught:
+        _sinks.replace_file(path, write)
+    assert caught.value.filename == str(path)
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_the_command_line_prints_a_write_error_in_one_line(monkeypatch, capsys):
+    def no_room(*args, **kwargs):
+        raise agents.RunWriteError("could not write runs/x/checkpoint.ckpt: No space left")
+
+    monkeypatch.setattr(cli, "train", no_room)
+    assert cli.main(["train", "--run-dir", "runs/x"]) == 4
+    err = capsys.readouterr().err
+    assert err == "neurosurgery: error: could not write runs/x/checkpoint.ckpt: No space left\n"
 
 
 def test_checkpoint_roundtrip_is_complete(full_run, tmp_path):

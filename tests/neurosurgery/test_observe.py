@@ -111,5 +111,10 @@ def test_a_layout_out_of_unit_order_is_gathered(getkey):
 def test_a_different_model_is_rejected(getkey):
     anatomy = ns.anatomy(eqx.nn.MLP(3, 1, 4, 1, key=getkey()), jnp.zeros(3))
     other = eqx.nn.MLP(3, 1, 5, 1, key=getkey())
-    with pytest.raises(ns.AnatomyError, match=r"does not match this anatomy.*layers\[0\]\.weight"):
+    # the message names the first leaf that differs and both shapes
+    match = r"does not match this anatomy.*leaf 0, .*layers\[0\]\.weight: shape \(4, 3\) in the "
+    with pytest.raises(ns.AnatomyError, match=match + r"anatomy, shape \(5, 3\) in this model"):
         ns.observe(anatomy, other, jnp.sum, jnp.zeros((2, 3)))
+    deeper = eqx.nn.MLP(3, 1, 4, 2, key=getkey())  # the same first leaves, then more
+    with pytest.raises(ns.AnatomyError, match=r"got a MLP with 6.*leaf 2, .*layers\[1\]\.weight"):
+        ns.observe(anatomy, deeper, jnp.sum, jnp.zeros((2, 3)))
