@@ -47,6 +47,7 @@ from ._metrics import Saturation as Saturation
 from ._metrics import Utility as Utility
 from ._metrics import UtilityState as UtilityState
 from ._metrics import WeightMagnitude as WeightMagnitude
+from ._metrics import after_reset as after_reset
 from ._metrics import effective_rank as effective_rank
 from ._metrics import per_unit_mean as per_unit_mean
 from ._metrics import srank as srank

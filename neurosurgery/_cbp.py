@@ -193,4 +193,4 @@ class CBP:
         new_state = CBPState(utility.restart(chosen), activation.restart(chosen), pending, step)
         info = unit_info(anatomy, {}, chosen)
         info.update({f"mature/{k}": jnp.mean(inactive_ratio(m)) for k, m in mature.items()})
-        return StepResult(model, opt_state, new_state, info)
+        return StepResult(model, opt_state, new_state, info, chosen)

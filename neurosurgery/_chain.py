@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 import jax
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from ._anatomy import Anatomy
 from ._injection import PlasticityInjection
@@ -103,6 +103,7 @@ class Chain:
                 f"init(anatomy) returns ({len(self.strategies)} entries)"
             )
         states, info = [], {}
+        replaced: dict[str, Array] | None = None
         for i, (member, member_state) in enumerate(zip(self.strategies, state, strict=True)):
             result = member.step(
                 anatomy,
@@ -119,4 +120,8 @@ class Chain:
             model, opt_state = result.model, result.opt_state
             states.append(result.state)
             info.update({f"{member.name}/{k}": v for k, v in result.info.items()})
-        return StepResult(model, opt_state, tuple(states), info)
+            if result.replaced is not None:
+                replaced = dict(replaced or {})
+                for k, m in result.replaced.items():
+                    replaced[k] = m if k not in replaced else replaced[k] | m
+        return StepResult(model, opt_state, tuple(states), info, replaced)

@@ -16,7 +16,7 @@ from ._anatomy import Anatomy
 from ._errors import AnatomyError
 from ._graph import evaluate
 from ._groups import NeuronGroup
-from ._metrics import Dormant, Metric
+from ._metrics import Dormant, Metric, after_reset
 from ._observe import Observation
 from ._optstate import Initable, reset_optimizer_state
 from ._reset import Init
@@ -263,4 +263,5 @@ class ReBorn:
         dormant = {g.name: scores[g.name] <= self.tau for g in groups}
         info = unit_info(anatomy, dormant, now)
         info.update({f"donors/{k}": jnp.mean(inactive_ratio(v[1] & due)) for k, v in plan.items()})
-        return StepResult(model, opt_state, state, info)
+        state = after_reset(self.metric, state, now)  # the split units start afresh
+        return StepResult(model, opt_state, state, info, now)

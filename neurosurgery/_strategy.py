@@ -20,7 +20,7 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._anatomy import Anatomy
 from ._init import Initializer
-from ._metrics import EmptyState, Metric, Scores
+from ._metrics import EmptyState, Metric, Scores, after_reset
 from ._observe import Observation
 from ._optstate import Initable
 from ._reset import Init, _named_source, applied_masks, fresh_model, reset
@@ -39,12 +39,17 @@ class StepResult(NamedTuple):
         opt_state: its optimizer state (`None` when none was given).
         state: the strategy's new state.
         info: flat slash-keyed figures of this step (see each strategy).
+        replaced: group name → boolean mask (`unit_shape`) of the units whose weights this
+            step replaced (all False where nothing was due), for the metrics that keep
+            per-unit state ([`after_reset`][neurosurgery.after_reset]); `None` for a strategy
+            that moves weights without replacing units (shrink-and-perturb, CPR, injection).
     """
 
     model: PyTree
     opt_state: PyTree | None
     state: Any
     info: dict[str, Array]
+    replaced: dict[str, Array] | None = None
 
 
 @runtime_checkable
@@ -188,7 +193,8 @@ class Resetter:
 
         model, opt_state = _when(due, act, model, opt_state)
         now = {k: m & due for k, m in applied.items()}
-        return StepResult(model, opt_state, state, unit_info(anatomy, flagged, now))
+        state = after_reset(self.metric, state, now)  # replaced units start afresh
+        return StepResult(model, opt_state, state, unit_info(anatomy, flagged, now), now)
 
 
 def unit_info(
@@ -305,4 +311,5 @@ class FullReset:
             return eqx.combine(new, static), opt_state
 
         model, opt_state = _when(due, act, model, opt_state)
-        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)})
+        replaced = {g.name: jnp.full(g.unit_shape, due) for g in anatomy.groups}
+        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)}, replaced)

@@ -134,6 +134,12 @@ class Surgery:
                     agent_state, name, result.model, result.opt_state
                 )
                 net_states["strategy"] = result.state
+                # the logged metrics' per-unit state starts afresh for the replaced units
+                net_states["metrics"] = {
+                    m.name: ns.after_reset(m, net_states["metrics"][m.name], result.replaced)
+                    for m in self.metrics
+                    if m.name in net_states["metrics"]
+                }
                 out.update({f"surgery/{name}/{k}": v for k, v in result.info.items()})
             states[name] = net_states
         return agent_state, states, out

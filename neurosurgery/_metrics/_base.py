@@ -13,6 +13,7 @@ see the "Write your own metric" page.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import jax
@@ -39,6 +40,12 @@ class Metric(Protocol):
     whole layers that have no per-unit form (a layer's rank, see
     [`FeatureRank`][neurosurgery.FeatureRank]). A training run logs them as
     `<metric name>/<figure name>`, next to the inactive ratios of the per-unit scores.
+
+    A metric that keeps per-unit state (running averages, ages) provides
+    `on_reset(state, replaced) -> state`: `replaced` maps group names to boolean masks of the
+    units whose weights were just replaced, which start afresh. Strategies call it on their own
+    metric's state and the trainer on the states of the metrics it logs
+    ([`after_reset`][neurosurgery.after_reset]).
     """
 
     @property
@@ -49,6 +56,17 @@ class Metric(Protocol):
     def score(
         self, anatomy: Anatomy, observation: Observation, state: Any
     ) -> tuple[Scores, Any]: ...
+
+
+def after_reset(metric: Any, state: Any, replaced: Mapping[str, Array] | None) -> Any:
+    """`metric`'s state once the units in `replaced` (group name → boolean mask of
+    `unit_shape`; `None`: nothing was replaced) have fresh weights: `metric.on_reset(state,
+    replaced)` where the metric keeps per-unit state, the state unchanged for one that keeps
+    none."""
+    on_reset = getattr(metric, "on_reset", None)
+    if replaced is None or on_reset is None:
+        return state
+    return on_reset(state, dict(replaced))
 
 
 def unit_reduce(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._anatomy import Anatomy
 from .._observe import SITES, Observation, normalise
@@ -39,6 +40,10 @@ class GradientFlow:
 
     def init(self, anatomy: Anatomy) -> RunningAverage:
         return RunningAverage.zeros(anatomy)
+
+    def on_reset(self, state: RunningAverage, replaced: dict[str, Array]) -> RunningAverage:
+        """Replaced units start afresh: their averages and ages go back to zero."""
+        return state.restart(replaced)
 
     def score(
         self, anatomy: Anatomy, observation: Observation, state: RunningAverage

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._anatomy import Anatomy
 from .._observe import Observation, normalise
@@ -50,6 +51,10 @@ class Utility:
 
     def init(self, anatomy: Anatomy) -> RunningAverage:
         return RunningAverage.zeros(anatomy)
+
+    def on_reset(self, state: RunningAverage, replaced: dict[str, Array]) -> RunningAverage:
+        """Replaced units start afresh: their averages and ages go back to zero."""
+        return state.restart(replaced)
 
     def score(
         self, anatomy: Anatomy, observation: Observation, state: RunningAverage

@@ -413,6 +413,38 @@ def test_surgery_runs_every_surgery_period_and_when_resets_are_due(base_config, 
     assert float(_loop.last_finite(jnp.asarray([1.0, 2.0, jnp.nan]))) == 2.0
 
 
+def test_logged_metrics_start_afresh_for_the_units_a_reset_replaced(base_config):
+    """The trainer tells the metrics it logs which units the reset strategy replaced: with
+    every hidden unit of the critic replaced, the logged Fisher proxy's ages are back to zero
+    (one update old without the reset)."""
+    env = envs.make("test/point-mass", num_envs=2, episode_length=20)
+    agent = agents.SAC(base_config.sac, env.observation_size, env.action_size)
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    n, o, a = 8, env.observation_size, env.action_size
+    batch = agents.Batch(f32(n, o), jnp.tanh(f32(n, a)), f32(n), f32(n, o), jnp.zeros(n))
+    state = agent.init(jax.random.key(0))
+    ages = {}
+    for method in ("none", "redo"):
+        config = dataclasses.replace(
+            base_config,
+            surgery=agents.SurgeryConfig(metrics=("fisher",), every=1),
+            reset=agents.ResetConfig(method="redo", tau=1e9, every=1)
+            if method == "redo"
+            else agents.ResetConfig(),
+        )
+        surgery = _loop.Surgery.of(config)
+        states = surgery.init(agent, state, batch, jax.random.key(1))
+        _, states, _ = surgery.step(
+            agent, state, states, batch, jax.random.key(2), jnp.int32(1), jnp.int32(0)
+        )
+        fisher = states["critic"]["metrics"]["fisher"]
+        ages[method] = {k: np.asarray(v) for k, v in fisher.ages.items()}
+    hidden = [k for k, v in ages["none"].items() if v.size > 1]
+    assert hidden and all((ages["none"][k] == 1).all() for k in hidden)
+    assert all((ages["redo"][k] == 0).all() for k in hidden)
+
+
 def test_surgery_figures_travel_packed_and_keep_the_last_finite_value_per_figure():
     nan = np.nan
     cycles = np.array([[1.0, 5.0, nan], [2.0, nan, nan], [nan, nan, nan]], np.float32)

@@ -280,6 +280,50 @@ def test_every_named_metric_runs_under_jit_and_vmap():
             np.testing.assert_allclose(batched[group][0], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def test_every_stateful_metric_starts_afresh_for_the_units_a_reset_replaces():
+    """A metric that keeps per-unit state is told which units a strategy replaced: a Resetter
+    driven by it sets their entries back to zero and leaves the other units' as they were."""
+    make = lambda k: eqx.nn.MLP(3, 1, 5, 1, activation=jax.nn.sigmoid, key=k)
+    model = make(jax.random.key(0))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    xs = jax.random.normal(jax.random.key(1), (6, 3))
+    _, obs = ns.observe(anatomy, model, lambda y: jnp.mean((y - 1.0) ** 2), xs)
+    unit = jnp.arange(5) == 1
+    stateful = []
+    for name in ns.METRICS:
+        if name == "saturation_tanh":
+            continue  # a sigmoid network: tanh saturation refuses it
+        metric = ns.metric(name)
+        state = metric.init(anatomy)
+        _, state = metric.score(anatomy, obs, state)
+        if not jax.tree.leaves(state):
+            assert ns.after_reset(metric, state, {"layers[0]": unit}) == state
+            continue
+        stateful.append(name)
+        assert hasattr(metric, "on_reset"), f"{name} keeps per-unit state but has no on_reset"
+        select = lambda scores: {"layers[0]": unit}
+        resetter = ns.Resetter(metric, select=select, schedule=ns.Schedule(every=1))
+        result = resetter.step(
+            anatomy, model, obs, metric.init(anatomy), jax.random.key(2), 1, init=make
+        )
+        np.testing.assert_array_equal(result.replaced["layers[0]"], unit)
+        for before, after in zip(
+            jax.tree.leaves(state), jax.tree.leaves(result.state), strict=True
+        ):
+            if before.shape != (5,):
+                continue
+            assert float(after[1]) == 0.0, name
+            np.testing.assert_array_equal(np.asarray(after)[~unit], np.asarray(before)[~unit])
+        # not due: nothing is replaced, nothing restarts
+        idle = ns.Resetter(metric, select=select, schedule=ns.Schedule(every=1000))
+        result = idle.step(
+            anatomy, model, obs, metric.init(anatomy), jax.random.key(2), 1, init=make
+        )
+        assert not bool(result.replaced["layers[0]"].any())
+        assert eqx.tree_equal(result.state, state)
+    assert {"fisher", "grad_flow", "utility"} <= set(stateful)
+
+
 def test_a_training_run_logs_whole_layer_figures():
     """The trainer's surgery step logs FeatureRank's srank and effective rank next to the
     inactive ratios."""
