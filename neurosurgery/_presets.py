@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._cbp import CBP
@@ -59,10 +62,26 @@ METRICS: dict[str, Callable[[], Metric]] = {
 }
 
 
+def import_here(module_name: str) -> Any:
+    """`importlib.import_module`, also finding a module in the working directory (as `python -m`
+    does; a console script such as `neurosurgery` does not put it on `sys.path`). The folder is
+    appended to `sys.path`, so an installed module of the same name still comes first."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top = module_name.split(".")[0]
+        here = os.getcwd()
+        found = Path(here, top).is_dir() or Path(here, f"{top}.py").is_file()
+        if err.name != top or here in sys.path or not found:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
 def _import(spec: str, what: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_here(module_name)
     except ImportError as err:
         raise ValueError(
             f"{what} {spec!r}: module {module_name!r} cannot be imported ({err}); name an "

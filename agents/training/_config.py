@@ -16,6 +16,7 @@ import tyro
 
 import envs
 import neurosurgery as ns
+from neurosurgery._presets import import_here
 
 from ..algorithms import BROConfig, DACERConfig, SACConfig
 
@@ -438,7 +439,7 @@ def _decode(value: Any) -> Any:
 def _import(spec: str) -> Any:
     module_name, _, qualname = spec.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = import_here(module_name)
         for part in qualname.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as err:

@@ -1,5 +1,7 @@
 """Strategies and schedules: what acts when, under jit and vmap, and the named presets."""
 
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -232,6 +234,25 @@ def test_user_metrics_and_strategies_by_import_path():
         ns.metric("no_such_module_here:X")
     with pytest.raises(ValueError, match="not a metric"):
         ns.metric("neurosurgery:Schedule")
+
+
+def test_a_users_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    """`--surgery.metrics my_metrics:Quiet` from the folder that holds my_metrics.py works
+    without PYTHONPATH (a console script does not put the working directory on sys.path)."""
+    (tmp_path / "my_quiet_metrics.py").write_text(
+        "import dataclasses, neurosurgery as ns\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Quiet(ns.Dormant):\n"
+        "    name: str = 'quiet'\n"
+    )
+    here = str(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", here)])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_quiet_metrics", raising=False)
+    assert ns.metric("my_quiet_metrics:Quiet").name == "quiet"
+    assert sys.path[-1] == here  # appended: an installed module of the same name comes first
+    with pytest.raises(ValueError, match="module 'not_here_either' cannot be imported"):
+        ns.metric("not_here_either:X")
 
 
 def test_bad_strategy_configs():
