@@ -12,6 +12,9 @@ units through every iteration and the evaluator can probe inside a scan, iterati
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -64,12 +67,19 @@ class Op:
     inputs: list[int | Const]
     outputs: list[int]
     site: tuple[int, ...]
-    source: str
+    source_info: Any
     bodies: list[Body] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.primitive.name
+
+    @property
+    def source(self) -> str:
+        """Where the operation was written: the innermost frame outside JAX and, where that is
+        inside a library (Equinox, diffrax, ...), the line of the user's own code that called
+        it (the first frame outside those libraries and this package). Read only for messages."""
+        return _source(self.source_info)
 
 
 @dataclasses.dataclass
@@ -142,13 +152,40 @@ def _bodies(eqn: jcore.JaxprEqn) -> list[tuple[jcore.ClosedJaxpr, str]]:
     return []
 
 
-def _source(eqn: jcore.JaxprEqn) -> str:
+#: packages whose frames are not the user's code (JAX's own are left out by JAX)
+_LIBRARIES = ("equinox", "diffrax", "lineax", "optimistix", "jaxtyping", "neurosurgery", "optax")
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(folder), ""))
+    return tuple(dirs)
+
+
+def _frame_text(frame: Any) -> str:
+    return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+
+
+def _source(source_info: Any) -> str:
     try:
         from jax._src import source_info_util
 
-        return source_info_util.summarize(eqn.source_info)
+        frames = list(source_info_util.user_frames(source_info.traceback))
     except Exception:  # pragma: no cover - source info is best effort
         return "<unknown location>"
+    if not frames:
+        return "<unknown location>"
+    libraries = _library_dirs()
+    mine = next(
+        (f for f in frames if not os.path.realpath(f.file_name).startswith(libraries)), None
+    )
+    if mine is None or mine is frames[0]:
+        return _frame_text(frames[0])
+    return f"{_frame_text(frames[0])}, called from {_frame_text(mine)}"
 
 
 def _const(value: Any) -> Any:
@@ -211,7 +248,15 @@ def build_graph(fn: Callable[..., Any], flat_args: Sequence[Any]) -> Graph:
                     b_out = walk(body.jaxpr, body.consts, b_in, b_site, b_ops, b_loop, b_why)
                     bodies.append(Body(b_in, b_out, b_ops))
                 ops.append(
-                    Op(eqn.primitive, dict(eqn.params), inputs, outs, inner, _source(eqn), bodies)
+                    Op(
+                        eqn.primitive,
+                        dict(eqn.params),
+                        inputs,
+                        outs,
+                        inner,
+                        eqn.source_info,
+                        bodies,
+                    )
                 )
                 for var, out in zip(eqn.outvars, outs, strict=True):
                     defs[(site, var)] = out
