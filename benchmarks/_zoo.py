@@ -394,6 +394,242 @@ def tied(k):
     )
 
 
+# ---- modern blocks, as their users write them ----------------------------------------------
+
+
+class ClassToken(eqx.Module):
+    """A ViT's class token: a parameter row concatenated before the embedded patches."""
+
+    emb: eqx.nn.Linear
+    cls: jax.Array
+    fc: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jnp.concatenate([self.cls, jax.vmap(self.emb)(x)])
+        return self.out(jax.nn.relu(jax.vmap(self.fc)(h))[0])
+
+
+def class_token(k):
+    k = jax.random.split(k, 3)
+    layers = eqx.nn.Linear(6, 8, key=k[0]), eqx.nn.Linear(8, 8, key=k[1])
+    model = ClassToken(layers[0], jnp.zeros((1, 8)), layers[1], eqx.nn.Linear(8, 2, key=k[2]))
+    return model, (jnp.zeros((4, 6)),), None
+
+
+class Repeats(eqx.Module):
+    """Hidden units concatenated with copies of two of them."""
+
+    a: eqx.nn.Linear
+    o: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.a(x))
+        return self.o(jnp.concatenate([h, h[:2]]))
+
+
+def repeats(k):
+    k1, k2 = jax.random.split(k)
+    return (
+        Repeats(eqx.nn.Linear(8, 16, key=k1), eqx.nn.Linear(18, 2, key=k2)),
+        (jnp.zeros(8),),
+        None,
+    )
+
+
+class GQA(eqx.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads (Llama-style)."""
+
+    q: eqx.nn.Linear
+    kv: eqx.nn.Linear
+    o: eqx.nn.Linear
+    head: eqx.nn.Linear
+    rope: bool = eqx.field(static=True)
+
+    def __call__(self, x):
+        n, hd = x.shape[0], 4
+        q = jax.vmap(self.q)(x).reshape(n, 4, hd)
+        k, v = jnp.split(jax.vmap(self.kv)(x).reshape(n, 2, 2 * hd), 2, axis=-1)
+        if self.rope:  # rotary embedding: the head's halves rotated by a position's angle
+            angle = jnp.arange(n)[:, None, None] * jnp.array([1.0, 0.1])
+            cos, sin = jnp.cos(angle), jnp.sin(angle)
+
+            def rotate(t):
+                t1, t2 = jnp.split(t, 2, axis=-1)
+                return jnp.concatenate([t1 * cos - t2 * sin, t1 * sin + t2 * cos], axis=-1)
+
+            q, k = rotate(q), rotate(k)
+        k, v = jnp.repeat(k, 2, axis=1), jnp.repeat(v, 2, axis=1)
+        w = jax.nn.softmax(jnp.einsum("qhd,khd->hqk", q, k) / 2.0, axis=-1)
+        h = jnp.einsum("hqk,khd->qhd", w, v).reshape(n, 4 * hd)
+        return self.head(jax.vmap(self.o)(h).mean(0))
+
+
+def gqa(rope: bool):
+    def make(k):
+        k = jax.random.split(k, 4)
+        model = GQA(
+            eqx.nn.Linear(8, 16, key=k[0]),
+            eqx.nn.Linear(8, 16, key=k[1]),
+            eqx.nn.Linear(16, 8, key=k[2]),
+            eqx.nn.Linear(8, 2, key=k[3]),
+            rope,
+        )
+        return model, (jnp.zeros((5, 8)),), None
+
+    return make
+
+
+class ScannedResidual(eqx.Module):
+    """Residual MLP blocks stacked by filter_vmap and applied by lax.scan (Equinox's idiom)."""
+
+    inp: eqx.nn.Linear
+    blocks: eqx.nn.MLP
+    out: eqx.nn.Linear
+
+    def __call__(self, x):
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def step(h, p):
+            return h + eqx.combine(p, static)(h), None
+
+        h, _ = jax.lax.scan(step, self.inp(x), params)
+        return self.out(h)
+
+
+def scanned_residual(k):
+    k = jax.random.split(k, 3)
+    blocks = eqx.filter_vmap(lambda key: eqx.nn.MLP(8, 8, 16, 1, key=key))(
+        jax.random.split(k[1], 3)
+    )
+    model = ScannedResidual(eqx.nn.Linear(4, 8, key=k[0]), blocks, eqx.nn.Linear(8, 2, key=k[2]))
+    return model, (jnp.zeros(4),), None
+
+
+class NeuralODE(eqx.Module):
+    """diffrax.diffeqsolve of an MLP vector field (Tsit5, the default adjoint)."""
+
+    field: eqx.nn.MLP
+    out: eqx.nn.Linear
+
+    def __call__(self, y0):
+        import diffrax
+
+        term = diffrax.ODETerm(lambda t, y, args: self.field(y))
+        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.25, y0, max_steps=8)
+        return self.out(sol.ys[-1])
+
+
+def neural_ode(k):
+    k1, k2 = jax.random.split(k)
+    field = eqx.nn.MLP(4, 4, 16, 1, activation=jnp.tanh, key=k1)
+    return NeuralODE(field, eqx.nn.Linear(4, 2, key=k2)), (jnp.zeros(4),), None
+
+
+class FiLM(eqx.Module):
+    """A denoiser layer conditioned by FiLM: h * (1 + γ(t)) + β(t)."""
+
+    a: eqx.nn.Linear
+    cond: eqx.nn.Linear
+    o: eqx.nn.Linear
+
+    def __call__(self, x, t):
+        gamma, beta = jnp.split(self.cond(t), 2)
+        return self.o(jax.nn.relu(self.a(x) * (1 + gamma) + beta))
+
+
+def film(k):
+    k = jax.random.split(k, 3)
+    layers = eqx.nn.Linear(8, 16, key=k[0]), eqx.nn.Linear(4, 32, key=k[1])
+    return FiLM(*layers, eqx.nn.Linear(16, 2, key=k[2])), (jnp.zeros(8), jnp.zeros(4)), None
+
+
+class C51(eqx.Module):
+    """A distributional head: a softmax over 11 atoms per action, times the support."""
+
+    a: eqx.nn.Linear
+    logits: eqx.nn.Linear
+
+    def __call__(self, x):
+        p = jax.nn.softmax(self.logits(jax.nn.relu(self.a(x))).reshape(2, 11), axis=-1)
+        return p @ jnp.linspace(-10.0, 10.0, 11)
+
+
+def c51(k):
+    k1, k2 = jax.random.split(k)
+    return C51(eqx.nn.Linear(8, 16, key=k1), eqx.nn.Linear(16, 22, key=k2)), (jnp.zeros(8),), None
+
+
+class Noisy(eqx.Module):
+    """NoisyNet layers: w = μ + σ ⊙ ε with factorised Gaussian ε drawn from a key."""
+
+    mu: jax.Array
+    sigma: jax.Array
+    out: eqx.nn.Linear
+
+    def __call__(self, x, key):
+        e_in, e_out = jax.random.normal(key, (2, 16))
+        f = lambda e: jnp.sign(e) * jnp.sqrt(jnp.abs(e))
+        w = self.mu + self.sigma * jnp.outer(f(e_out), f(e_in[:8]))
+        return self.out(jax.nn.relu(w @ x))
+
+
+def noisy(k):
+    k1, k2 = jax.random.split(k)
+    mu = jax.random.normal(k1, (16, 8)) * 0.3
+    model = Noisy(mu, jnp.full((16, 8), 0.05), eqx.nn.Linear(16, 2, key=k2))
+    return model, (jnp.zeros(8), jax.random.key(0)), None
+
+
+class TopK(eqx.Module):
+    """A mixture of 4 expert MLPs with top-2 routing."""
+
+    router: eqx.nn.Linear
+    experts: eqx.nn.MLP
+    out: eqx.nn.Linear
+
+    def __call__(self, x):
+        weights, chosen = jax.lax.top_k(self.router(x), 2)
+        ys = eqx.filter_vmap(lambda e: e(x))(self.experts)
+        return self.out(jnp.einsum("k,kd->d", jax.nn.softmax(weights), ys[chosen]))
+
+
+def top_k(k):
+    k = jax.random.split(k, 3)
+    experts = eqx.filter_vmap(lambda key: eqx.nn.MLP(8, 8, 16, 1, key=key))(
+        jax.random.split(k[1], 4)
+    )
+    return (
+        TopK(eqx.nn.Linear(8, 4, key=k[0]), experts, eqx.nn.Linear(8, 2, key=k[2])),
+        (jnp.zeros(8),),
+        None,
+    )
+
+
+class LongConv(eqx.Module):
+    """A long convolution over positions by FFT (Hyena/S4-style), per channel."""
+
+    a: eqx.nn.Linear
+    kernel: jax.Array
+    o: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jax.vmap(self.a)(x)  # (positions, channels)
+        n = h.shape[0]
+        f = jnp.fft.rfft(h, 2 * n, axis=0) * jnp.fft.rfft(self.kernel, 2 * n, axis=0)
+        return self.o(jax.nn.gelu(jnp.fft.irfft(f, 2 * n, axis=0)[:n]).mean(0))
+
+
+def long_conv(k):
+    k = jax.random.split(k, 3)
+    model = LongConv(
+        eqx.nn.Linear(4, 8, key=k[0]),
+        jax.random.normal(k[1], (6, 8)),
+        eqx.nn.Linear(8, 2, key=k[2]),
+    )
+    return model, (jnp.zeros((6, 4)),), None
+
+
 #: family: constructor
 FAMILIES = {
     "MLP (eqx.nn.MLP)": mlp,
@@ -421,6 +657,17 @@ FAMILIES = {
     "sort over units": sort_units,
     "maxout (max over pairs of units)": maxout,
     "weight tied as W and Wᵀ": tied,
+    "ViT class token (concatenate along tokens)": class_token,
+    "units concatenated with copies of some (after the ReLU)": repeats,
+    "grouped-query attention (4 query heads, 2 key/value heads)": gqa(False),
+    "grouped-query attention with RoPE": gqa(True),
+    "residual blocks stacked and applied by lax.scan": scanned_residual,
+    "neural ODE (diffrax.diffeqsolve, Tsit5)": neural_ode,
+    "FiLM conditioning h·(1 + γ(t)) + β(t)": film,
+    "C51 distributional head (softmax over atoms × support)": c51,
+    "NoisyNet layer (w = μ + σ ⊙ ε, key input)": noisy,
+    "mixture of experts, top-2 routing": top_k,
+    "long convolution by FFT over positions": long_conv,
 }
 
 __all__ = ["FAMILIES", "np"]

@@ -6,7 +6,9 @@ an output, shared (residual stream), normalised nor `term_kept`, ~30 % of its un
 incoming weights re-drawn (from a second model of the family) and outgoing weights zeroed, and
 the outputs are compared with the same reset re-drawing from the model itself (outgoing weights
 zeroed only). The table shows the largest output difference over those groups, relative to the
-largest output; "–" where a family has no such group.
+largest output; "–" where a family has no such group. The last column is the wall time of
+`ns.anatomy` on the family's model (tracing, and the runs of the traced program that check
+paired groups), in the process's first call, so it includes compilation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pathlib
 import re
 import sys
 import textwrap
+import time
 
 import equinox as eqx
 import jax
@@ -78,12 +81,15 @@ def preservation(anatomy, make, fn, example) -> tuple[float | None, int]:
 
 def row(name: str, make) -> str:
     model, example, fn = make(jax.random.key(0))
+    start = time.perf_counter()
     try:
         anatomy = ns.anatomy(model, *example, fn=fn)
     except ns.AnatomyError as err:
+        seconds = time.perf_counter() - start
         text = re.sub(r"\S*site-packages/", "", str(err)).replace(f"{HERE.parent}/", "")
         message = textwrap.shorten(text, 260, placeholder=" …").replace("|", "\\|")
-        return f"| {name} | refused: {message} | – | – | – |"
+        return f"| {name} | refused: {message} | – | – | – | {seconds:.2f} |"
+    seconds = time.perf_counter() - start
     worst, checked = preservation(anatomy, make, fn, example)
     kinds = {}
     for g in anatomy.groups:
@@ -106,12 +112,18 @@ def row(name: str, make) -> str:
     )
     delta = "–" if worst is None else f"{worst:.1e} ({checked} group{'s' * (checked > 1)})"
     note = f" ({'; '.join(extra)})" if extra else ""
-    return f"| {name} | mapped{note} | {len(anatomy.groups)}: {groups} | {units} | {delta} |"
+    return (
+        f"| {name} | mapped{note} | {len(anatomy.groups)}: {groups} | {units} | {delta} "
+        f"| {seconds:.2f} |"
+    )
 
 
 def main() -> None:
-    print("| family | anatomy | groups | hidden units (resettable) | max Δ output / output |")
-    print("|---|---|---|---|---|")
+    print(
+        "| family | anatomy | groups | hidden units (resettable) | max Δ output / output "
+        "| anatomy time (s) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, make in FAMILIES.items():
         print(row(name, make), flush=True)
 

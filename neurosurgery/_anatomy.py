@@ -437,6 +437,18 @@ def _first_diff(a: tuple, b: tuple) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def _count_text(counts: np.ndarray, n: int) -> str:
+    """How often each unit appears, in a few words: `units 0, 1 twice, 2–7 once`."""
+    counts = np.pad(counts[:n], (0, max(0, n - counts.size)))
+    parts = []
+    for times in sorted(set(counts.tolist()), reverse=True):
+        units = np.flatnonzero(counts == times)
+        shown = ", ".join(str(u) for u in units[:4]) + (", ..." if units.size > 4 else "")
+        word = {0: "never", 1: "once", 2: "twice"}.get(times, f"{times} times")
+        parts.append(f"unit{'s' if units.size > 1 else ''} {shown} {word}")
+    return "; ".join(parts)
+
+
 def _make_layout(
     local: np.ndarray, shape: tuple[int, ...], n: int, unit_shape: tuple[int, ...]
 ) -> _Layout:
@@ -452,9 +464,8 @@ def _make_layout(
     counts = np.bincount(flat[flat >= 0], minlength=n)
     if counts.size != n or not (counts == counts[0]).all() or counts[0] == 0:
         raise AnatomyError(
-            f"A group of {unit_shape} units is read at a value of shape {shape} where its "
-            "units do not appear equally often; its activations cannot be laid out per unit. "
-            "Declare the module's groups explicitly (`__neuron_groups__`)."
+            f"a value of shape {shape} holds the group's {n} units (unit shape {unit_shape}) "
+            f"unequally often: {_count_text(counts, n)}"
         )
     keep = np.flatnonzero(flat >= 0)
     order = keep[np.argsort(flat[keep], kind="stable")]

@@ -110,14 +110,23 @@ def anatomy(
     all_groups = groups + declared
     taps_all = [*group_taps, *([None] * len(declared))]
     if not any(g.hidden for g in all_groups):
-        raise AnatomyError(
-            f"{type(model).__name__} has no hidden units: "
-            + (
-                "no dense or convolution layer with parameter weights was found in its computation"
-                if not all_groups
-                else "every layer feeds the output directly"
+        used = {s.leaf for g in all_groups for s in (*g.incoming, *g.per_unit, *g.outgoing)}
+        unused = [f"`{paths[i]}`" for i in range(len(paths)) if i not in used]
+        found = (
+            "no dense or convolution layer with parameter weights was found in its computation"
+            if not all_groups
+            else "every layer found in it feeds the output directly"
+        )
+        if unused:
+            found += (
+                f" (parameters in no layer: {', '.join(unused)}; a weight computed from "
+                "parameters before it is used, such as NoisyNet's μ + σ ⊙ ε, is not read as a "
+                "layer's weight: declare the module's groups with `__neuron_groups__`, see "
+                "`neurosurgery.DeclaredGroup`)"
             )
-            + ". There is nothing to score or reset; map a model with at least one hidden layer."
+        raise AnatomyError(
+            f"{type(model).__name__} has no hidden units: {found}. There is nothing to score or "
+            "reset; map a model with at least one hidden layer."
         )
     example = tuple(tuple(np.shape(x)) for x in flat_args)
     unobserved = {finals[g].name: w for g, w in why.items()}

@@ -17,6 +17,7 @@ from collections import defaultdict
 import numpy as np
 
 from ._anatomy import _make_layout, _Site, _Taps
+from ._errors import AnatomyError
 from ._graph import CONTROL, Op
 from ._labels import lift
 from ._owners import LabelMap
@@ -149,13 +150,21 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
             if hidden:
                 why[g] = "inside a `while` loop" if "while" in hidden else "inside a `cond` branch"
                 continue
-            post = max(ends)
-            pre = _pre(t, comp, preds, post)
-            lay = []
-            for v in (pre, post):
+
+            def layout(v: int, local=local, n=sizes[g], unit_shape=fg.unit_shape):
                 full = (*graph.loops.get(v, ()), *graph.shapes[v])
-                lay.append(_make_layout(local[v], full, sizes[g], fg.unit_shape))
-            found.append(_Site(pre, post, lay[0], lay[1]))
+                return _make_layout(local[v], full, n, unit_shape)
+
+            post = max(ends)
+            try:
+                post_layout = layout(post)
+            except AnatomyError as err:
+                # the last value carries some units more often than others (the units are
+                # concatenated or padded with copies of some of them): the activations are read
+                # before that, at the last value every end comes from that holds each unit alike
+                post, post_layout = _before_repeats(comp, preds, ends, layout, post, err, t, fg)
+            pre = _pre(t, comp, preds, post)
+            found.append(_Site(pre, post, layout(pre), post_layout))
         out.append(_Taps(tuple(found)) if found else None)
         if not found and g not in why:
             why[g] = "no value of the program carries its units alone"
@@ -200,6 +209,53 @@ def _components(nodes: dict[int, np.ndarray], preds: dict[int, list[int]]) -> li
     for v in nodes:
         comps[find(v)].append(v)
     return sorted((sorted(c) for c in comps.values()), key=lambda c: c[0])
+
+
+def _before_repeats(comp, preds, ends, layout, post: int, err: AnatomyError, t: Tracer, fg):
+    """The last value of `comp` upstream of every end where the group's units appear equally
+    often, with its layout; none: the layout error, naming the group and the operation."""
+    common: set[int] | None = None
+    for end in ends:
+        seen, todo = set(), [end]
+        while todo:
+            v = todo.pop()
+            if v not in seen:
+                seen.add(v)
+                todo.extend(preds.get(v, ()))
+        common = seen if common is None else common & seen
+
+    def moved_only(v: int) -> bool:
+        """Whether every value between `v` and the ends is `v`'s entries moved (concatenated,
+        padded, sliced, reshaped), so that reading the activation at `v` reads the same one."""
+        seen: set[int] = set()
+        todo = list(ends)
+        while todo:
+            w = todo.pop()
+            if w == v or w in seen:
+                continue
+            seen.add(w)
+            value = t.values[w]
+            if value is None or value.kind != "pass":
+                return False
+            todo.extend(preds.get(w, ()))
+        return True
+
+    for v in sorted(common or (), reverse=True):
+        if v >= post or not moved_only(v):
+            continue
+        try:
+            return v, layout(v)
+        except AnatomyError:
+            continue
+    op = t.producer.get(post)
+    at = t.where(op) if op is not None else "a value of the program"
+    leaf = t.leaf_paths[t.groups[fg.raw[0]].leaf]
+    raise AnatomyError(
+        f"The activations of the units produced by `{leaf}` cannot be read one per unit at "
+        f"{at}: {err}, and no value after their last nonlinearity holds each of them once. "
+        "Declare the groups of the module that performs this operation (`__neuron_groups__`, "
+        "see `neurosurgery.DeclaredGroup`) or call the model through `fn=`."
+    ) from None
 
 
 def _pre(t: Tracer, comp: list[int], preds: dict[int, list[int]], post: int) -> int:

@@ -320,9 +320,28 @@ def test_operation_the_tracer_cannot_follow(getkey):
 
 def test_no_hidden_units(getkey):
     with pytest.raises(
-        ns.AnatomyError, match="Linear has no hidden units: every layer feeds the output"
+        ns.AnatomyError,
+        match=r"Linear has no hidden units: every layer found in it feeds the output directly\. ",
     ):
         ns.anatomy(eqx.nn.Linear(3, 2, key=getkey()), jnp.zeros(3))
+
+    class Noisy(eqx.Module):
+        """A NoisyNet layer: its weight is computed (μ + σ ⊙ ε) before it is read."""
+
+        mu: jax.Array
+        sigma: jax.Array
+        out: eqx.nn.Linear
+
+        def __call__(self, x, key):
+            w = self.mu + self.sigma * jax.random.normal(key, self.mu.shape)
+            return self.out(jax.nn.relu(w @ x))
+
+    noisy = Noisy(jnp.ones((4, 3)), jnp.ones((4, 3)), eqx.nn.Linear(4, 2, key=getkey()))
+    with pytest.raises(
+        ns.AnatomyError,
+        match=r"parameters in no layer: `\.mu`, `\.sigma`; a weight computed.*__neuron_groups__",
+    ):
+        ns.anatomy(noisy, jnp.zeros(3), jax.random.key(0))
 
     class NoLayers(eqx.Module):
         scale: jax.Array

@@ -255,3 +255,64 @@ def test_labels_stay_compact_along_positions():
     tracer.run()
     kept = [f.size for v in tracer.values if v is not None for f in v.units]
     assert kept and max(kept) <= 16  # one label per channel, none per pixel
+
+
+class Repeats(eqx.Module):
+    """Hidden units concatenated with copies of two of them before the output layer."""
+
+    a: eqx.nn.Linear
+    o: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.a(x))
+        return self.o(jnp.concatenate([h, h[:2]]))
+
+
+def test_units_repeated_after_their_nonlinearity_are_read_before_the_copies():
+    """Units 0 and 1 reach the output layer twice: each owns both of its columns of the output
+    weight, and its activation and gradient are read at the ReLU's output, once per unit (the
+    gradient sums both uses), compared with jax.grad by hand."""
+    make = lambda k: Repeats(
+        eqx.nn.Linear(3, 8, key=k), eqx.nn.Linear(10, 2, key=jax.random.fold_in(k, 1))
+    )
+    model = make(jax.random.key(0))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    (out,) = anatomy["a"].outgoing
+    units = np.asarray(out.units).reshape(-1)
+    assert units.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+    xs = jax.random.normal(jax.random.key(1), (5, 3))
+    loss = lambda y: jnp.sum(y**2)
+    _, obs = ns.observe(anatomy, model, loss, xs)
+    h = jax.nn.relu(jax.vmap(model.a)(xs))
+    np.testing.assert_allclose(obs.activations["a"][:, 0], h, rtol=1e-6)
+    # ∂L/∂h per sample: the output layer reads h_0 and h_1 twice
+    by_hand = jax.vmap(jax.grad(lambda h: loss(model.o(jnp.concatenate([h, h[:2]])))))(h)
+    np.testing.assert_allclose(obs.grads("activation")["a"][:, 0], by_hand, rtol=1e-5, atol=1e-7)
+    # resetting unit 0 zeroes both of its columns and nothing else of the output layer
+    reset = ns.reset(anatomy, model, {"a": jnp.arange(8) == 0}, jax.random.key(2), init=make)
+    w = np.asarray(model.o.weight).copy()
+    w[:, [0, 8]] = 0.0
+    np.testing.assert_array_equal(reset.model.o.weight, w)
+    zeroed = eqx.tree_at(lambda m: m.o.weight, model, jnp.asarray(w))
+    np.testing.assert_allclose(jax.vmap(reset.model)(xs), jax.vmap(zeroed)(xs), rtol=1e-6)
+
+
+class RepeatsBefore(Repeats):
+    def __call__(self, x):
+        z = self.a(x)
+        return self.o(jax.nn.relu(jnp.concatenate([z, z[:2]])))
+
+
+def test_units_repeated_before_their_nonlinearity_are_refused_by_name():
+    """Copies made before the ReLU are separate activations of one unit: no value holds each
+    activation once, and the error says so, naming the operation, the counts and the ways out."""
+    model = RepeatsBefore(
+        eqx.nn.Linear(3, 8, key=jax.random.key(0)), eqx.nn.Linear(10, 2, key=jax.random.key(1))
+    )
+    match = (
+        r"units produced by `\.a\.weight` cannot be read one per unit at `max` at "
+        r"\S*test_anatomy_blocks\.py:\d+ .*units 0, 1 twice; units 2, 3, 4, 5, \.\.\. once"
+        r".*__neuron_groups__.*fn="
+    )
+    with pytest.raises(ns.AnatomyError, match=match):
+        ns.anatomy(model, jnp.zeros(3))
