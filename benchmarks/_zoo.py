@@ -517,6 +517,7 @@ class NeuralODE(eqx.Module):
 
         term = diffrax.ODETerm(lambda t, y, args: self.field(y))
         sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.25, y0, max_steps=8)
+        assert sol.ys is not None  # saved at t1 by default
         return self.out(sol.ys[-1])
 
 
