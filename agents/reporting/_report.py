@@ -186,12 +186,95 @@ def report(
         figures.append(_against(finished, by_run, key, last_k, out))
     if figures:
         md += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
+    md += _units_section(finished, out)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(md)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(_html(text, out))
     return Report(out, finished, partial, text, notes)
+
+
+#: at most this many runs get a units × env steps figure in one report
+MAX_UNIT_FIGURES = 6
+
+
+def _units_section(finished: Sequence[Run], out: Path) -> list[str]:
+    """Per run that kept per-unit records (`--surgery.units`): its hidden units × env steps,
+    coloured by a metric's score, with the units a reset replaced marked."""
+    kept = [r for r in finished if any((r.path / "units").glob("*.npz"))]
+    if not kept:
+        return []
+    md = [
+        "## Units over training",
+        "",
+        "Every hidden unit of one network (rows, layer by layer) at each record (columns), "
+        "coloured by the metric's score at the last surgery step before the record (scores are "
+        "relative to the layer's mean: 1 is an average unit, 0 a silent one; clipped at 2), for "
+        "the run's first seed; blank before the first surgery step. A cyan dot marks a unit "
+        "that a reset replaced since the previous record.",
+        "",
+    ]
+    for i, run in enumerate(kept[:MAX_UNIT_FIGURES]):
+        name = f"units_{i}.png"
+        caption = _units_figure(run, out / name)
+        md += [f"`{run.path}`: {caption}", "", f"![{name}]({name})", ""]
+    if len(kept) > MAX_UNIT_FIGURES:
+        md += [f"({len(kept) - MAX_UNIT_FIGURES} more runs kept per-unit records; not drawn.)", ""]
+    return md
+
+
+def _units_figure(run: Run, path: Path) -> str:
+    steps = sorted(int(p.stem) for p in (run.path / "units").glob("*.npz") if p.stem.isdigit())
+    records = []
+    for step in steps:
+        with np.load(run.path / "units" / f"{step}.npz") as data:
+            records.append({k: np.asarray(data[k]) for k in data.files})
+    keys = [k for k in records[-1] if k.startswith("score/")]
+    network = keys[0].split("/")[1]
+    metrics = list(dict.fromkeys(k.split("/")[2] for k in keys if k.split("/")[1] == network))
+    metric = "grama" if "grama" in metrics else metrics[0]
+    prefix = f"score/{network}/{metric}/"
+    groups = [k[len(prefix) :] for k in records[-1] if k.startswith(prefix)]
+    score = np.concatenate(
+        [np.stack([r[prefix + g][0].reshape(-1) for r in records], axis=1) for g in groups]
+    )  # [units, records]
+    resets = None
+    if all(f"resets/{network}/{g}" in records[-1] for g in groups):
+        counts = np.concatenate(
+            [
+                np.stack([r[f"resets/{network}/{g}"][0].reshape(-1) for r in records], axis=1)
+                for g in groups
+            ]
+        )
+        resets = np.diff(counts, axis=1, prepend=0) > 0
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 3.5 * min(1.0, len(score) / 256)))
+    edges = np.array([0, *steps], float)
+    shown = np.ma.masked_invalid(np.clip(score, 0, 2))  # blank before the first surgery step
+    mesh = ax.pcolormesh(edges, np.arange(len(score) + 1), shown, cmap="magma", vmin=0, vmax=2)
+    fig.colorbar(mesh, ax=ax, label=f"{metric} score")
+    if resets is not None and resets.any():
+        unit, col = np.nonzero(resets)
+        mid = (edges[col] + edges[col + 1]) / 2
+        ax.scatter(mid, unit + 0.5, s=9, c="cyan", marker="o", lw=0)
+    start = 0
+    ticks = []
+    for g in groups:
+        n = int(np.prod(records[-1][prefix + g].shape[1:], dtype=int))
+        ticks.append(start + n / 2)
+        start += n
+        ax.axhline(start, color="0.8", lw=0.6)
+    ax.set_yticks(ticks, groups, fontsize=7)
+    ax.invert_yaxis()  # the first layer on top
+    ax.set(xlabel="environment steps", title=f"{run.exp_name} on {run.env_name}: {network}")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    n_reset = 0 if resets is None else int(resets.sum())
+    return (
+        f"{network}, {metric}, {len(score)} units × {len(steps)} records, "
+        f"{n_reset} unit replacements marked"
+    )
 
 
 def _runs_section(finished: Sequence[Run], by_run: dict[Path, list[Row]]) -> list[str]:

@@ -52,6 +52,10 @@ class SurgeryConfig:
     """In the logs a unit counts as inactive where its score is <= tau."""
     every: int = 1000
     """Gradient updates between surgery steps (scores logged)."""
+    units: bool = False
+    """Also keep every logged metric's per-unit scores of the hidden layers (from the last
+    surgery step before each record) and each unit's reset count, as units/<env step>.npz in the
+    run folder: `neurosurgery report` draws them, units × env steps."""
 
     def built_metrics(self) -> tuple[ns.Metric, ...]:
         """The metric objects, names resolved."""

@@ -75,7 +75,36 @@ RUN_FILES = (
     "tb",
     "wandb",
     "checkpoints",
+    "units",
 )
+
+#: the folder of a run's per-unit records (`surgery.units`), one file per record
+UNITS = "units"
+
+
+def write_units(run_dir: Path, env_steps: int, surgery_state: Any) -> None:
+    """`units/<env_steps>.npz`: per network, each logged metric's last per-unit scores
+    (`score/<network>/<metric>/<group>`) and each unit's reset count
+    (`resets/<network>/<group>`), every array `[seeds, *unit_shape]`; written under a temporary
+    name and renamed (a resumed run rewrites the records after its checkpoint)."""
+    arrays = {}
+    for network, states in surgery_state.items():
+        for metric, groups in states.get("units", {}).items():
+            for group, value in groups.items():
+                arrays[f"score/{network}/{metric}/{group}"] = np.asarray(value)
+        for group, value in states.get("resets", {}).items():
+            arrays[f"resets/{network}/{group}"] = np.asarray(value)
+    folder = run_dir / UNITS
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{env_steps}.npz"
+    tmp = folder / f"{env_steps}.tmp.npz"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        raise named_oserror(err, path) from err
 
 
 def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:
@@ -427,6 +456,8 @@ def _loop(trainer: Trainer, ts, env_steps: int, updates: int, emit, ckpt_path: P
             record["perf/wall_s"] = np.full(n_seeds, elapsed)
             for fn in emit:
                 fn(env_steps, record)
+            if c.surgery.units:
+                write_units(ckpt_path.parent, env_steps, ts.surgery)
             if (
                 done
                 or env_steps // c.checkpoint_every > (env_steps - seg_steps) // c.checkpoint_every

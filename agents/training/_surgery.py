@@ -38,12 +38,14 @@ class Surgery:
     every: int
     strategy: ns.Strategy | None
     reset_networks: tuple[str, ...]
+    units: bool = False  # keep per-unit scores and reset counts (`SurgeryConfig.units`)
 
     @classmethod
     def of(cls, config: TrainConfig) -> Surgery:
         s, r = config.surgery, config.reset
         metrics = s.built_metrics()
-        return cls(metrics, s.networks if metrics else (), s.tau, s.every, r.strategy(), r.networks)
+        networks = s.networks if metrics else ()
+        return cls(metrics, networks, s.tau, s.every, r.strategy(), r.networks, s.units)
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -74,6 +76,16 @@ class Surgery:
                 if self.strategy is not None and name in self.reset_networks
                 else ns.EmptyState(),
             }
+            if self.units:  # the last per-unit scores and every unit's reset count
+                hidden = anatomy.hidden
+                logged = self.metrics if name in self.log_networks else ()
+                states[name]["units"] = {  # NaN until the first surgery step
+                    m.name: {g.name: jnp.full(g.unit_shape, jnp.nan, jnp.float32) for g in hidden}
+                    for m in logged
+                }
+                states[name]["resets"] = {
+                    g.name: jnp.zeros(g.unit_shape, jnp.int32) for g in hidden
+                }
         return states
 
     def due(self, updates: Array, since: Array) -> Array:
@@ -113,9 +125,21 @@ class Surgery:
                 )
             net_states = dict(states[name])
             if name in self.log_networks and observation is not None:
-                metric_states, logged = self._log(anatomy, observation, net_states["metrics"])
+                metric_states, logged, scores = self._log(
+                    anatomy, observation, net_states["metrics"]
+                )
                 net_states["metrics"] = metric_states
                 out.update({f"surgery/{name}/{k}": v for k, v in logged.items()})
+                if self.units:
+                    net_states["units"] = {  # NaN for a layer the metric does not score
+                        m: {
+                            g: jnp.asarray(scores[m][g], jnp.float32)
+                            if g in scores[m]
+                            else jnp.full_like(old, jnp.nan)
+                            for g, old in kept.items()
+                        }
+                        for m, kept in net_states["units"].items()
+                    }
             if self.strategy is not None and name in self.reset_networks:
                 i = self.reset_networks.index(name)
                 result = self.strategy.step(
@@ -134,6 +158,13 @@ class Surgery:
                     agent_state, name, result.model, result.opt_state
                 )
                 net_states["strategy"] = result.state
+                if self.units and result.replaced is not None:
+                    net_states["resets"] = {
+                        g: count + result.replaced[g].astype(jnp.int32)
+                        if g in result.replaced
+                        else count
+                        for g, count in net_states["resets"].items()
+                    }
                 # the logged metrics' per-unit state starts afresh for the replaced units
                 net_states["metrics"] = {
                     m.name: ns.after_reset(m, net_states["metrics"][m.name], result.replaced)
@@ -146,16 +177,18 @@ class Surgery:
 
     def _log(
         self, anatomy: ns.Anatomy, observation: ns.Observation, states: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Array]]:
+    ) -> tuple[dict[str, Any], dict[str, Array], dict[str, ns.Scores]]:
         """Each metric's inactive ratio (score <= tau) per hidden layer and over the network,
-        and the whole-layer figures of metrics that have them."""
+        and the whole-layer figures of metrics that have them; also the scores, per metric."""
         out: dict[str, Array] = {}
         new = {}
+        all_scores = {}
         hidden = {g.name for g in anatomy.hidden}
         for metric in self.metrics:
             scores, new[metric.name] = ns.checked_score(
                 metric, anatomy, observation, states[metric.name]
             )
+            all_scores[metric.name] = scores
             flagged = ns.threshold({g: s for g, s in scores.items() if g in hidden}, self.tau)
             for group, mask in flagged.items():
                 out[f"{metric.name}/{group}"] = jnp.mean(ns.inactive_ratio(mask))
@@ -166,4 +199,4 @@ class Surgery:
                 out.update(
                     {f"{metric.name}/{k}": v for k, v in figures(anatomy, observation).items()}
                 )
-        return new, out
+        return new, out, all_scores

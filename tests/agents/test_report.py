@@ -110,6 +110,28 @@ def test_seed_bands_stay_within_the_seeds_range_and_match_the_normal_interval():
     np.testing.assert_allclose(m - low, half, rtol=0.15)
 
 
+def test_per_unit_records_are_drawn_with_the_replaced_units_counted(tmp_path):
+    root = tmp_path / "study"
+    write_run(root / "units", "regrama", 0)
+    folder = root / "units" / "units"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    counts = {"l1": np.zeros((5, 8), int), "l2": np.zeros((5, 4), int)}
+    counts["l1"][:, 3] = 1  # unit 3 of l1 replaced before the first record (one mark)
+    counts["l2"][1:, 0] = [1, 1, 2, 2]  # unit 0 of l2 replaced twice: marks at records 1 and 3
+    for i, step in enumerate((100, 200, 300, 400, 500)):
+        arrays = {}
+        for g, n in (("l1", 8), ("l2", 4)):
+            arrays[f"score/critic/grama/{g}"] = rng.random((5, n))
+            arrays[f"score/critic/dormant/{g}"] = rng.random((5, n))
+            arrays[f"resets/critic/{g}"] = counts[g][i][None].repeat(5, 0)
+        np.savez(folder / f"{step}.npz", **arrays)
+    done = report([root], tmp_path / "report")
+    assert "## Units over training" in done.markdown
+    assert "critic, grama, 12 units × 5 records, 3 unit replacements marked" in done.markdown
+    assert (tmp_path / "report" / "units_0.png").stat().st_size > 0
+
+
 def test_fewer_than_five_seeds_are_flagged(tmp_path):
     write_run(tmp_path / "s" / "a", "none", 0, seeds=(0, 1, 2))
     with warnings.catch_warnings():

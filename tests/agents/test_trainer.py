@@ -445,6 +445,37 @@ def test_logged_metrics_start_afresh_for_the_units_a_reset_replaced(base_config)
     assert all((ages["redo"][k] == 0).all() for k in hidden)
 
 
+def test_per_unit_records_match_the_logged_fractions_and_count_resets(base_config, tmp_path):
+    """With surgery.units, each record writes units/<env step>.npz: the last surgery step's
+    per-unit scores (their fraction <= tau is the logged one) and each unit's reset count
+    (ReDo with a threshold above every score replaces every hidden unit every 100 updates)."""
+    config = dataclasses.replace(
+        base_config,
+        seeds=(0,),
+        run_dir=str(tmp_path / "units"),
+        surgery=agents.SurgeryConfig(metrics=("grama", "dormant"), every=50, tau=0.5, units=True),
+        reset=agents.ResetConfig(method="redo", tau=1e9, every=100),
+    )
+    agents.train(config)
+    run_dir = tmp_path / "units"
+    files = sorted(int(p.stem) for p in (run_dir / "units").glob("*.npz"))
+    assert files == [200, 400, 600, 800, 1000] and not list((run_dir / "units").glob("*tmp*"))
+    logged = {(int(r[0]), r[2]): float(r[3]) for r in rows(run_dir)[1:]}
+    for step in files[1:]:
+        with np.load(run_dir / "units" / f"{step}.npz") as data:
+            arrays = dict(data)
+        groups = sorted(k.split("/")[-1] for k in arrays if k.startswith("resets/critic/"))
+        assert groups
+        updates = (step - 200) // 2  # 2 envs, one update per vector step
+        for g in groups:
+            counts = arrays[f"resets/critic/{g}"]
+            assert counts.shape[0] == 1 and (counts == updates // 100).all(), (step, g)
+            for metric in ("grama", "dormant"):
+                scores = arrays[f"score/critic/{metric}/{g}"][0]
+                want = logged[(step, f"surgery/critic/{metric}/{g}")]
+                assert float(np.mean(scores <= 0.5)) == pytest.approx(want, abs=1e-6)
+
+
 def test_surgery_figures_travel_packed_and_keep_the_last_finite_value_per_figure():
     nan = np.nan
     cycles = np.array([[1.0, 5.0, nan], [2.0, nan, nan], [nan, nan, nan]], np.float32)

@@ -331,7 +331,7 @@ def test_a_training_run_logs_whole_layer_figures():
     x, y = batches(1)[0]
     obs = observe(anatomy, mlp, x, y)
     surgery = Surgery((ns.FeatureRank(),), ("critic",), 0.0, 1, None, ())
-    _, logged = surgery._log(anatomy, obs, {"feature_rank": ns.EmptyState()})
+    _, logged, _ = surgery._log(anatomy, obs, {"feature_rank": ns.EmptyState()})
     figures = ns.FeatureRank().figures(anatomy, obs)
     assert set(figures) <= {k.removeprefix("feature_rank/") for k in logged}
     assert float(logged["feature_rank/srank/layers[0]"]) == float(figures["srank/layers[0]"])
