@@ -177,7 +177,7 @@ class Surgery:
 
     def _log(
         self, anatomy: ns.Anatomy, observation: ns.Observation, states: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Array], dict[str, ns.Scores]]:
+    ) -> tuple[dict[str, Any], dict[str, Array], dict[str, dict[str, Array]]]:
         """Each metric's inactive ratio (score <= tau) per hidden layer and over the network,
         and the whole-layer figures of metrics that have them; also the scores, per metric."""
         out: dict[str, Array] = {}
