@@ -235,6 +235,16 @@ def train(
     _check_writable(run_dir)
     started = time.perf_counter()
     trainer = Trainer(config)  # builds envs and the agent: bad names fail here, before any work
+    try:
+        return _run(config, run_dir, ckpt_path, header, resume, trainer, callbacks, started)
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        raise _write_error(err, run_dir, ckpt_path) from None
+
+
+def _run(config, run_dir, ckpt_path, header, resume, trainer, callbacks, started) -> dict:
+    """The run once its folder and options are checked: state, sinks, the loop, the summary."""
     sinks: list[Sink] = []
     try:
         env_steps = updates = 0
@@ -267,16 +277,12 @@ def train(
         earlier = history.curves.get("perf/wall_s", {}).get(config.seeds[0], [])
         clock = (started, earlier[-1][1] if earlier else 0.0)
         ts, env_steps, updates = _loop(trainer, ts, env_steps, updates, emit, ckpt_path, clock)
-        return _finish(config, run_dir, env_steps, updates, trainer, history)
-    except OSError as err:
-        if err.errno not in _NO_SPACE:
-            raise
-        raise _write_error(err, run_dir, ckpt_path) from None
     finally:
         for s in sinks:
             with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails too
                 s.close()
         trainer.close()
+    return _finish(config, run_dir, env_steps, updates, trainer, history)
 
 
 #: the errors of a write that finds no room: a full disk, an exhausted quota, a file too large
