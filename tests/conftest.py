@@ -1,5 +1,7 @@
 """Shared fixtures. Slow learning checks run only with --runslow."""
 
+import gc
+
 import jax
 import pytest
 
@@ -17,6 +19,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop the compiled programs of a test module once it is done.
+
+    Every program XLA compiles for the CPU keeps memory mappings of its code, and Linux allows a
+    process 65,530 of them (`vm.max_map_count`): a test worker that kept every module's
+    programs reached 63,656 mappings, and XLA then aborted mid-compile, taking the worker's
+    other tests with it. Programs are still shared within a module (and by the trainer within a
+    module's runs)."""
+    yield
+    from agents.training import _trainer
+
+    _trainer._JIT_CACHE.clear()
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
