@@ -162,7 +162,7 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
                 # the last value carries some units more often than others (the units are
                 # concatenated or padded with copies of some of them): the activations are read
                 # before that, at the last value every end comes from that holds each unit alike
-                post, post_layout = _before_repeats(comp, preds, ends, layout, post, err, t, fg)
+                post, post_layout = _before_repeats(preds, ends, layout, post, err, t, fg)
             pre = _pre(t, comp, preds, post)
             found.append(_Site(pre, post, layout(pre), post_layout))
         out.append(_Taps(tuple(found)) if found else None)
@@ -211,18 +211,21 @@ def _components(nodes: dict[int, np.ndarray], preds: dict[int, list[int]]) -> li
     return sorted((sorted(c) for c in comps.values()), key=lambda c: c[0])
 
 
-def _before_repeats(comp, preds, ends, layout, post: int, err: AnatomyError, t: Tracer, fg):
-    """The last value of `comp` upstream of every end where the group's units appear equally
-    often, with its layout; none: the layout error, naming the group and the operation."""
-    common: set[int] | None = None
-    for end in ends:
-        seen, todo = set(), [end]
-        while todo:
-            v = todo.pop()
-            if v not in seen:
-                seen.add(v)
-                todo.extend(preds.get(v, ()))
-        common = seen if common is None else common & seen
+def _ancestors(v: int, preds: dict[int, list[int]]) -> set[int]:
+    """`v` and every value it is computed from along `preds`."""
+    seen, todo = set(), [v]
+    while todo:
+        w = todo.pop()
+        if w not in seen:
+            seen.add(w)
+            todo.extend(preds.get(w, ()))
+    return seen
+
+
+def _before_repeats(preds, ends, layout, post: int, err: AnatomyError, t: Tracer, fg):
+    """The last value upstream of every end where the group's units appear equally often,
+    with its layout; none: the layout error, naming the group and the operation."""
+    common = set.intersection(*(_ancestors(end, preds) for end in ends))
 
     def moved_only(v: int) -> bool:
         """Whether every value between `v` and the ends is `v`'s entries moved (concatenated,
@@ -240,7 +243,7 @@ def _before_repeats(comp, preds, ends, layout, post: int, err: AnatomyError, t: 
             todo.extend(preds.get(w, ()))
         return True
 
-    for v in sorted(common or (), reverse=True):
+    for v in sorted(common, reverse=True):
         if v >= post or not moved_only(v):
             continue
         try:
@@ -286,11 +289,6 @@ def _pre(t: Tracer, comp: list[int], preds: dict[int, list[int]], post: int) -> 
             todo.extend(preds.get(v, ()))
         return False
 
-    ancestors, todo = set(), [post]
-    while todo:
-        v = todo.pop()
-        if v not in ancestors:
-            ancestors.add(v)
-            todo.extend(preds.get(v, ()))
+    ancestors = _ancestors(post, preds)
     dominating = [v for v in ancestors if kind(v) in ("producer", "pre") and not reaches_root(v)]
     return max(dominating) if dominating else post

@@ -236,17 +236,17 @@ def _units_figure(run: Run, path: Path) -> str:
     metric = "grama" if "grama" in metrics else metrics[0]
     prefix = f"score/{network}/{metric}/"
     groups = [k[len(prefix) :] for k in records[-1] if k.startswith(prefix)]
-    score = np.concatenate(
-        [np.stack([r[prefix + g][0].reshape(-1) for r in records], axis=1) for g in groups]
-    )  # [units, records]
+
+    def units_by_record(key: str) -> np.ndarray:
+        """`[units, records]` of the first seed: every group's `key + group`, stacked."""
+        return np.concatenate(
+            [np.stack([r[key + g][0].reshape(-1) for r in records], axis=1) for g in groups]
+        )
+
+    score = units_by_record(prefix)
     resets = None
     if all(f"resets/{network}/{g}" in records[-1] for g in groups):
-        counts = np.concatenate(
-            [
-                np.stack([r[f"resets/{network}/{g}"][0].reshape(-1) for r in records], axis=1)
-                for g in groups
-            ]
-        )
+        counts = units_by_record(f"resets/{network}/")
         resets = np.diff(counts, axis=1, prepend=0) > 0
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 1.5 + 3.5 * min(1.0, len(score) / 256)))

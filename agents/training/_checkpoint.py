@@ -27,6 +27,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ._files import replace_file
+
 MAGIC = b"NSCKPT2\n"  # header, arrays, then b"CRC32" and the checksum (little-endian uint32)
 _MAGIC_V1 = b"NSCKPT1\n"  # header and arrays, no checksum
 MAGIC_EXTRAS = b"NSCKPT3\n"  # header, arrays, extras, then the checksum
@@ -34,14 +36,6 @@ MAGIC_EXTRAS = b"NSCKPT3\n"  # header, arrays, extras, then the checksum
 _EXTRA_DTYPES = ("bool", "int32", "int64", "uint32", "float32", "float64")
 _TRAILER = b"CRC32"
 _DAMAGED = "restore it from a copy, or start again in a new --run-dir"
-
-
-def named_oserror(err: BaseException, path: Path) -> BaseException:
-    """`err`, or, for an OSError that names no file (a failed write), the same error naming
-    `path`."""
-    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
-        return type(err)(err.errno, err.strerror, str(path))
-    return err
 
 
 class RunWriteError(OSError):
@@ -144,23 +138,18 @@ def save_checkpoint(
             listed.append([str(name), value.dtype.name, list(value.shape)])
         header["extras"] = listed
     blob = json.dumps(header, sort_keys=True).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as raw:
-            f = _Checksummed(raw)
-            f.write(MAGIC_EXTRAS if extras else MAGIC)
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            eqx.tree_serialise_leaves(f, _unwrap_keys(state))
-            for value in arrays:
-                f.write(value.tobytes())
-            raw.write(_TRAILER + struct.pack("<I", f.crc))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
-        raise named_oserror(err, path) from err
+
+    def write(raw) -> None:
+        f = _Checksummed(raw)
+        f.write(MAGIC_EXTRAS if extras else MAGIC)
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        eqx.tree_serialise_leaves(f, _unwrap_keys(state))
+        for value in arrays:
+            f.write(value.tobytes())
+        raw.write(_TRAILER + struct.pack("<I", f.crc))
+
+    replace_file(path, write, binary=True)  # the previous checkpoint stays whole until then
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -23,11 +23,11 @@ from ._checkpoint import (
     InexactResumeWarning,
     RunWriteError,
     load_checkpoint_extras,
-    named_oserror,
     read_header,
     save_checkpoint,
 )
 from ._config import TrainConfig, config_from_dict, config_to_dict, migrate
+from ._files import named_oserror, replace_file
 from ._sinks import (
     ConsoleSink,
     CSVSink,
@@ -37,7 +37,6 @@ from ._sinks import (
     TensorBoardSink,
     WandbSink,
     plot_curves,
-    replace_file,
 )
 from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, program_options, versions
 
@@ -96,15 +95,7 @@ def write_units(run_dir: Path, env_steps: int, surgery_state: Any) -> None:
             arrays[f"resets/{network}/{group}"] = np.asarray(value)
     folder = run_dir / UNITS
     folder.mkdir(exist_ok=True)
-    path = folder / f"{env_steps}.npz"
-    tmp = folder / f"{env_steps}.tmp.npz"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        raise named_oserror(err, path) from err
+    replace_file(folder / f"{env_steps}.npz", lambda f: np.savez(f, **arrays), binary=True)
 
 
 def _differences(saved: Any, current: Any, default: Any, prefix: str = "") -> list[str]:

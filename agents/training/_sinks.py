@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._checkpoint import named_oserror
+from ._files import named_oserror, replace_file
 
 Record = dict[str, np.ndarray]
 #: name → seed → [(env_steps, value), ...]
@@ -71,21 +70,6 @@ def _kept(path: Path, keep_until: int, parse, header: bool = False) -> list:
         if step <= keep_until:
             kept.append(record)
     return kept
-
-
-def replace_file(path: Path, write, newline: str | None = None) -> None:
-    """Write a file through a synced temporary file and a rename, so that an interrupted
-    rewrite leaves the old file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline=newline) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)  # the old file stays whole
-        raise named_oserror(err, path) from err
 
 
 class _FileSink:
