@@ -8,7 +8,7 @@ are left out, as `_timing.SegmentTimer` does), and times the pieces of a step on
 Every figure is milliseconds per vectorised env step (one `env.step` of every seed's
 environments), all seeds together, the median over `--repeats` repetitions:
 
-* `env step`: host tasks (`dmc/...`): the trainer's `_step_all`, the worker pools of all seeds
+* `env step`: host tasks (`dmc/...`): the trainer's `step_all`, the worker pools of all seeds
   stepped side by side (`step_async` then `step_wait`), random actions. JAX tasks: `env.step`
   vmapped over seeds, compiled alone.
 * `transfers` (host tasks only): what the host loop does to move a step across: `np.asarray` of
@@ -94,7 +94,7 @@ from _timing import SegmentTimer
 from agents import SurgeryConfig, TrainConfig, Trainer, replay_sample
 from agents.algorithms import Agent
 from agents.algorithms._steps import objective_step
-from agents.training._trainer import _step_all
+from agents.training._host import step_all
 
 NETWORKS = ("critic", "actor", "optimistic_actor")
 #: the rows of the table, in order (network rows for the networks some agent has)
@@ -279,7 +279,7 @@ def build_pieces(trainer: Trainer, ts: Any, args: argparse.Namespace) -> dict[st
         pieces["env step"] = Piece(env_step, n_seeds, copy(ts.env_state), actions, iterations=inner)
         one_step = jax.jit(jax.vmap(env.step))(copy(ts.env_state), actions[:, 0])[1]
     else:
-        outs = _step_all(trainer.envs, trainer.env_states, np.asarray(actions[:, 0]))
+        outs = step_all(trainer.envs, trainer.env_states, np.asarray(actions[:, 0]))
         trainer.env_states = [o[0] for o in outs]
         one_step = jax.tree.map(
             lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *[o[1] for o in outs]
@@ -369,18 +369,18 @@ def build_pieces(trainer: Trainer, ts: Any, args: argparse.Namespace) -> dict[st
 
 # --- host-side pieces ------------------------------------------------------------------------
 def time_host_env(trainer: Trainer, actions: list[np.ndarray]) -> tuple[float, list]:
-    """Seconds per vectorised step of every seed's host environment (the trainer's `_step_all`)
+    """Seconds per vectorised step of every seed's host environment (the trainer's `step_all`)
     and the last step's per-seed outputs."""
     outs: list = []
     t0 = time.perf_counter()
     for action in actions:
-        outs = _step_all(trainer.envs, trainer.env_states, action)
+        outs = step_all(trainer.envs, trainer.env_states, action)
         trainer.env_states = [o[0] for o in outs]
     return (time.perf_counter() - t0) / len(actions), outs
 
 
 def stack_steps(outs: list) -> Any:
-    """The seeds' steps (`_step_all`'s outputs) as one Step of NumPy arrays, as the trainer's
+    """The seeds' steps (`step_all`'s outputs) as one Step of NumPy arrays, as the trainer's
     host loop stacks them."""
     return jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs])
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._core import Env as Env
     from ._core import Step as Step
+    from ._core import host_step as host_step
     from ._dmc import DmcEnv as DmcEnv
     from ._dmc import DmcState as DmcState
     from ._dmc import StateNotSaved as StateNotSaved
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 _PUBLIC = {
     "Env": "._core",
     "Step": "._core",
+    "host_step": "._core",
     "DmcEnv": "._dmc",
     "DmcState": "._dmc",
     "StateNotSaved": "._dmc",

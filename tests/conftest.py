@@ -1,4 +1,5 @@
-"""Shared fixtures. Slow learning checks run only with --runslow."""
+"""Shared fixtures. Slow learning checks, and the property tests' full example counts
+(`tests/examples.py`), run only with --runslow."""
 
 import gc
 
@@ -10,6 +11,12 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="run slow learning/speed checks")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import examples
+
+    examples.FULL = bool(config.getoption("--runslow"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,8 +2,8 @@
 
 A segment is a whole logging interval. For JAX environments it is one `lax.scan` over bodies of
 `env_per_body` vectorised env steps followed by `updates_per_body` gradient updates (the replay
-ratio as a fraction p/q, rounded to whole policy-delay cycles). For host environments the same
-per-seed pieces are jitted separately and called from a Python loop.
+ratio as a fraction p/q, rounded to whole policy-delay cycles). Host environments (dm_control)
+run the same bodies in bounded pieces (`pieces`), their env steps called back from the program.
 """
 
 from __future__ import annotations
@@ -194,6 +194,37 @@ class Loop:
 
         (ts, _), out = jax.lax.scan(body, (ts, u0), None, length=bodies)
         return ts, out
+
+    def pieces(self, ts: TrainState, u0: Array, n: Array, most: int, learning: bool):
+        """The first `n` (unbatched, at most `most`) bodies of a segment, as `segment` runs them,
+        in one program for any `n`; without `learning`, `n` warm-up env steps (uniform random
+        actions). Outputs have `most` rows, the first `n` filled. A host environment's segment
+        runs as such pieces: bounded calls (the process answers an interrupt between them)
+        that any segment length reuses without compiling again."""
+
+        def body(ts: TrainState, u: Array):
+            if not learning:
+                ts, stats = self.env_step(ts, True)
+                return ts, {"stats": stats}
+            ts, stats = jax.lax.scan(
+                lambda t, _: self.env_step(t, False), ts, None, length=self.env_per_body
+            )
+            ts, metrics = self.updates(ts, u)
+            return ts, {"stats": jnp.sum(stats, axis=0), "metrics": metrics}
+
+        rows = jax.tree.map(
+            lambda s: jnp.zeros((most, *s.shape), s.dtype), jax.eval_shape(body, ts, u0)[1]
+        )
+
+        def step(carry):
+            i, ts, u, rows = carry
+            ts, out = body(ts, u)
+            rows = jax.tree.map(lambda r, v: r.at[i].set(v), rows, out)
+            return i + 1, ts, u + self.updates_per_body, rows
+
+        init = (jnp.int32(0), ts, u0, rows)
+        _, ts, _, rows = jax.lax.while_loop(lambda c: c[0] < n, step, init)
+        return ts, rows
 
     def warmup(self, ts: TrainState, steps: int):
         """`steps` vectorised env steps of uniform random actions, no updates."""

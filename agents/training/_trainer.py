@@ -23,6 +23,7 @@ import neurosurgery as ns
 
 from ..algorithms import BRO, DACER, SAC, Agent
 from ._config import TrainConfig, WandbConfig, config_to_dict
+from ._host import HostEnvs, step_all
 from ._loop import Loop, TrainState
 from ._surgery import Surgery
 
@@ -204,19 +205,6 @@ def _over_seeds_sharded(
     return call
 
 
-def _step_all(envs: Sequence[Any], states: Sequence[Any], actions: np.ndarray) -> list:
-    """Step each seed's host environment with its actions. Worker pools (`step_async`) are all
-    started before any is awaited, so the seeds' environments step side by side."""
-    pooled = [hasattr(e, "step_async") for e in envs]
-    for e, s, a, p in zip(envs, states, actions, pooled, strict=True):
-        if p:
-            e.step_async(s, a)
-    return [
-        e.step_wait() if p else e.step(s, a)
-        for e, s, a, p in zip(envs, states, actions, pooled, strict=True)
-    ]
-
-
 class Trainer:
     """Holds the compiled functions of one run; `run()` trains to `config.steps`."""
 
@@ -224,6 +212,13 @@ class Trainer:
     #: `{"xla_backend_optimization_level": 0}` compiles them about 4× faster and runs them
     #: slower: worth it for short runs such as tests.
     compiler_options: dict[str, Any] | None = None
+    #: Step host environments (dm_control) from inside the compiled program, in pieces of at
+    #: most `piece_bodies` learning bodies (`piece_warmup` warm-up env steps) per call (see
+    #: `_host`); False: the Python loop with one compiled call per env step (the same
+    #: trajectory, slower; kept to compare with).
+    host_in_program: bool = True
+    piece_bodies: int = 16
+    piece_warmup: int = 256
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = ()):
         config.validate()
@@ -239,8 +234,10 @@ class Trainer:
             self.eval_envs += [make_env(c, c.eval_episodes, s + 10_000) for s in seeds[1:]]
         self.agent = make_agent(c, env.observation_size, env.action_size)
         self.surgery = Surgery.of(c)
-        self.loop = Loop(self.agent, env, c, self.surgery)
         self.sharding = seed_sharding(c)
+        in_program = self.host_in_program and self.sharding is None and not seeds_in_sequence(c)
+        self.host = HostEnvs(self.envs) if not self.jittable and in_program else None
+        self.loop = Loop(self.agent, self.host or env, c, self.surgery)
         self.keys = self.place(jnp.stack([_seed_key(s) for s in seeds]))
         n, per_body = c.num_envs, self.loop.env_per_body
         self.bodies = max(1, math.ceil(c.log_every / (n * per_body)))
@@ -351,6 +348,16 @@ class Trainer:
             # The host loop holds the state as its list of leaves between calls: flattening
             # the state's Equinox modules in Python on every call cost more than the call.
             self._state_def = jax.tree.structure(jax.eval_shape(self._init, self.keys))
+            if self.host is not None:
+
+                def pieces(learning: bool, most: int):
+                    fn = lambda ts, u0, n: loop.pieces(ts, u0, n, most, learning)
+                    return donate(vmap(fn, in_axes=(0, None, None)))
+
+                self._pieces = {
+                    True: pieces(True, self.piece_bodies),
+                    False: pieces(False, self.piece_warmup),
+                }
 
             def on_leaves(fn):
                 def call(leaves, *args):
@@ -439,7 +446,7 @@ class Trainer:
     def _timed(self, name: str, fn, *args):
         """Call a jitted function, compiling ahead of time on first use to time compilation."""
         compiled = self._aot.get(name)
-        if compiled is None and self.jittable:
+        if compiled is None and (self.jittable or self.host is not None):
             t0 = time.perf_counter()
             compiled = fn.lower(*args).compile()
             self.compile_s += time.perf_counter() - t0
@@ -473,7 +480,38 @@ class Trainer:
             else:
                 ts, out = self._timed("warmup", self._warmup, ts)
             return ts, out["stats"], out.get("metrics", {})
+        if self.host is not None:
+            return self._piece_segment(ts, updates, learning, bodies)
         return self._host_segment(ts, updates, learning, bodies)
+
+    def _piece_segment(self, ts: TrainState, updates: int, learning: bool, bodies: int):
+        """The segment as bounded compiled pieces, host environments stepped from inside."""
+        host, per_body = self.host, self.loop.updates_per_body
+        assert host is not None
+        total = bodies if learning else self.warmup_vec
+        most = self.piece_bodies if learning else self.piece_warmup
+        name = "pieces" if learning else "warmup_pieces"
+        rows: list[dict[str, Any]] = []
+        host.states, host.error, done = self.env_states, None, 0
+        try:
+            while done < total:
+                n = min(most, total - done)
+                u0 = np.int32(updates + done * per_body)
+                ts, out = self._timed(name, self._pieces[learning], ts, u0, np.int32(n))
+                rows.append(jax.tree.map(lambda x, n=n: np.asarray(x)[:, :n], out))
+                done += n
+        except Exception as err:
+            if host.error is not None:  # raised while stepping: raise it as itself
+                raise host.error from err
+            raise
+        finally:
+            self.env_states = host.states
+        stats = np.concatenate([r["stats"] for r in rows], axis=1)
+        metrics = {
+            k: np.concatenate([r["metrics"][k] for r in rows], axis=1)
+            for k in rows[0].get("metrics", {})
+        }
+        return ts, stats, metrics
 
     def _host_segment(self, ts: TrainState, updates: int, learning: bool, bodies: int):
         """The segment as a Python loop: one compiled call per vectorised env step."""
@@ -487,7 +525,7 @@ class Trainer:
         leaves, actions = self._act(jax.tree.leaves(ts), np.int32(1 if learning else 0))
         for b in range(bodies):
             for j in range(per_body):
-                outs = _step_all(self.envs, self.env_states, np.asarray(actions))
+                outs = step_all(self.envs, self.env_states, np.asarray(actions))
                 self.env_states = [o[0] for o in outs]
                 step = jax.tree.map(
                     lambda *x: np.stack([np.asarray(v) for v in x]), *[o[1] for o in outs]
@@ -525,7 +563,7 @@ class Trainer:
         n = obs.shape[1]
         done, ret = np.zeros((len(states), n), bool), np.zeros((len(states), n))
         for _ in range(self.eval_length):
-            outs = _step_all(self.eval_envs, states, np.asarray(self._act_det(ts.agent, obs)))
+            outs = step_all(self.eval_envs, states, np.asarray(self._act_det(ts.agent, obs)))
             states = [o[0] for o in outs]
             ended = np.stack([np.asarray(o[1].terminated | o[1].truncated) for o in outs]) & ~done
             ret = np.where(ended, np.stack([np.asarray(o[1].episode_return) for o in outs]), ret)

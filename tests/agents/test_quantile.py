@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.algorithms._quantile import quantile_huber, quantile_huber_pairwise
+from tests.examples import examples
 
 #: (n predicted quantiles, m targets): few shapes, so that examples share compiled functions
 SHAPES = [(1, 1), (5, 7), (7, 3), (32, 32), (10, 100)]
@@ -74,7 +75,7 @@ def assert_sorted_equals_pairwise(problem, dtype, tolerance: float) -> None:
     assert relative_error(g_fast, g_ref) <= tolerance
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40, 15), deadline=None)
 @given(problems())
 def test_sorted_equals_pairwise_in_float64(problem):
     with jax.enable_x64(True):
@@ -82,7 +83,7 @@ def test_sorted_equals_pairwise_in_float64(problem):
 
 
 @pytest.mark.newest
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40, 15), deadline=None)
 @given(problems())
 def test_sorted_equals_pairwise_in_float32(problem):
     assert_sorted_equals_pairwise(problem, jnp.float32, 1e-5)

@@ -357,6 +357,57 @@ def test_host_loop_follows_the_compiled_loop(full_run, tmp_path):
     )
 
 
+def test_host_envs_stepped_inside_the_program_follow_the_python_loop(full_run, monkeypatch):
+    """A host environment's segments run as compiled pieces that step it through a callback,
+    or (`host_in_program = False`) as a Python loop of one call per env step: both give the
+    same warm-up and learning records, whatever the piece length (here 3 bodies, 7 warm-up
+    steps, so segments end mid-piece)."""
+    config, _, _, _ = full_run
+    config = dataclasses.replace(config, env="test/point-mass-host")
+    out = {}
+    for in_program in (True, False):
+        monkeypatch.setattr(agents.Trainer, "host_in_program", in_program)
+        monkeypatch.setattr(agents.Trainer, "piece_bodies", 3)
+        monkeypatch.setattr(agents.Trainer, "piece_warmup", 7)
+        trainer = agents.Trainer(config)
+        try:
+            assert (trainer.host is not None) == in_program
+            ts = trainer.initial_state()
+            ts, warm, _ = trainer.segment(ts, 0, False)
+            ts, stats, metrics = trainer.segment(ts, 0, True, bodies=5)
+            out[in_program] = (warm.sum(1), stats.sum(1), metrics, ts.agent, trainer.env_states)
+        finally:
+            trainer.close()
+    (w1, s1, m1, a1, e1), (w0, s0, m0, a0, e0) = out[True], out[False]
+    np.testing.assert_array_equal(w1, w0)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5)
+    assert m1.keys() == m0.keys() and all(m1[k].shape == m0[k].shape == (2, 5) for k in m1)
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    floats = lambda tree: jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+    for x, y in zip(floats((a1, e1)), floats((a0, e0)), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-5)
+
+
+def test_an_error_while_stepping_a_host_env_inside_the_program_is_raised_as_itself(full_run):
+    """Whatever a host environment raises from inside the compiled piece (a dead worker, a NaN
+    action) reaches the caller as that exception, not as the runtime's wrapper of it."""
+    config, _, _, _ = full_run
+    trainer = agents.Trainer(dataclasses.replace(config, env="test/point-mass-host"))
+    try:
+        assert trainer.host is not None
+        ts = trainer.initial_state()
+
+        def broken(state, action):
+            raise envs.WorkerError("worker 1 of 'test/point-mass-host' died")
+
+        trainer.envs[1].step = broken
+        with pytest.raises(envs.WorkerError, match="worker 1 of 'test/point-mass-host' died"):
+            trainer.segment(ts, 0, False)
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("env", ["test/point-mass", "test/point-mass-host"])
 def test_training_state_is_updated_in_place(full_run, env):
     """Every call that returns the next training state takes the old one's buffers (donation):

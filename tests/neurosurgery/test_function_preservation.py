@@ -40,6 +40,7 @@ from hypothesis import Phase, given, settings
 import agents
 import neurosurgery as ns
 from neurosurgery._injection import injected_parts
+from tests.examples import examples
 
 from . import archs
 
@@ -204,7 +205,7 @@ def generated():
 
 
 @settings(
-    max_examples=6,
+    max_examples=examples(6, 2),
     deadline=None,
     derandomize=True,
     phases=(Phase.explicit, Phase.reuse, Phase.generate),

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import Phase, given, settings
 
 import neurosurgery as ns
+from tests.examples import examples
 
 from . import archs
 
@@ -100,7 +101,9 @@ def leaves(tree):
     return jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
 
 
-@settings(max_examples=6, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@settings(
+    max_examples=examples(6, 3), deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate)
+)
 @given(spec=SPECS, seed=st.integers(0, 2**16))
 def test_zero_outgoing_resets_preserve_the_function_and_cut_the_gradients(built, spec, seed):
     arch = built(spec)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import neurosurgery as ns
+from tests.examples import examples
 
 
 def dead(model, layer, units):
@@ -67,7 +68,7 @@ def test_split_against_numpy():
     assert float(jnp.max(jnp.abs(out(new) - out(model)))) <= 1e-6
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(8, 3), deadline=None)
 @given(
     widths=st.lists(st.integers(3, 8), min_size=1, max_size=3),
     killed=st.integers(1, 2),
