@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 	$(BIN)/pyright
 
 test: lint typecheck
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=15
 
 # The newest versions that pyproject.toml's ranges allow, without constraints.txt, in their own
 # environment (`make clean` to pick up later releases): the versions, then the tests marked
