@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents import Batch, NetworkConfig, SACConfig, TrainConfig
+from agents import Batch, NetworkConfig, SACConfig, TrainConfig, Trainer
 
 #: the trainer's tests: SAC with 16-wide networks on the point-mass task, two seeds
 NET = NetworkConfig(width=16, depth=1)
@@ -45,3 +45,15 @@ def random_batch():
         )
 
     return make
+
+
+@pytest.fixture(scope="module")
+def quick_compiles():
+    """The trainer's programs compiled with less LLVM optimisation for a whole module (its
+    module-scoped runs included): the same programs, slower to run and about 4x faster to
+    compile, which is what short test runs spend their time on. Use with
+    `pytestmark = pytest.mark.usefixtures("quick_compiles")`."""
+    before = Trainer.compiler_options
+    Trainer.compiler_options = {"xla_backend_optimization_level": 0}
+    yield
+    Trainer.compiler_options = before

@@ -13,6 +13,8 @@ from neurosurgery import L2InitState
 
 from .test_cli import TINY
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")
+
 LAYER = "members[0].net.layers[0].linear"
 RUNS = {
     "cbp": (["--reset.replacement-rate", "0.01", "--reset.maturity", "20"], f"mature/{LAYER}"),

@@ -3,7 +3,11 @@
 import csv
 import math
 
+import pytest
+
 from agents.experiments import continual
+
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 NETWORKS = {"mlp", "bronet"}
 

@@ -14,6 +14,8 @@ from agents.training.cli import main
 
 from .conftest import BASE
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from agents.experiments.main_job import main
+
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def test_main_job_writes_runs_plot_and_table(tmp_path, capsys):

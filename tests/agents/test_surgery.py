@@ -15,6 +15,8 @@ import envs
 import neurosurgery as ns
 from agents.training import Surgery, read_metrics
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")
+
 
 @dataclasses.dataclass(frozen=True)
 class FiringRate:

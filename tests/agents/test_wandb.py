@@ -10,6 +10,8 @@ import pytest
 import agents
 from agents.training import WandbConfig, read_metrics
 
+pytestmark = pytest.mark.usefixtures("quick_compiles")
+
 wandb_proto = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 
 
