@@ -489,9 +489,9 @@ def test_local_runs_with_gpus_get_their_own_and_pass_them_on(tmp_path, capsys, m
     states = [read_state(out, r.name) for r in runs]
     assert [s["state"] for s in states] == ["done"] * 3
     assert sorted(s["gpus"] for s in states[:2]) == ["3", "5"]  # the first two, side by side
-    first_done = min(states[:2], key=lambda s: s["finished"])
-    assert states[2]["gpus"] == first_done["gpus"]  # the third, on the GPU given back
-    assert states[2]["started"] >= first_done["finished"]
+    # the third starts after a run has finished, on a GPU given back (both may be back by then)
+    given_back = {s["gpus"] for s in states[:2] if s["finished"] <= states[2]["started"]}
+    assert given_back and states[2]["gpus"] in given_back, states
     assert printed.count("(CUDA_VISIBLE_DEVICES=") == 3
     for a, b in [(0, 1), (0, 2), (1, 2)]:  # runs that overlapped in time had different GPUs
         sa, sb = states[a], states[b]
