@@ -23,10 +23,10 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "disable")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import SegmentTimer  # noqa: E402
-from bench_step_breakdown import train_config  # noqa: E402
+from _timing import SegmentTimer
+from bench_step_breakdown import train_config
 
-from agents import Trainer  # noqa: E402
+from agents import Trainer
 
 
 def main() -> None:
