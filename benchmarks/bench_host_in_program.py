@@ -30,7 +30,7 @@ from agents import Trainer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--agents", nargs="+", default=["sac", "bro", "dacer"])
     parser.add_argument("--env", default="dmc/cheetah-run")
     parser.add_argument("--width", type=int, default=64)
