@@ -484,8 +484,8 @@ class DmcEnv(Env):
                     conn.send_bytes(message)
                     if message == b"set_state":
                         conn.send(payload)
-                except OSError:
-                    self._fail(index, "its pipe is closed")
+                except OSError:  # it died: name how (a send can meet it before a read)
+                    self._fail(index, f"it died (exit code {self._exit_code(index)})")
             replies = []
             for index, conn in enumerate(self._conns):
                 self._check_reply(index, conn)
@@ -512,8 +512,8 @@ class DmcEnv(Env):
             for index, conn in enumerate(self._conns):
                 try:
                     conn.send_bytes(message)
-                except OSError:
-                    self._fail(index, "its pipe is closed")
+                except OSError:  # it died: name how (a send can meet it before a read)
+                    self._fail(index, f"it died (exit code {self._exit_code(index)})")
         except BaseException:
             self.close()
             raise
