@@ -21,7 +21,7 @@ from pathlib import Path
 import tyro
 
 from ._checkpoint import CheckpointError, RunWriteError
-from ._config import TrainConfig
+from ._config import AGENTS, TrainConfig
 from ._run import load_run_config, train
 from ._study import LauncherConfig, StudyError
 from ._trainer import CHECKPOINT, NonFiniteError
@@ -323,6 +323,20 @@ def _differs(cmd: TrainCommand, config: TrainConfig, flag: str) -> bool:
     return given != saved
 
 
+def _check_agent_options(agent: str, given: set[str]) -> None:
+    """Refuse options of another agent than the run's (the run would silently ignore them), as
+    a study refuses them in its runs."""
+    if agent not in AGENTS:
+        return  # validation names the unknown agent
+    for flag in sorted(given):
+        head = flag.split(".")[0]
+        if head in AGENTS and head != agent:
+            raise ValueError(
+                f"--{flag} is for agent {head}, but this run trains {agent}, which has no such "
+                f"option; give --agent {head}, or leave the --{head}.* options out"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neurosurgery` command; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -391,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             summary = train(config, resume=True)
         else:
+            _check_agent_options(cmd.agent, given)
             summary = train(_config(cmd))
     except NonFiniteError as err:
         print(f"neurosurgery: {err}", file=sys.stderr)

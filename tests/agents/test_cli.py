@@ -52,6 +52,8 @@ TINY = [
     "--sac.critic.depth",
     "1",
 ]
+#: TINY's options of no agent in particular (for runs of another agent than SAC)
+SHARED = TINY[: TINY.index("--sac.batch-size")]
 
 
 def test_help_lists_every_option_with_default(capsys):
@@ -103,6 +105,11 @@ def test_help_lists_every_option_with_default(capsys):
         (["--surgery.tau", "-1"], "surgery.tau must be >= 0"),
         (["--reset-tau", "0.1"], "--reset-tau is now --reset.tau"),
         (["--sac.tau", "-0.1"], "sac.tau must be in [0, 1]"),
+        (
+            ["--bro.critic-width", "64"],
+            "--bro.critic-width is for agent bro, but this run trains sac",
+        ),
+        (["--agent", "dacer", "--bro.n-quantiles", "5"], "give --agent bro, or leave the --bro.*"),
         (["--steps", "0"], "steps must be > 0"),
         (["--replay-ratio", "0"], "replay_ratio must be > 0"),
         (["--sac.critic.activation", "swishy"], "activation 'swishy' is unknown"),

@@ -11,7 +11,7 @@ from agents.training import read_metrics
 from agents.training.cli import main
 from neurosurgery import L2InitState
 
-from .test_cli import TINY
+from .test_cli import SHARED, TINY
 
 pytestmark = pytest.mark.usefixtures("quick_compiles")
 
@@ -88,7 +88,8 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
-    assert main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
+    base = SHARED if "--agent" in args else TINY  # TINY's --sac.* options are SAC's alone
+    assert main(["train", *base, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
 
