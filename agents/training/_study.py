@@ -148,7 +148,7 @@ def study_from_dict(data: Mapping[str, Any], where: str = "study") -> Study:
     name = data.get("name", "study")
     if not isinstance(name, str) or not name:
         raise StudyError(f"{where}: name must be a non-empty string, got {name!r}")
-    base_table = _table(data.get("base", {}), f"{where} [base]")
+    base_table = _nest(_table(data.get("base", {}), f"{where} [base]"), f"{where} [base]")
     base = _build(TrainConfig, base_table, "base", TrainConfig())
     given = tuple(_flat_keys(base_table))
     grid_table = _table(data.get("grid", {}), f"{where} [grid]")
@@ -194,6 +194,32 @@ def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise StudyError(f"{where} must be a table of options, got {value!r}")
     return value
+
+
+def _nest(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`table` with its quoted dotted keys ("sac.critic.width" = 32, as [grid] takes them) as
+    nested tables; an option given twice (dotted and in a table) is refused by name."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        *parents, leaf = key.split(".")
+        node, path = out, []
+        for part in parents:
+            path.append(part)
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StudyError(f"{where}: {'.'.join(path)} is an option, not a table of options")
+        _merge(node, leaf, _nest(value, where) if isinstance(value, dict) else value, key, where)
+    return out
+
+
+def _merge(node: dict[str, Any], key: str, value: Any, name: str, where: str) -> None:
+    if key not in node:
+        node[key] = value
+    elif isinstance(node[key], dict) and isinstance(value, dict):
+        for k, v in value.items():
+            _merge(node[key], k, v, f"{name}.{k}", where)
+    else:
+        raise StudyError(f"{where}: {name} is given twice; give it once")
 
 
 def _flat_keys(table: Mapping[str, Any], prefix: str = "") -> list[str]:

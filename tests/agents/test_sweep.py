@@ -18,6 +18,7 @@ from agents.training import read_metrics
 from agents.training._checkpoint import read_header
 from agents.training._study import (
     LauncherConfig,
+    StudyError,
     expand,
     read_study_file,
     study_from_dict,
@@ -209,6 +210,22 @@ def test_bad_studies_fail_before_any_work(tmp_path, capsys, monkeypatch, text, m
     assert message in err, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_base_takes_quoted_dotted_keys_as_the_grid_does():
+    """[base] reads `"sac.critic.width" = 32` as [grid] does, beside tables of the same
+    options; an option given both ways is refused by name."""
+    nested = {"sac": {"batch_size": 8, "critic": {"width": 32, "depth": 1}}, "steps": 500}
+    dotted = {"sac.critic.width": 32, "sac": {"critic": {"depth": 1}}, "sac.batch_size": 8}
+    plain = study_from_dict({"base": nested})
+    mixed = study_from_dict({"base": {**dotted, "steps": 500}})
+    assert mixed.base == plain.base
+    assert sorted(mixed.given) == sorted(plain.given)
+    assert plain.base.sac.critic.width == 32 and plain.base.sac.batch_size == 8
+    with pytest.raises(StudyError, match=r"\[base\]: sac.critic.width is given twice"):
+        study_from_dict({"base": {"sac": {"critic": {"width": 16}}, "sac.critic.width": 32}})
+    with pytest.raises(StudyError, match="unknown key 'widht'"):
+        study_from_dict({"base": {"sac.critic.widht": 32}})
 
 
 def test_a_folder_with_other_content_or_another_study_is_refused(tmp_path, capsys):
