@@ -129,6 +129,12 @@ def with_dead_units(case: Case, seed: int) -> tuple[Any, dict[str, jax.Array], A
     return model, scores, obs
 
 
+def jitted(step):
+    """A strategy's step as one compiled call (the anatomy, `init` and counts static): one
+    compile instead of hundreds of eagerly dispatched operations, each compiled on first use."""
+    return eqx.filter_jit(step)
+
+
 def check_resets(case: Case, seed: int) -> dict[str, float]:
     """ReDo, ReBorn and CBP on the model with dead units; the output change of each."""
     anatomy = case.anatomy
@@ -137,7 +143,7 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
     changes = {}
 
     redo = ns.strategy("redo", tau=0.0, every=1)
-    result = redo.step(anatomy, model, obs, redo.init(anatomy), key, 1, init=case.make)
+    result = jitted(redo.step)(anatomy, model, obs, redo.init(anatomy), key, 1, init=case.make)
     assert float(result.info["reset"]) > 0
     changes["redo"] = delta(case, model, result.model)
 
@@ -149,7 +155,7 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
         assert skip and all(n.endswith("value_proj") for n in skip), e
         reborn = dataclasses.replace(reborn, skip=skip)
         state = reborn.init(anatomy)
-    result = reborn.step(anatomy, model, obs, state, key, 1, init=case.make)
+    result = jitted(reborn.step)(anatomy, model, obs, state, key, 1, init=case.make)
     assert float(result.info["reset"]) > 0
     changes["reborn"] = delta(case, model, result.model)
 
@@ -162,7 +168,9 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
             continue
         dead = {k: jnp.sum(scores[k] == 0, axis=-1).astype(jnp.float32) for k in state.pending}
         owed = {k: jnp.where(dead[k] > 0, dead[k] + 0.5, 0.0) for k in state.pending}
-        result = cbp.step(anatomy, model, obs, state._replace(pending=owed), key, 1, init=case.make)
+        result = jitted(cbp.step)(
+            anatomy, model, obs, state._replace(pending=owed), key, 1, init=case.make
+        )
         replaced = sum(float(jnp.sum(dead[k])) for k in dead)
         got = sum(float(result.info[f"reset/{k}"]) * anatomy[k].n_units for k in state.pending)
         assert got == pytest.approx(replaced), (got, replaced)
@@ -175,7 +183,7 @@ def check_injection(case: Case) -> tuple[float, float]:
     wrapped = strategy.wrap(case.model, *case.example, fn=case.call)
     fresh = lambda key: strategy.wrap(case.make(key), *case.example, fn=case.call)
     anatomy = ns.anatomy(wrapped, *case.example)
-    result = strategy.step(
+    result = jitted(strategy.step)(
         anatomy, wrapped, None, ns.EmptyState(), jax.random.key(3), 1, init=fresh
     )
     assert float(result.info["injected"]) == 1.0
@@ -250,7 +258,7 @@ def _batch(n: int = BATCH) -> agents.Batch:
 def agent_case(kind: str, network: str) -> Case:
     agent = _agent(kind)
     state = agent.init(jax.random.key(0))
-    objective = agent.objectives(state, _batch(), jax.random.key(1))[network]
+    objective = eqx.filter_jit(agent.objectives)(state, _batch(), jax.random.key(1))[network]
     example = tuple(jax.tree.map(lambda x: x[0], objective.inputs))
     model = identity_norms(objective.model)
     make = lambda key: identity_norms(agent.make_network(network, key))
