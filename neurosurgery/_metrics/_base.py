@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jaxtyping import Array, ArrayLike
 
 from .._anatomy import Anatomy
@@ -28,8 +29,9 @@ from .._observe import Observation, normalise
 Scores = dict[str, Array]
 
 
-class EmptyState(NamedTuple):
-    """The state of a metric (or strategy) that keeps nothing between calls."""
+#: The state of a metric (or strategy) that keeps nothing between calls: optax's own, so the
+#: library and optax have one convention (`ns.EmptyState is optax.EmptyState`).
+EmptyState = optax.EmptyState
 
 
 @runtime_checkable

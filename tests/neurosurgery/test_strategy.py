@@ -264,3 +264,13 @@ def test_bad_strategy_configs():
         ns.ShrinkPerturb(shrink=1.5)
     with pytest.raises(ValueError, match="selection mode 'top' is unknown"):
         ns.Selection("top")
+
+
+def test_stateless_parts_use_optaxs_empty_state():
+    """One convention for states that hold nothing: optax's (`ns.EmptyState` is it), so a
+    stateless metric's or strategy's state is what an optax transformation without state has."""
+    assert ns.EmptyState is optax.EmptyState
+    model = eqx.nn.MLP(3, 1, 4, 1, key=jax.random.key(0))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    assert ns.metric("grama").init(anatomy) == optax.EmptyState()
+    assert ns.strategy("regrama").init(anatomy) == optax.scale(1.0).init({})
