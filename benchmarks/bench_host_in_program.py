@@ -5,7 +5,9 @@ seeds, replay ratio 2, batch 128, no evaluation, no surgery, compile excluded): 
 segments as compiled pieces that step the environments through a callback (the default,
 `Trainer.host_in_program = True`), the other as a Python loop of one compiled call per env step.
 Their learning segments alternate, round after round, and the script prints each round's ms per
-vectorised env step and the ratio of the medians.
+vectorised env step and the ratio of the medians. It also times the callback itself (the Python
+function that steps every seed's environments) inside the program, and the same function called
+on its own from Python with the same actions.
 
     MUJOCO_GL=disable .venv/bin/python benchmarks/bench_host_in_program.py \\
         [--agents sac bro dacer] [--env dmc/cheetah-run] [--width 64] [--seeds 5] \\
@@ -23,10 +25,14 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "disable")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import time
+
+import numpy as np
 from _timing import SegmentTimer
 from bench_step_breakdown import train_config
 
 from agents import Trainer
+from agents.training import _host
 
 
 def main() -> None:
@@ -53,22 +59,46 @@ def main() -> None:
     )
     print(f"{args.env}, width {args.width}, {args.seeds} seeds: ms per vectorised env step")
     for agent in args.agents:
+        inside_calls: list[float] = []
+        step = _host.HostEnvs._step
+
+        def timed(self, actions, inside_calls=inside_calls, step=step):
+            t0 = time.perf_counter()
+            out = step(self, actions)
+            inside_calls.append(time.perf_counter() - t0)
+            return out
+
+        _host.HostEnvs._step = timed
         timers = {}
         for in_program in (True, False):
             Trainer.host_in_program = in_program
             config = train_config(settings, agent, args.env, args.width)
             timers[in_program] = SegmentTimer(Trainer(config))
         times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(args.rounds):
-            for in_program, timer in timers.items():
-                times[in_program].append(timer.step() / timer.env_steps_per_segment * 1e3)
+        inside_calls.clear()  # the warm-up's and the first segment's calls
+        try:
+            for _ in range(args.rounds):
+                for in_program, timer in timers.items():
+                    times[in_program].append(timer.step() / timer.env_steps_per_segment * 1e3)
+        finally:
+            _host.HostEnvs._step = step
+        host = timers[True].trainer.host
+        assert host is not None
+        actions = np.zeros((args.seeds, 1, host.action_size), np.float32)
+        alone = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            host._step(actions)
+            alone.append(time.perf_counter() - t0)
         for timer in timers.values():
             timer.trainer.close()
         inside, loop = statistics.median(times[True]), statistics.median(times[False])
         rounds = lambda ts: " ".join(f"{t:.2f}" for t in ts)
         print(
             f"{agent}: in the program {inside:.2f} [{rounds(times[True])}], "
-            f"Python loop {loop:.2f} [{rounds(times[False])}]: {loop / inside:.2f}x"
+            f"Python loop {loop:.2f} [{rounds(times[False])}]: {loop / inside:.2f}x; "
+            f"the callback {statistics.median(inside_calls) * 1e3:.2f} ms inside the program, "
+            f"{statistics.median(alone) * 1e3:.2f} ms called alone"
         )
 
 
