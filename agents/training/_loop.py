@@ -182,17 +182,21 @@ class Loop:
 
         def body(carry, _):
             ts, u = carry
-            ts, stats = jax.lax.scan(
-                lambda t, _: self.env_step(t, not learning), ts, None, length=self.env_per_body
-            )
-            out: dict[str, Any] = {"stats": jnp.sum(stats, axis=0)}
-            if learning:
-                ts, metrics = self.updates(ts, u)
-                u = u + self.updates_per_body
-                out["metrics"] = metrics
-            return (ts, u), out
+            ts, out = self._body(ts, u, learning, self.env_per_body)
+            return (ts, u + self.updates_per_body), out
 
         (ts, _), out = jax.lax.scan(body, (ts, u0), None, length=bodies)
+        return ts, out
+
+    def _body(self, ts: TrainState, u: Array, learning: bool, steps: int):
+        """`steps` vectorised env steps (uniform random actions unless `learning`), their stats
+        summed, then with `learning` the body's updates (`u` updates done before)."""
+        ts, stats = jax.lax.scan(
+            lambda t, _: self.env_step(t, not learning), ts, None, length=steps
+        )
+        out: dict[str, Any] = {"stats": jnp.sum(stats, axis=0)}
+        if learning:
+            ts, out["metrics"] = self.updates(ts, u)
         return ts, out
 
     def pieces(self, ts: TrainState, u0: Array, n: Array, most: int, learning: bool):
@@ -202,16 +206,7 @@ class Loop:
         runs as such pieces: bounded calls (the process answers an interrupt between them)
         that any segment length reuses without compiling again."""
 
-        def body(ts: TrainState, u: Array):
-            if not learning:
-                ts, stats = self.env_step(ts, True)
-                return ts, {"stats": stats}
-            ts, stats = jax.lax.scan(
-                lambda t, _: self.env_step(t, False), ts, None, length=self.env_per_body
-            )
-            ts, metrics = self.updates(ts, u)
-            return ts, {"stats": jnp.sum(stats, axis=0), "metrics": metrics}
-
+        body = lambda ts, u: self._body(ts, u, learning, self.env_per_body if learning else 1)
         rows = jax.tree.map(
             lambda s: jnp.zeros((most, *s.shape), s.dtype), jax.eval_shape(body, ts, u0)[1]
         )
