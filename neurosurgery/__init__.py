@@ -79,10 +79,12 @@ from ._select import inactive_ratio as inactive_ratio
 from ._select import network_inactive_ratio as network_inactive_ratio
 from ._select import threshold as threshold
 from ._strategy import FullReset as FullReset
+from ._strategy import Operand as Operand
 from ._strategy import Resetter as Resetter
 from ._strategy import ShrinkPerturb as ShrinkPerturb
 from ._strategy import StepResult as StepResult
 from ._strategy import Strategy as Strategy
+from ._strategy import check_step as check_step
 from ._whole import full_reset as full_reset
 from ._whole import shrink_and_perturb as shrink_and_perturb
 

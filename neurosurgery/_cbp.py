@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array, PyTree
 
 from ._anatomy import Anatomy
 from ._groups import NeuronGroup
@@ -16,11 +16,10 @@ from ._metrics import RunningAverage, per_unit_mean
 from ._metrics._base import _check_decay
 from ._metrics._utility import contribution
 from ._observe import Observation
-from ._optstate import Initable
-from ._reset import Init, reset
+from ._reset import reset
 from ._schedule import Schedule
 from ._select import inactive_ratio
-from ._strategy import Count, StepResult, _when, unit_info, updates_since
+from ._strategy import Operand, StepResult, _when, unit_info, updates_since
 from ._units import absorb_mean, check_consumer_biases
 
 
@@ -132,18 +131,18 @@ class CBP:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: CBPState,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Advance utilities and ages, and replace units when `schedule.due(step, since)`."""
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         if observation is None:
             raise ValueError("cbp scores units: pass the observation of this update")
         names = [g.name for g in self.groups(anatomy)]

@@ -6,15 +6,13 @@ import dataclasses
 from typing import Any
 
 import jax
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array
 
 from ._anatomy import Anatomy
 from ._injection import PlasticityInjection
 from ._observe import Observation
-from ._optstate import Initable
-from ._reset import Init
 from ._schedule import AnyDue
-from ._strategy import Count, StepResult, Strategy
+from ._strategy import Operand, StepResult, Strategy, check_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +52,7 @@ class Chain:
                     f"Chain: member {i} ({s!r}) is not a strategy (name, schedule, observes, "
                     "init, step); build it first, e.g. ns.strategy('regrama')"
                 )
+            check_step(s, f"Chain: member {i}")
             if isinstance(s, PlasticityInjection):
                 raise ValueError(
                     f"Chain: member {i} is plasticity injection, which cannot be composed: the "
@@ -85,18 +84,14 @@ class Chain:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Each member's `step` in turn (member `i` gets `fold_in(key, i)`)."""
+        model = operand.model
+        key = operand.key
+        opt_state = operand.opt_state
         if not isinstance(state, tuple) or len(state) != len(self.strategies):
             raise ValueError(
                 f"Chain {self.name}: state must be the tuple of the members' states that "
@@ -105,18 +100,10 @@ class Chain:
         states, info = [], {}
         replaced: dict[str, Array] | None = None
         for i, (member, member_state) in enumerate(zip(self.strategies, state, strict=True)):
-            result = member.step(
-                anatomy,
-                model,
-                observation,
-                member_state,
-                jax.random.fold_in(key, i),
-                step,
-                init=init,
-                optimizer=optimizer,
-                opt_state=opt_state,
-                since=since,
+            member_operand = operand._replace(
+                model=model, opt_state=opt_state, key=jax.random.fold_in(key, i)
             )
+            result = member.step(anatomy, member_operand, observation, member_state)
             model, opt_state = result.model, result.opt_state
             states.append(result.state)
             info.update({f"{member.name}/{k}": v for k, v in result.info.items()})

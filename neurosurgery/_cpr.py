@@ -11,17 +11,16 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PyTree
 
 from ._anatomy import Anatomy
 from ._groups import NeuronGroup
 from ._metrics import GraMa, Metric
 from ._metrics._base import _check_decay
 from ._observe import Observation
-from ._optstate import Initable, scale_optimizer_state
-from ._reset import Init
+from ._optstate import scale_optimizer_state
 from ._schedule import Schedule
-from ._strategy import Count, StepResult, _fresh_params, _when, updates_since
+from ._strategy import Operand, StepResult, _fresh_params, _when, updates_since
 from ._units import spread
 
 
@@ -165,18 +164,18 @@ class CPR:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: CPRState,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Advance the running scores, and move every unit when `schedule.due(step, since)`."""
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         if observation is None:
             raise ValueError("cpr scores units: pass the observation of this update")
         if (optimizer is None) != (opt_state is None):

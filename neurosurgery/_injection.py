@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PyTree
 
 from ._anatomy import Anatomy
 from ._build import anatomy as build_anatomy
@@ -28,10 +28,10 @@ from ._errors import AnatomyError
 from ._init import Initializer
 from ._metrics import EmptyState
 from ._observe import Observation
-from ._optstate import Initable, reset_optimizer_state
-from ._reset import Init, fresh_model
+from ._optstate import reset_optimizer_state
+from ._reset import fresh_model
 from ._schedule import Schedule
-from ._strategy import Count, StepResult, _when
+from ._strategy import Operand, StepResult, _when
 
 
 @jax.custom_vjp
@@ -283,18 +283,18 @@ class PlasticityInjection:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Inject when `schedule.due(step, since)`."""
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         parts = injected_parts(model)
         if not parts:
             raise ValueError(

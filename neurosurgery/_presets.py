@@ -37,7 +37,7 @@ from ._metrics import (
 from ._reborn import ReBorn
 from ._schedule import Schedule
 from ._select import Selection
-from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy
+from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy, check_step
 
 #: metrics by name (each one's `name` is its key)
 METRICS: dict[str, Callable[[], Metric]] = {
@@ -335,6 +335,7 @@ def strategy(name: str, **options: Any) -> Strategy:
                 f"strategy {name!r} is a ready strategy; it takes no options "
                 f"({', '.join(sorted(options))} given)"
             )
+        check_step(factory, f"strategy {name!r}")
         return factory
     known = strategy_options(name)
     unknown = sorted(set(options) - set(known))
@@ -346,4 +347,5 @@ def strategy(name: str, **options: Any) -> Strategy:
     made = factory(**options)
     if not isinstance(made, Strategy):
         raise ValueError(f"strategy {name!r} made {made!r}, which is not a strategy")
+    check_step(made, f"strategy {name!r}")
     return made

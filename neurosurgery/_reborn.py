@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array, PyTree
 
 from ._anatomy import Anatomy
 from ._errors import AnatomyError
@@ -18,11 +18,10 @@ from ._graph import evaluate
 from ._groups import NeuronGroup
 from ._metrics import Dormant, Metric, after_reset
 from ._observe import Observation
-from ._optstate import Initable, reset_optimizer_state
-from ._reset import Init
+from ._optstate import reset_optimizer_state
 from ._schedule import Schedule
 from ._select import inactive_ratio
-from ._strategy import Count, StepResult, _when, unit_info
+from ._strategy import Operand, StepResult, _when, unit_info
 from ._units import from_units, spread
 
 
@@ -215,18 +214,16 @@ class ReBorn:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Score, pair and split when `schedule.due(step, since)`."""
+        model = operand.model
+        step = operand.step
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         if observation is None:
             raise ValueError("reborn scores units: pass the observation of this update")
         scores, state = self.metric.score(anatomy, observation, state)

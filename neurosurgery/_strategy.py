@@ -1,7 +1,8 @@
 """Strategies: what to reset and when, as frozen configs with pure `init` and `step`.
 
-A strategy acts on one network. `init(anatomy)` gives its state; `step(...)` scores the update's
-observation (if it needs one), decides, and acts only when its schedule is due: the fresh weights
+A strategy acts on one network. `init(anatomy)` gives its state; `step(anatomy, operand,
+observation, state)` scores the update's observation (if it needs one), decides, and acts on
+the operand's network only when its schedule is due: the fresh weights
 are drawn and the reset runs inside a `lax.cond`, so a training step that is not due pays for
 neither. Everything runs under `jax.jit` and `jax.vmap` (pass the update count unbatched, so the
 branch stays a branch).
@@ -10,6 +11,7 @@ branch stays a branch).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -29,6 +31,36 @@ from ._select import Selection, inactive_ratio, network_inactive_ratio
 from ._whole import full_reset, shrink_and_perturb
 
 Count = Int[Array, ""] | int
+
+
+class Operand(NamedTuple):
+    """One network as a strategy's `step` receives it, and what the step may use to change it.
+
+    Attributes:
+        model: the network (an Equinox module, or any pytree the anatomy was traced from).
+        key: the key of this step's randomness (fresh weights, perturbations).
+        step: the update count the schedule reads; pass it unbatched under `jax.vmap`, so
+            that a step that is not due stays a skipped branch.
+        init: where fresh weights come from: the network's constructor (`key -> network`)
+            or a named initializer ([`ns.lecun_normal()`][neurosurgery.lecun_normal], ...).
+        optimizer: the network's optimizer (anything with optax's `init`), to reset the
+            moments of replaced weights; `None` leaves optimizer state out.
+        opt_state: its state (given with `optimizer`, or neither).
+        since: an update count to count the schedule from (e.g. where a run resumed into a
+            new phase); `None`: from 0.
+
+    A step returns the changed network and optimizer state in its
+    [`StepResult`][neurosurgery.StepResult]; use `operand._replace(model=...)` to hand a
+    changed network on (as [`Chain`][neurosurgery.Chain] does between its members).
+    """
+
+    model: PyTree
+    key: PRNGKeyArray
+    step: Count
+    init: Init
+    optimizer: Initable | None = None
+    opt_state: PyTree | None = None
+    since: Count | None = None
 
 
 class StepResult(NamedTuple):
@@ -75,17 +107,40 @@ class Strategy(Protocol):
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
-    ) -> StepResult: ...
+    ) -> StepResult:
+        """One update's step: score `observation` if the strategy observes, and act on
+        `operand.model` (and its optimizer state) when `schedule.due(operand.step,
+        operand.since)`; `state` is what `init` returned or the previous step's."""
+        ...
+
+
+def check_step(strategy: Any, where: str) -> None:
+    """Raise TypeError if `strategy.step` cannot be called as `step(anatomy, operand,
+    observation, state)`, e.g. a strategy written for the earlier signature, which took the
+    network, key and update count as arguments and `init=` by keyword."""
+    try:
+        params = list(inspect.signature(strategy.step).parameters.values())
+    except (TypeError, ValueError):  # not introspectable: its first call will tell
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if len(positional) < 4 or len(required) > 4 or keywords:
+        name = getattr(strategy, "name", type(strategy).__name__)
+        raise TypeError(
+            f"{where}: the step of strategy {name!r} takes ({', '.join(p.name for p in params)}),"
+            " but a strategy's step takes (anatomy, operand, observation, state): the network, "
+            "key, update count, fresh-weight constructor and optimizer come in one ns.Operand. "
+            "A step written for the earlier signature (anatomy, model, observation, state, key, "
+            "step, *, init, optimizer, opt_state, since) reads them as operand.model, "
+            "operand.key, operand.step, operand.init, operand.optimizer, operand.opt_state and "
+            "operand.since"
+        )
 
 
 def updates_since(last: Array, step: Array, since: Count | None) -> Array:
@@ -156,18 +211,18 @@ class Resetter:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
         """Score, select, and reset when `schedule.due(step, since)`."""
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         if observation is None:
             raise ValueError(f"{self.name} scores units: pass the observation of this update")
         scores, state = self.metric.score(anatomy, observation, state)
@@ -249,17 +304,17 @@ class ShrinkPerturb:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         due = self.schedule.due(step, since)
 
         def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
@@ -291,17 +346,17 @@ class FullReset:
     def step(
         self,
         anatomy: Anatomy,
-        model: PyTree,
+        operand: Operand,
         observation: Observation | None,
         state: Any,
-        key: PRNGKeyArray,
-        step: Count,
-        *,
-        init: Init,
-        optimizer: Initable | None = None,
-        opt_state: PyTree | None = None,
-        since: Count | None = None,
     ) -> StepResult:
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
         due = self.schedule.due(step, since)
 
         def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:

@@ -142,18 +142,16 @@ class Surgery:
                     }
             if self.strategy is not None and name in self.reset_networks:
                 i = self.reset_networks.index(name)
-                result = self.strategy.step(
-                    anatomy,
+                operand = ns.Operand(
                     objective.model,
-                    observation,
-                    net_states["strategy"],
-                    jax.random.fold_in(k_reset, i),
-                    updates,
+                    key=jax.random.fold_in(k_reset, i),
+                    step=updates,
                     init=functools.partial(agent.make_network, name),
                     optimizer=agent.optimizer(name),
                     opt_state=agent.opt_state(agent_state, name),
                     since=since,
                 )
+                result = self.strategy.step(anatomy, operand, observation, net_states["strategy"])
                 agent_state = agent.replace_network(
                     agent_state, name, result.model, result.opt_state
                 )

@@ -27,15 +27,11 @@ def stepper(anatomy, cbp, optimizer=None):
         _, obs = ns.observe(anatomy, model, sq_loss, x)
         return cbp.step(
             anatomy,
-            model,
+            ns.Operand(
+                model, key, step, init=make, optimizer=optimizer, opt_state=opt_state, since=since
+            ),
             obs,
             state,
-            key,
-            step,
-            init=make,
-            optimizer=optimizer,
-            opt_state=opt_state,
-            since=since,
         )
 
     return run
@@ -160,7 +156,9 @@ def test_replacing_inactive_units_keeps_the_function(archs, name):
 
     def replace(model):
         _, obs = ns.observe(anatomy, model, sq_loss, *arch.batch)
-        return cbp.step(anatomy, model, obs, state, jax.random.key(4), 7, init=arch.make)
+        return cbp.step(
+            anatomy, ns.Operand(model, jax.random.key(4), 7, init=arch.make), obs, state
+        )
 
     # the units CBP picks on the model as it is, made inactive: outgoing weights zeroed
     picked = {k: v == 0 for k, v in replace(arch.model).state.utility.ages.items()}
@@ -223,7 +221,7 @@ def test_cbp_runs_vmapped_over_seeds():
     def one(key):
         model = make(key)
         _, obs = ns.observe(anatomy, model, sq_loss, x)
-        return cbp.step(anatomy, model, obs, cbp.init(anatomy), key, 1, init=make)
+        return cbp.step(anatomy, ns.Operand(model, key, 1, init=make), obs, cbp.init(anatomy))
 
     keys = jax.random.split(jax.random.key(2), 2)
     batched = eqx.filter_vmap(one)(keys)
@@ -257,7 +255,12 @@ def test_bad_options_fail_before_any_work(zoo):
     ns.CBP(bias_correction=False).init(anatomy)
     cbp = ns.CBP(bias_correction=False)
     with pytest.raises(ValueError, match="pass the observation"):
-        cbp.step(anatomy, inline, None, cbp.init(anatomy), jax.random.key(0), 1, init=zoo.Inline)
+        cbp.step(
+            anatomy,
+            ns.Operand(inline, jax.random.key(0), 1, init=zoo.Inline),
+            None,
+            cbp.init(anatomy),
+        )
 
 
 def test_attention_pairs_are_left_alone_unless_asked():

@@ -38,7 +38,10 @@ def run(strategy, step, state=None):
     state = strategy.init(ANATOMY) if state is None else state
     key = jax.random.key(4)
     return strategy.step(
-        ANATOMY, MODEL, obs, state, key, step, init=make, optimizer=OPTIMIZER, opt_state=opt_state
+        ANATOMY,
+        ns.Operand(MODEL, key, step, init=make, optimizer=OPTIMIZER, opt_state=opt_state),
+        obs,
+        state,
     ), (obs, opt_state, key)
 
 
@@ -50,14 +53,16 @@ def by_hand(members, step):
     for i, m in enumerate(members):
         r = m.step(
             ANATOMY,
-            model,
+            ns.Operand(
+                model,
+                jax.random.fold_in(key, i),
+                step,
+                init=make,
+                optimizer=OPTIMIZER,
+                opt_state=opt_state,
+            ),
             obs,
             m.init(ANATOMY),
-            jax.random.fold_in(key, i),
-            step,
-            init=make,
-            optimizer=OPTIMIZER,
-            opt_state=opt_state,
         )
         model, opt_state = r.model, r.opt_state
         info.update({f"{m.name}/{k}": v for k, v in r.info.items()})
@@ -96,7 +101,9 @@ def test_a_chain_is_due_when_any_member_is_and_runs_under_jit_and_vmap():
     @eqx.filter_jit
     def step(key):
         _, obs = ns.observe(ANATOMY, MODEL, jnp.sum, XS)
-        return mixed.step(ANATOMY, MODEL, obs, mixed.init(ANATOMY), key, 3, init=make).model
+        return mixed.step(
+            ANATOMY, ns.Operand(MODEL, key, 3, init=make), obs, mixed.init(ANATOMY)
+        ).model
 
     keys = jax.random.split(jax.random.key(2), 2)
     both = eqx.filter_vmap(step)(keys)
@@ -132,3 +139,49 @@ def test_bad_chains_are_refused():
     chain = ns.Chain((regrama, ns.strategy("shrink_perturb")))
     with pytest.raises(ValueError, match="tuple of the members' states"):
         run(chain, 3, state=ns.EmptyState())
+
+
+class Halve:
+    """A strategy of one's own, written against the documented step: halve every weight of the
+    network when due, and record what its operand held."""
+
+    name = "halve"
+    schedule = ns.Schedule(every=1)
+    observes = False
+
+    def init(self, anatomy):
+        return ns.EmptyState()
+
+    def step(self, anatomy, operand, observation, state):
+        self.seen = operand
+        halved = jax.tree.map(lambda x: x / 2 if eqx.is_array(x) else x, operand.model)
+        return ns.StepResult(halved, operand.opt_state, state, {"reset": jnp.ones(())})
+
+
+class OldStyle(Halve):
+    """The step signature before `ns.Operand`."""
+
+    def step(self, anatomy, model, observation, state, key, step, *, init, optimizer=None,
+             opt_state=None, since=None):  # fmt: skip
+        raise AssertionError("never called")
+
+
+def test_a_strategy_of_ones_own_gets_the_operand_after_the_members_before_it():
+    halve = Halve()
+    result, (_, _, key) = run(ns.Chain((ns.strategy("full_reset", every=1), halve)), 3)
+    full, _ = by_hand([ns.strategy("full_reset", every=1)], 3)[:2]
+    for got, fresh in zip(arrays(halve.seen.model), arrays(full), strict=True):
+        np.testing.assert_array_equal(got, fresh)  # the first member's network
+    for got, fresh in zip(arrays(result.model), arrays(full), strict=True):
+        np.testing.assert_array_equal(got, fresh / 2)
+    assert np.array_equal(
+        jax.random.key_data(halve.seen.key), jax.random.key_data(jax.random.fold_in(key, 1))
+    )
+    assert halve.seen.step == 3 and halve.seen.init is make and halve.seen.optimizer is OPTIMIZER
+    assert set(result.info) == {"full_reset/reset", "halve/reset"}
+
+
+def test_a_strategy_written_for_the_earlier_step_signature_is_refused_by_name():
+    message = r"the step of strategy 'halve' takes \(anatomy, model, .*operand\.model"
+    with pytest.raises(TypeError, match=message):
+        ns.Chain((ns.strategy("regrama"), OldStyle()))

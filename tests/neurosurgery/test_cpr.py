@@ -80,15 +80,11 @@ def test_cpr_against_numpy(moments, gate):
         )
         return cpr.step(
             anatomy,
-            model,
+            ns.Operand(
+                model, key, step, init=make, optimizer=optimizer, opt_state=opt_state, since=since
+            ),
             obs,
             state,
-            key,
-            step,
-            init=make,
-            optimizer=optimizer,
-            opt_state=opt_state,
-            since=since,
         )
 
     state = ns.CPR(RHO, SHARP, C, DECAY, Given(S1)).init(anatomy)
@@ -170,7 +166,7 @@ def test_default_score_jit_and_vmap_over_seeds():
         model = make(key)
         _, obs = ns.observe(anatomy, model, sq_loss, x)
         scores, _ = ns.GraMa("weight").score(anatomy, obs, ns.EmptyState())
-        result = cpr.step(anatomy, model, obs, cpr.init(anatomy), key, 1, init=make)
+        result = cpr.step(anatomy, ns.Operand(model, key, 1, init=make), obs, cpr.init(anatomy))
         return result, scores
 
     keys = jax.random.split(jax.random.key(2), 2)

@@ -143,7 +143,9 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
     changes = {}
 
     redo = ns.strategy("redo", tau=0.0, every=1)
-    result = jitted(redo.step)(anatomy, model, obs, redo.init(anatomy), key, 1, init=case.make)
+    result = jitted(redo.step)(
+        anatomy, ns.Operand(model, key, 1, init=case.make), obs, redo.init(anatomy)
+    )
     assert float(result.info["reset"]) > 0
     changes["redo"] = delta(case, model, result.model)
 
@@ -155,7 +157,7 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
         assert skip and all(n.endswith("value_proj") for n in skip), e
         reborn = dataclasses.replace(reborn, skip=skip)
         state = reborn.init(anatomy)
-    result = jitted(reborn.step)(anatomy, model, obs, state, key, 1, init=case.make)
+    result = jitted(reborn.step)(anatomy, ns.Operand(model, key, 1, init=case.make), obs, state)
     assert float(result.info["reset"]) > 0
     changes["reborn"] = delta(case, model, result.model)
 
@@ -169,7 +171,7 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
         dead = {k: jnp.sum(scores[k] == 0, axis=-1).astype(jnp.float32) for k in state.pending}
         owed = {k: jnp.where(dead[k] > 0, dead[k] + 0.5, 0.0) for k in state.pending}
         result = jitted(cbp.step)(
-            anatomy, model, obs, state._replace(pending=owed), key, 1, init=case.make
+            anatomy, ns.Operand(model, key, 1, init=case.make), obs, state._replace(pending=owed)
         )
         replaced = sum(float(jnp.sum(dead[k])) for k in dead)
         got = sum(float(result.info[f"reset/{k}"]) * anatomy[k].n_units for k in state.pending)
@@ -184,7 +186,7 @@ def check_injection(case: Case) -> tuple[float, float]:
     fresh = lambda key: strategy.wrap(case.make(key), *case.example, fn=case.call)
     anatomy = ns.anatomy(wrapped, *case.example)
     result = jitted(strategy.step)(
-        anatomy, wrapped, None, ns.EmptyState(), jax.random.key(3), 1, init=fresh
+        anatomy, ns.Operand(wrapped, jax.random.key(3), 1, init=fresh), None, ns.EmptyState()
     )
     assert float(result.info["injected"]) == 1.0
     new = injected_parts(result.model)[0]

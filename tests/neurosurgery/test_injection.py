@@ -57,14 +57,11 @@ class Case:
         def run(model, opt_state, key, step):
             return self.strategy.step(
                 self.anatomy,
-                model,
+                ns.Operand(
+                    model, key, step, init=self.make, optimizer=self.optimizer, opt_state=opt_state
+                ),
                 None,
                 ns.EmptyState(),
-                key,
-                step,
-                init=self.make,
-                optimizer=self.optimizer,
-                opt_state=opt_state,
             )
 
         self.run = run
@@ -204,23 +201,18 @@ def test_refusals_at_the_step(mlp_case):
     anatomy = ns.anatomy(plain, jnp.zeros(3))
     key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"has no ns\.Injected part"):
-        mlp_case.strategy.step(anatomy, plain, None, ns.EmptyState(), key, AT, init=mlp)
+        mlp_case.strategy.step(anatomy, ns.Operand(plain, key, AT, init=mlp), None, ns.EmptyState())
     case, model = mlp_case, mlp_case.model
     adamw = optax.adamw(1e-3, weight_decay=1e-2)
     opt_state = adamw.init(eqx.filter(model, eqx.is_array))
     with pytest.raises(ValueError, match="weight decay"):
         case.strategy.step(
             case.anatomy,
-            model,
+            ns.Operand(model, key, AT, init=case.make, optimizer=adamw, opt_state=opt_state),
             None,
             ns.EmptyState(),
-            key,
-            AT,
-            init=case.make,
-            optimizer=adamw,
-            opt_state=opt_state,
         )
     with pytest.raises(TypeError, match="constructor"):
         case.strategy.step(
-            case.anatomy, model, None, ns.EmptyState(), key, AT, init=ns.lecun_normal()
+            case.anatomy, ns.Operand(model, key, AT, init=ns.lecun_normal()), None, ns.EmptyState()
         )

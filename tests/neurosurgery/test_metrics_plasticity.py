@@ -304,7 +304,7 @@ def test_every_stateful_metric_starts_afresh_for_the_units_a_reset_replaces():
         select = lambda scores: {"layers[0]": unit}
         resetter = ns.Resetter(metric, select=select, schedule=ns.Schedule(every=1))
         result = resetter.step(
-            anatomy, model, obs, metric.init(anatomy), jax.random.key(2), 1, init=make
+            anatomy, ns.Operand(model, jax.random.key(2), 1, init=make), obs, metric.init(anatomy)
         )
         np.testing.assert_array_equal(result.replaced["layers[0]"], unit)
         for before, after in zip(
@@ -317,7 +317,7 @@ def test_every_stateful_metric_starts_afresh_for_the_units_a_reset_replaces():
         # not due: nothing is replaced, nothing restarts
         idle = ns.Resetter(metric, select=select, schedule=ns.Schedule(every=1000))
         result = idle.step(
-            anatomy, model, obs, metric.init(anatomy), jax.random.key(2), 1, init=make
+            anatomy, ns.Operand(model, jax.random.key(2), 1, init=make), obs, metric.init(anatomy)
         )
         assert not bool(result.replaced["layers[0]"].any())
         assert eqx.tree_equal(result.state, state)

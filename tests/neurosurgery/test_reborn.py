@@ -34,14 +34,11 @@ def test_split_against_numpy():
     opt_state = jax.tree.map(lambda a: a + 1 if eqx.is_inexact_array(a) else a, opt_state)
     result = reborn.step(
         anatomy,
-        model,
+        ns.Operand(
+            model, jax.random.key(2), 1, init=make, optimizer=optimizer, opt_state=opt_state
+        ),
         obs,
         reborn.init(anatomy),
-        jax.random.key(2),
-        1,
-        init=make,
-        optimizer=optimizer,
-        opt_state=opt_state,
     )
     w1, b1 = np.asarray(model.layers[0].weight), np.asarray(model.layers[0].bias)
     w2 = np.asarray(model.layers[1].weight)
@@ -108,7 +105,7 @@ def test_reborn_keeps_the_function_of_generated_networks(widths, killed, share, 
     x = jax.random.normal(jax.random.fold_in(key, 1), (16, 4))
     _, obs = ns.observe(anatomy, model, lambda y: jnp.sum(y**2), x)
     reborn = ns.ReBorn(share=share, schedule=ns.Schedule(every=1))
-    result = reborn.step(anatomy, model, obs, reborn.init(anatomy), key, 1, init=make)
+    result = reborn.step(anatomy, ns.Operand(model, key, 1, init=make), obs, reborn.init(anatomy))
     assert float(result.info["reset"]) > 0
     run = (
         (lambda m: jax.vmap(lambda xx: call(m, xx))(x)) if ensemble else (lambda m: jax.vmap(m)(x))
@@ -122,7 +119,9 @@ def test_not_due_changes_nothing_and_bad_options():
     anatomy = ns.anatomy(model, jnp.zeros(3))
     _, obs = ns.observe(anatomy, model, jnp.sum, jnp.ones((4, 3)))
     reborn = ns.ReBorn(schedule=ns.Schedule(every=10))
-    result = reborn.step(anatomy, model, obs, reborn.init(anatomy), jax.random.key(1), 5, init=make)
+    result = reborn.step(
+        anatomy, ns.Operand(model, jax.random.key(1), 5, init=make), obs, reborn.init(anatomy)
+    )
     for a, b in zip(jax.tree.leaves(result.model), jax.tree.leaves(model), strict=True):
         np.testing.assert_array_equal(a, b)
     assert float(result.info["reset"]) == 0.0 and float(result.info["flagged"]) > 0

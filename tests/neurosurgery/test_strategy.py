@@ -73,7 +73,9 @@ def test_resetter_under_jit_and_vmap_over_seeds():
     def run(key, step):
         model = with_dead_units(make(key))
         _, obs = ns.observe(anatomy, model, jnp.sum, XS)
-        result = strategy.step(anatomy, model, obs, strategy.init(anatomy), key, step, init=make)
+        result = strategy.step(
+            anatomy, ns.Operand(model, key, step, init=make), obs, strategy.init(anatomy)
+        )
         return model, result.model, result.info
 
     keys = jax.random.split(jax.random.key(1), 3)
@@ -108,14 +110,16 @@ def test_fresh_weights_are_drawn_only_when_due():
         _, obs = ns.observe(anatomy, m, jnp.sum, XS)
         result = strategy.step(
             anatomy,
-            m,
+            ns.Operand(
+                m,
+                jax.random.key(i),
+                i,
+                init=counting_make,
+                optimizer=optimizer,
+                opt_state=opt_state,
+            ),
             obs,
             strategy.init(anatomy),
-            jax.random.key(i),
-            i,
-            init=counting_make,
-            optimizer=optimizer,
-            opt_state=opt_state,
         )
         return eqx.filter(result.model, eqx.is_array), result.opt_state
 
@@ -141,14 +145,16 @@ def test_whole_network_strategies():
     assert not sp.observes
     result = sp.step(
         anatomy,
-        model,
+        ns.Operand(
+            model,
+            jax.random.key(5),
+            2,
+            init=lambda k: fresh,
+            optimizer=optimizer,
+            opt_state=opt_state,
+        ),
         None,
         sp.init(anatomy),
-        jax.random.key(5),
-        2,
-        init=lambda k: fresh,
-        optimizer=optimizer,
-        opt_state=opt_state,
     )
     np.testing.assert_allclose(
         result.model.layers[0].weight,
@@ -160,28 +166,36 @@ def test_whole_network_strategies():
     for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(result.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
     idle = sp.step(
-        anatomy, model, None, sp.init(anatomy), jax.random.key(5), 3, init=lambda k: fresh
+        anatomy,
+        ns.Operand(model, jax.random.key(5), 3, init=lambda k: fresh),
+        None,
+        sp.init(anatomy),
     )
     np.testing.assert_array_equal(idle.model.layers[0].weight, model.layers[0].weight)
     assert float(idle.info["reset"]) == 0.0
     full = ns.strategy("full_reset", at=(3,))
     result = full.step(
         anatomy,
-        model,
+        ns.Operand(
+            model,
+            jax.random.key(5),
+            3,
+            init=lambda k: fresh,
+            optimizer=optimizer,
+            opt_state=opt_state,
+        ),
         None,
         full.init(anatomy),
-        jax.random.key(5),
-        3,
-        init=lambda k: fresh,
-        optimizer=optimizer,
-        opt_state=opt_state,
     )
     np.testing.assert_array_equal(result.model.layers[1].weight, fresh.layers[1].weight)
     fresh_state = optimizer.init(eqx.filter(fresh, eqx.is_array))
     for a, b in zip(jax.tree.leaves(fresh_state), jax.tree.leaves(result.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
     named = full.step(
-        anatomy, model, None, full.init(anatomy), jax.random.key(5), 3, init=ns.lecun_normal()
+        anatomy,
+        ns.Operand(model, jax.random.key(5), 3, init=ns.lecun_normal()),
+        None,
+        full.init(anatomy),
     )
     assert (named.model.layers[0].bias == 0).all()
     assert not np.array_equal(named.model.layers[0].weight, model.layers[0].weight)
