@@ -111,7 +111,7 @@ def report(
         raise ValueError(
             f"none of the {len(runs)} runs under {[str(f) for f in folders]} has finished "
             f"(partial: {[str(r.path) for r in partial]}); report them once they have, or "
-            "resume them with `neurosurgery train --resume RUN_DIR`"
+            "resume them with `neurosurgery resume RUN_DIR`"
         )
     by_run = {r.path: rows_of(r) for r in finished}
     rows = [row for r in finished for row in by_run[r.path]]

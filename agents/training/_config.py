@@ -171,6 +171,10 @@ class ResetConfig:
         if not isinstance(self.method, str):
             if not isinstance(self.method, ns.Strategy) or isinstance(self.method, type):
                 raise ValueError(f"reset.method must be a name or a strategy, got {self.method!r}")
+            try:
+                ns.check_step(self.method, "reset.method")
+            except TypeError as err:
+                raise ValueError(str(err)) from None
             if self.given():
                 raise ValueError(
                     f"reset options {', '.join(self.given())} apply to named methods; the "
@@ -190,6 +194,18 @@ class WandbConfig:
     """W&B group of the seeds' runs; default: the run folder's name."""
     entity: str | None = None
     """W&B entity (user or team); default: W&B's own default."""
+
+
+def _changed(value: Any, default: Any, prefix: str) -> list[str]:
+    """The dotted names of the options in which the dataclass `value` differs from `default`."""
+    out = []
+    for f in dataclasses.fields(value):
+        a, b = getattr(value, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(a) and type(a) is type(b):
+            out += _changed(a, b, f"{prefix}.{f.name}")
+        elif a != b:
+            out.append(f"{prefix}.{f.name}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -264,10 +280,26 @@ class TrainConfig:
     dacer: DACERConfig = field(default_factory=DACERConfig)
     """DACER hyperparameters (agent dacer)."""
 
+    def _validate_agent_options(self) -> None:
+        """Refuse options of another agent than `agent`: the run would silently ignore them."""
+        for other in AGENTS:
+            if other == self.agent:
+                continue
+            options = getattr(self, other)
+            changed = _changed(options, type(options)(), other)
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} {'are options' if len(changed) > 1 else 'is an option'}"
+                    f" of agent {other}, but this run trains {self.agent}, which would ignore "
+                    f"{'them' if len(changed) > 1 else 'it'}; train agent {other}, or leave the "
+                    f"{other}.* options at their defaults"
+                )
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; available: {', '.join(AGENTS)}")
+        self._validate_agent_options()
         positive = ("steps", "num_envs", "action_repeat", "episode_length", "buffer_size")
         positive += ("log_every", "eval_episodes", "checkpoint_every")
         for name in positive:
@@ -352,7 +384,7 @@ class TrainConfig:
                     if self.agent == "bro"
                     else ""
                 )
-                + "; use --agent sac or another method"
+                + "; train sac (neurosurgery train sac) or use another method"
             )
         metrics = s.built_metrics()
         names = [m.name for m in metrics]

@@ -42,7 +42,7 @@ from ._trainer import CHECKPOINT, Callback, NonFiniteError, Trainer, program_opt
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration saved in a run folder (for `--resume`)."""
+    """The configuration saved in a run folder (for `neurosurgery resume`)."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
@@ -216,7 +216,9 @@ def train(
                 f"resume with steps >= {done} (or leave it out)"
             )
     elif ckpt_path.exists():
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume or another run dir")
+        raise CheckpointError(
+            f"{run_dir} already holds a run; continue it with `neurosurgery resume {run_dir}`, or give another run dir"
+        )
     elif any((run_dir / name).exists() for name in RUN_FILES):
         found = ", ".join(name for name in RUN_FILES if (run_dir / name).exists())
         raise CheckpointError(
@@ -289,7 +291,7 @@ def _write_error(err: OSError, run_dir: Path, ckpt_path: Path) -> RunWriteError:
         kept = "no checkpoint was written yet"
     return RunWriteError(
         f"could not write {what}: {err.strerror}; the run stopped, {kept} and no temporary "
-        f"file is left: free space, then continue with `neurosurgery train --resume {run_dir}`"
+        f"file is left: free space, then continue with `neurosurgery resume {run_dir}`"
     )
 
 

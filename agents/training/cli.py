@@ -1,8 +1,9 @@
-"""Command line: `neurosurgery train --agent sac --env dmc/cartpole-swingup --seeds 0 1 ...`.
+"""Command line: `neurosurgery train sac|bro|dacer --env dmc/cartpole-swingup --seeds 0 1 ...`.
 
-Every option of `TrainConfig` is a flag, nested ones with a dot (`--sac.batch-size`,
-`--surgery.metrics`, `--reset.method regrama --reset.tau 0.01`); `--help` lists them with their
-defaults. `--resume RUN_DIR` continues a run from its checkpoint with the configuration saved in
+`train AGENT` takes the options every run has and that agent's own (`train bro --help` lists
+BRO's and the shared ones only; another agent's option is refused by name). Nested options take
+a dot (`--sac.batch-size`, `--surgery.metrics`, `--reset.method regrama --reset.tau 0.01`).
+`neurosurgery resume RUN_DIR` continues a run from its checkpoint with the configuration saved in
 that folder.
 
 `neurosurgery sweep STUDY_FILE --out DIR` trains a study, a grid of runs (see `_study.py`);
@@ -17,11 +18,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Union
 
 import tyro
 
+from ..algorithms import BROConfig, DACERConfig, SACConfig
 from ._checkpoint import CheckpointError, RunWriteError
-from ._config import AGENTS, TrainConfig
+from ._config import AGENTS, TrainConfig, WandbConfig
 from ._run import load_run_config, train
 from ._study import LauncherConfig, StudyError
 from ._trainer import CHECKPOINT, NonFiniteError
@@ -29,13 +32,78 @@ from ._trainer import CHECKPOINT, NonFiniteError
 
 @dataclass(frozen=True)
 class TrainCommand(TrainConfig):
-    """Train an agent; metrics, checkpoints and plots go to the run folder."""
+    """Train an agent; metrics, checkpoints and plots go to the run folder. The command line
+    takes one subclass per agent (`TRAIN_COMMANDS`), each without the other agents' options."""
 
-    resume: str | None = None
-    """Continue the run in this folder from its checkpoint with its saved config; of the other
-    options only --steps (to extend the run), --sinks, --progress, --env-workers,
-    --shard-seeds, --keep-checkpoints, --published and --wandb.* may be given (each then replaces
-    the saved value); any other is refused unless it repeats the saved value."""
+
+#: each agent's options, by the option that holds them
+AGENT_CONFIGS: dict[str, type] = {"sac": SACConfig, "bro": BROConfig, "dacer": DACERConfig}
+AGENT_DESCRIPTIONS = {
+    "sac": "Train SAC, soft actor-critic (Haarnoja et al., 2018); by default the GraMa paper's "
+    "SAC table.",
+    "bro": "Train BRO, bigger regularized optimistic (Nauman et al., 2024): BroNet critics, a "
+    "quantile critic loss and an optimistic exploration actor.",
+    "dacer": "Train DACER, diffusion actor-critic with entropy regulator (Wang et al., 2024): a "
+    "diffusion policy whose action noise the entropy estimate regulates.",
+}
+
+
+def _train_command(agent: str) -> type[TrainCommand]:
+    """`TrainCommand` for one agent: `agent` fixed and the other agents' options hidden from the
+    command line (given there, tyro refuses them and names the subcommand that takes them)."""
+    hidden: list[tuple[str, Any, Any]] = [
+        ("agent", Annotated[str, tyro.conf.Suppress], dataclasses.field(default=agent))
+    ]
+    for other, cls in AGENT_CONFIGS.items():
+        if other != agent:
+            suppressed = Annotated[cls, tyro.conf.Suppress]
+            hidden.append((other, suppressed, dataclasses.field(default_factory=cls)))
+    name = f"Train{agent.upper()}"
+    made = dataclasses.make_dataclass(name, hidden, bases=(TrainCommand,), frozen=True)
+    made.__doc__ = AGENT_DESCRIPTIONS[agent]
+    made.__module__ = __name__
+    return made
+
+
+#: `neurosurgery train AGENT`'s options, by agent
+TRAIN_COMMANDS: dict[str, type[TrainCommand]] = {a: _train_command(a) for a in AGENTS}
+
+
+@dataclass(frozen=True)
+class ResumeCommand:
+    """Continue a run from its checkpoint with the options saved in its folder. Only the options
+    below may be given; each then replaces the saved value (the others keep it). To train with
+    other options, start a new run folder."""
+
+    run_dir: tyro.conf.Positional[str]
+    """The run folder (its checkpoint and config.json)."""
+    steps: Annotated[int, tyro.conf.arg(help_behavior_hint="(default: the saved value)")] = 0
+    """Environment steps per seed, to extend the run."""
+    sinks: Annotated[
+        tuple[str, ...], tyro.conf.arg(help_behavior_hint="(default: the saved value)")
+    ] = ()
+    """Where metrics go (csv, jsonl, tensorboard, console, wandb)."""
+    progress: Annotated[bool, tyro.conf.arg(help_behavior_hint="(default: the saved value)")] = True
+    """Show a progress bar."""
+    env_workers: Annotated[
+        int | None, tyro.conf.arg(help_behavior_hint="(default: the saved value)")
+    ] = None
+    """dm_control only: worker processes of each seed's environments (trajectories do not
+    depend on it)."""
+    shard_seeds: Annotated[bool, tyro.conf.arg(help_behavior_hint="(default: the saved value)")] = (
+        False
+    )
+    """Shard the seed axis over this process's devices (the records stay the same)."""
+    keep_checkpoints: Annotated[
+        bool, tyro.conf.arg(help_behavior_hint="(default: the saved value)")
+    ] = False
+    """Keep every checkpoint as checkpoints/<env step>.ckpt besides the latest."""
+    published: Annotated[
+        str | None, tyro.conf.arg(help_behavior_hint="(default: the saved value)")
+    ] = None
+    """Published curve drawn beside this run's (BRO, BRO_fast, SAC)."""
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    """Weights & Biases project, group and entity (default: the saved values)."""
 
 
 @dataclass(frozen=True)
@@ -173,17 +241,36 @@ def _config(cmd: TrainCommand) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def parse(args: Sequence[str]) -> TrainCommand | SweepCommand | ReportCommand | InspectCommand:
+#: `neurosurgery train`: one subcommand per agent
+TrainSubcommand = Union[  # noqa: UP007 (tyro reads the members' subcommand names)
+    tuple(
+        Annotated[cls, tyro.conf.subcommand(agent, description=cls.__doc__)]
+        for agent, cls in TRAIN_COMMANDS.items()
+    )
+]
+
+
+def _train(agent: TrainSubcommand) -> TrainCommand:  # type: ignore[valid-type]
+    """Train an agent (`neurosurgery train sac|bro|dacer [OPTIONS]`; `train AGENT --help` lists
+    the agent's options); metrics, checkpoints and plots go to the run folder."""
+    return agent
+
+
+def parse(
+    args: Sequence[str],
+) -> TrainCommand | ResumeCommand | SweepCommand | ReportCommand | InspectCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
     return tyro.extras.subcommand_cli_from_dict(
         {
-            "train": TrainCommand,
+            "train": _train,
+            "resume": ResumeCommand,
             "sweep": SweepCommand,
             "report": ReportCommand,
             "inspect": InspectCommand,
         },
         args=list(args),
         prog="neurosurgery",
+        config=(tyro.conf.OmitSubcommandPrefixes,),
     )
 
 
@@ -273,25 +360,10 @@ def _check_sources(cmd: SweepCommand) -> None:
         )
 
 
-#: the options a resumed run takes from the command line (the rest come from its folder)
-RESUME_OPTIONS = (
-    "steps",
-    "sinks",
-    "progress",
-    "no-progress",
-    "env-workers",
-    "shard-seeds",
-    "no-shard-seeds",
-    "keep-checkpoints",
-    "no-keep-checkpoints",
-    "wandb.project",
-    "wandb.group",
-    "wandb.entity",
-    "published",
-    "resume",
-)
-#: flags of earlier versions and the options that replaced them
+#: flags of earlier versions and what replaced them
 RENAMED = {
+    "agent": "the subcommand after train: neurosurgery train sac|bro|dacer [OPTIONS]",
+    "resume": "a command of its own: neurosurgery resume RUN_DIR [--steps N ...]",
     "reset": "--reset.method",
     "reset-tau": "--reset.tau (the reset threshold) and --surgery.tau (the logged one)",
     "reset-period": "--reset.every (updates between resets) and --surgery.every (between logs)",
@@ -307,34 +379,20 @@ def _flag(arg: str) -> str:
     return arg[2:].split("=", 1)[0].replace("_", "-")
 
 
-def _differs(cmd: TrainCommand, config: TrainConfig, flag: str) -> bool:
-    """Whether the option `flag` (as `_flag` gives it) asks for another value than `config`
-    holds; options it cannot find count as different."""
-    if flag == "run-dir":
-        return Path(cmd.run_dir).resolve() != Path(config.run_dir).resolve()
-    path = flag[3:] if flag.startswith("no-") else flag
-    given, saved = cmd, config
-    try:
-        for part in path.split("."):
-            attr = part.replace("-", "_")
-            given, saved = getattr(given, attr), getattr(saved, attr)
-    except AttributeError:
-        return True
-    return given != saved
-
-
-def _check_agent_options(agent: str, given: set[str]) -> None:
-    """Refuse options of another agent than the run's (the run would silently ignore them), as
-    a study refuses them in its runs."""
-    if agent not in AGENTS:
-        return  # validation names the unknown agent
-    for flag in sorted(given):
-        head = flag.split(".")[0]
-        if head in AGENTS and head != agent:
-            raise ValueError(
-                f"--{flag} is for agent {head}, but this run trains {agent}, which has no such "
-                f"option; give --agent {head}, or leave the --{head}.* options out"
-            )
+def _resumed(cmd: ResumeCommand, given: set[str]) -> TrainConfig:
+    """The run's saved configuration with the options given on the command line replaced."""
+    config = load_run_config(cmd.run_dir)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(ResumeCommand):
+        if f.name in ("run_dir", "wandb"):
+            continue
+        flag = f.name.replace("_", "-")
+        if given & {flag, f"no-{flag}"}:
+            changes[f.name] = getattr(cmd, f.name)
+    wandb = {
+        k: getattr(cmd.wandb, k) for k in ("project", "group", "entity") if f"wandb.{k}" in given
+    }
+    return dataclasses.replace(config, **changes, wandb=dataclasses.replace(config.wandb, **wandb))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "neurosurgery: error: "
             + "; ".join(f"--{f} is now {RENAMED[f]}" for f in renamed)
-            + " (see neurosurgery train --help)",
+            + " (see neurosurgery --help)",
             file=sys.stderr,
         )
         return 2
@@ -356,56 +414,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(cmd)
     if isinstance(cmd, InspectCommand):
         return _inspect(cmd)
-    if not isinstance(cmd, TrainCommand):  # `neurosurgery sweep` is handled above
+    if isinstance(cmd, SweepCommand):  # `neurosurgery sweep` is handled above
         return sweep_main(args[1:])
     given = {_flag(a) for a in args if a.startswith("--")}
-    run_dir = cmd.resume if cmd.resume is not None else cmd.run_dir
+    run_dir = cmd.run_dir
     try:
-        if cmd.resume is not None:
-            config = load_run_config(cmd.resume)
-            others = given - set(RESUME_OPTIONS)
-            refused = sorted(f for f in others if _differs(cmd, config, f))
-            if refused:
-                allowed = ", ".join(f"--{o}" for o in RESUME_OPTIONS[:-1])
-                raise ValueError(
-                    f"--resume continues the run with the options saved in {cmd.resume}; "
-                    f"{', '.join('--' + o for o in refused)} cannot change it (only {allowed} "
-                    "can). Start a new --run-dir to train with other options"
-                )
-            progress = cmd.progress if given & {"progress", "no-progress"} else config.progress
-            wandb = {
-                k: getattr(cmd.wandb, k)
-                for k in ("project", "group", "entity")
-                if f"wandb.{k}" in given
-            }
-            config = dataclasses.replace(
-                config,
-                steps=cmd.steps if "steps" in given else config.steps,
-                sinks=cmd.sinks if "sinks" in given else config.sinks,
-                progress=progress,
-                env_workers=cmd.env_workers if "env-workers" in given else config.env_workers,
-                shard_seeds=(
-                    cmd.shard_seeds
-                    if given & {"shard-seeds", "no-shard-seeds"}
-                    else config.shard_seeds
-                ),
-                keep_checkpoints=(
-                    cmd.keep_checkpoints
-                    if given & {"keep-checkpoints", "no-keep-checkpoints"}
-                    else config.keep_checkpoints
-                ),
-                wandb=dataclasses.replace(config.wandb, **wandb),
-                published=cmd.published if "published" in given else config.published,
-            )
-            if not (Path(cmd.resume) / CHECKPOINT).exists():
+        if isinstance(cmd, ResumeCommand):
+            config = _resumed(cmd, given)
+            if not (Path(cmd.run_dir) / CHECKPOINT).exists():
                 print(
-                    f"neurosurgery: no checkpoint in {cmd.resume} yet: training from step 0 "
+                    f"neurosurgery: no checkpoint in {cmd.run_dir} yet: training from step 0 "
                     "with the options saved there",
                     file=sys.stderr,
                 )
             summary = train(config, resume=True)
         else:
-            _check_agent_options(cmd.agent, given)
             summary = train(_config(cmd))
     except NonFiniteError as err:
         print(f"neurosurgery: {err}", file=sys.stderr)
@@ -419,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             f"neurosurgery: interrupted; the run folder keeps its last checkpoint (if one was "
-            f"written): continue with `neurosurgery train --resume {run_dir}`",
+            f"written): continue with `neurosurgery resume {run_dir}`",
             file=sys.stderr,
         )
         return 130

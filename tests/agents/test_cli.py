@@ -56,19 +56,19 @@ TINY = [
 SHARED = TINY[: TINY.index("--sac.batch-size")]
 
 
-def test_help_lists_every_option_with_default(capsys):
+@pytest.mark.parametrize("agent", ["sac", "bro", "dacer"])
+def test_help_lists_the_agents_options_and_the_shared_ones_only(capsys, agent):
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "--help"])
+        main(["train", agent, "--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "sac"]
-    for name in fields:
-        assert "--" + name.replace("_", "-") in out, name
+    shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in cli.AGENT_CONFIGS]
+    for name in shared:
+        if name != "agent":  # the subcommand
+            assert "--" + name.replace("_", "-") in out, name
+    for other in cli.AGENT_CONFIGS:
+        assert (f"--{other}." in out) == (other == agent), other
     for name in (
-        "--sac.batch-size",
-        "--sac.tau",
-        "--sac.critic.activation",
-        "--resume",
         "--surgery.metrics",
         "--surgery.every",
         "--reset.method",
@@ -77,13 +77,61 @@ def test_help_lists_every_option_with_default(capsys):
         "--reset.every",
     ):
         assert name in out
-    assert out.count("(default:") >= len(fields) + 10
+    assert "--agent" not in out and "--resume" not in out
+    own = [f.name for f in dataclasses.fields(cli.AGENT_CONFIGS[agent])]
+    assert out.count("(default:") >= len(shared) + len(own) - 1
+
+
+def test_train_lists_one_subcommand_per_agent(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"{a} " in out for a in ("sac", "bro", "dacer")) and "{sac,bro,dacer}" in out
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["sac", "--bro.critic-width", "64"], "--bro.critic-width"),
+        (["dacer", "--bro.n-quantiles", "5"], "--bro.n-quantiles"),
+        (["bro", "--sac.batch-size", "5"], "--sac.batch-size"),
+        (["ppo"], "ppo"),
+    ],
+)
+def test_another_agents_option_is_refused_by_name(tmp_path, capsys, args, named):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args, "--run-dir", str(run_dir)])
+    assert exit_.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert named in err
+    if named.startswith("--"):  # and the subcommand that takes it
+        assert f"neurosurgery train {named[2:].split('.')[0]} --help" in err
+    assert not run_dir.exists()
+
+
+def test_another_agents_options_are_refused_from_python_too(tmp_path):
+    """The library's validation refuses what the command line cannot express: options of an
+    agent that the run does not train (it would ignore them)."""
+    config = TrainConfig(run_dir=str(tmp_path / "run"))
+    bro = dataclasses.replace(config.bro, critic_width=64, n_quantiles=5)
+    bad = dataclasses.replace(config, bro=bro)
+    with pytest.raises(
+        ValueError,
+        match=r"bro.critic_width, bro.n_quantiles are options of "
+        r"agent bro, but this run trains sac",
+    ):
+        bad.validate()
+    sac = dataclasses.replace(config.sac, critic=dataclasses.replace(config.sac.critic, width=8))
+    with pytest.raises(ValueError, match=r"^sac.critic.width is an option of agent sac, but"):
+        dataclasses.replace(config, agent="bro", sac=sac).validate()
+    dataclasses.replace(bad, agent="bro").validate()  # the run's own agent: fine
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--agent", "ppo"], "unknown agent 'ppo'"),
         (
             ["--reset.method", "regrama", "--reset.start", "10", "--reset.end", "5"],
             "end > start",
@@ -105,11 +153,6 @@ def test_help_lists_every_option_with_default(capsys):
         (["--surgery.tau", "-1"], "surgery.tau must be >= 0"),
         (["--reset-tau", "0.1"], "--reset-tau is now --reset.tau"),
         (["--sac.tau", "-0.1"], "sac.tau must be in [0, 1]"),
-        (
-            ["--bro.critic-width", "64"],
-            "--bro.critic-width is for agent bro, but this run trains sac",
-        ),
-        (["--agent", "dacer", "--bro.n-quantiles", "5"], "give --agent bro, or leave the --bro.*"),
         (["--steps", "0"], "steps must be > 0"),
         (["--replay-ratio", "0"], "replay_ratio must be > 0"),
         (["--sac.critic.activation", "swishy"], "activation 'swishy' is unknown"),
@@ -125,7 +168,7 @@ def test_help_lists_every_option_with_default(capsys):
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
-    code = main(["train", *TINY, "--no-progress", "--run-dir", str(run_dir), *args])
+    code = main(["train", "sac", *TINY, "--no-progress", "--run-dir", str(run_dir), *args])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
@@ -134,7 +177,7 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
 def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code = main(["train", *TINY, "--no-progress", "--run-dir", str(blocker / "run")])
+    code = main(["train", "sac", *TINY, "--no-progress", "--run-dir", str(blocker / "run")])
     assert code == 2
     err = capsys.readouterr().err
     assert f"cannot write the run folder {blocker / 'run'}" in err and "is a file" in err
@@ -144,7 +187,7 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path
 @pytest.mark.newest
 def test_train_and_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0
+    assert main(["train", "sac", *TINY, "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr()
     assert "done: 1000 env steps" in out.out
     assert "step      1000 | train_return" in out.out  # console sink
@@ -153,12 +196,12 @@ def test_train_and_resume(tmp_path, capsys):
     assert summary["env_steps"] == 1000
     saved = lambda: json.loads((run_dir / "config.json").read_text())["config"]
     # a finished run resumes to the same summary without more work
-    assert main(["train", "--resume", str(run_dir), "--no-progress", "--sinks", "csv"]) == 0
+    assert main(["resume", str(run_dir), "--no-progress", "--sinks", "csv"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1000
     assert saved()["sinks"] == ["csv"] and saved()["progress"] is False
     # --steps extends a finished run; options not given keep their saved values (csv only)
     # (and --keep-checkpoints, a resume option, keeps the checkpoint it writes at 1200)
-    assert main(["train", "--resume", str(run_dir), "--steps", "1200", "--keep-checkpoints"]) == 0
+    assert main(["resume", str(run_dir), "--steps", "1200", "--keep-checkpoints"]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 1200
     assert saved()["steps"] == 1200 and saved()["sinks"] == ["csv"] and saved()["keep_checkpoints"]
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["1200.ckpt"]
@@ -171,41 +214,43 @@ def test_train_and_resume(tmp_path, capsys):
         assert max(int(line.split(",")[0]) for line in list(f)[1:]) == 1200
     capsys.readouterr()
 
-    # the original command with --resume added: options at their saved values are no change (--sinks is
-    # a resume option: TINY's four sinks replace the saved csv)
-    same = [*TINY, "--run-dir", str(run_dir), "--resume", str(run_dir), "--steps", "1200"]
-    assert main(["train", *same]) == 0, capsys.readouterr().err
-    capsys.readouterr()
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     refused = [
-        (["--seeds", "5"], "--seeds cannot change it"),
-        (["--sac.batch-size=64", "--run-dir", "x"], "--run-dir, --sac.batch-size cannot"),
-        (["--sac.actor.width", "32", "--sac.critic.width", "16"], "--sac.actor.width cannot"),
+        (["--seeds", "5"], "--seeds"),
+        (["--sac.batch-size=64", "--run-dir", "x"], "--sac.batch-size"),
+        (["--reset.method", "redo"], "--reset.method"),
+    ]
+    for extra, message in refused:  # not resume options: the command line refuses them
+        with pytest.raises(SystemExit) as exit_:
+            main(["resume", str(run_dir), *extra])
+        assert exit_.value.code == 2, extra
+        assert message in capsys.readouterr().err, extra
+    invalid = [
         (["--steps", "400"], "already at 1200 env steps, past steps = 400"),
         (["--env_workers=1"], "env_workers applies to dm_control"),  # allowed, then validated
     ]
-    for extra, message in refused:
-        assert main(["train", "--resume", str(run_dir), *extra]) == 2, extra
+    for extra, message in invalid:
+        assert main(["resume", str(run_dir), *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
-    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert main(["resume", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
     # a damaged checkpoint is refused by name, and the folder is left as it was
     (run_dir / "checkpoint.ckpt").write_bytes(before["checkpoint.ckpt"][:-100])
-    assert main(["train", "--resume", str(run_dir), "--steps", "1400"]) == 2
+    assert main(["resume", str(run_dir), "--steps", "1400"]) == 2
     assert "is truncated or damaged" in capsys.readouterr().err
     assert (run_dir / "config.json").read_bytes() == before["config.json"]
     # a fresh run does not write into a folder that holds an earlier run's files
     (run_dir / "checkpoint.ckpt").unlink()
-    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 2
+    assert main(["train", "sac", *TINY, "--run-dir", str(run_dir)]) == 2
     assert "holds files of an earlier run with no checkpoint" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").read_bytes() == before["metrics.csv"]
 
 
 def test_env_workers_reach_the_dm_control_pools():
     """--env-workers sets each seed's pool size; unset, the backend's default applies."""
-    config = _config(parse(["train", "--env", "dmc/cartpole-balance", "--env-workers", "1"]))
+    config = _config(parse(["train", "sac", "--env", "dmc/cartpole-balance", "--env-workers", "1"]))
     assert config.env_workers == 1
     config.validate()
     with make_env(config, 3, seed=0) as env:
@@ -226,7 +271,16 @@ def test_env_impl_reaches_playground(monkeypatch):
     monkeypatch.setattr(envs, "make", lambda name, **options: calls.append((name, options)))
     config = _config(
         parse(
-            ["train", "--env", "playground/CartpoleBalance", "--env-impl", "warp", "--seeds", "0"]
+            [
+                "train",
+                "sac",
+                "--env",
+                "playground/CartpoleBalance",
+                "--env-impl",
+                "warp",
+                "--seeds",
+                "0",
+            ]
         )
     )
     config.validate()
@@ -244,8 +298,8 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(cli, "train", interrupted)
     run_dir = tmp_path / "run"
-    assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 130
-    assert f"neurosurgery train --resume {run_dir}" in capsys.readouterr().err
+    assert main(["train", "sac", *TINY, "--run-dir", str(run_dir)]) == 130
+    assert f"neurosurgery resume {run_dir}" in capsys.readouterr().err
 
 
 def test_resume_without_a_checkpoint_says_it_starts_from_zero(tmp_path, capsys, monkeypatch):
@@ -256,7 +310,7 @@ def test_resume_without_a_checkpoint_says_it_starts_from_zero(tmp_path, capsys, 
     calls = []
     summary = {"env_steps": 0}
     monkeypatch.setattr(cli, "train", lambda c, **kw: calls.append(kw) or summary)
-    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert main(["resume", str(run_dir)]) == 0
     assert calls == [{"resume": True}]
     assert f"no checkpoint in {run_dir} yet: training from step 0" in capsys.readouterr().err
 
@@ -283,13 +337,14 @@ def test_a_run_from_before_the_options_were_nested_resumes(tmp_path, capsys, mon
     config = load_run_config(old)
     assert config.reset.method == "regrama" and config.reset.every == 50
     assert config.surgery.every == 50 and config.surgery.networks == ("critic",)
-    assert main(["train", "--resume", str(old), "--steps", "600", "--no-progress"]) == 0
+    assert main(["resume", str(old), "--steps", "600", "--no-progress"]) == 0
     fresh = tmp_path / "fresh"
     args = ["--run-dir", str(fresh), "--steps", "600", "--seeds", "0", "1"]
     assert (
         main(
             [
                 "train",
+                "sac",
                 *TINY,
                 *args,
                 "--sinks",
@@ -325,6 +380,14 @@ def test_flags_of_earlier_versions_name_their_replacements(capsys):
     assert main(["train", "--reset", "regrama", "--reset-tau", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "--reset is now --reset.method" in err and "--reset-tau is now --reset.tau" in err
+    assert main(["train", "--agent", "bro", "--steps", "10"]) == 2
+    assert "--agent is now the subcommand after train: neurosurgery train sac|bro|dacer" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--resume", "runs/x"]) == 2
+    assert "--resume is now a command of its own: neurosurgery resume RUN_DIR" in (
+        capsys.readouterr().err
+    )
 
 
 def test_migrated_schedules_reset_where_the_flat_options_did():

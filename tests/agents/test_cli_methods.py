@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from agents import BRO, DACER, SAC, BROConfig, DACERConfig, SACConfig
+import agents
+from agents import BRO, DACER, SAC, BROConfig, DACERConfig, SACConfig, TrainConfig
 from agents.training import read_metrics
 from agents.training.cli import main
 from neurosurgery import L2InitState
@@ -38,7 +39,7 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
     options, figure = RUNS[method]
     args = ["--seeds", "0", "--steps", "600", "--no-progress", "--sinks", "csv"]
     args += ["--reset.method", method, *options]
-    assert main(["train", *TINY, *args, "--run-dir", str(run_dir)]) == 0
+    assert main(["train", "sac", *TINY, *args, "--run-dir", str(run_dir)]) == 0
     curves = read_metrics(run_dir / "metrics.csv")
     values = [v for _, v in curves[f"surgery/critic/{figure}"][0] if np.isfinite(v)]
     assert values  # the method's own figures were logged
@@ -75,8 +76,8 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
         (["--reset.method", "redo", "--reset.gate", "exp"], "gate do not apply to the redo"),
         (["--reset.method", "injection", "--reset.at", "5", "9"], "at=(5, 9) is invalid"),
         (["--reset.method", "injection", "--reset.layers", "0"], "layers=0 is invalid"),
-        (["--reset.method", "injection", "--agent", "bro"], "agent bro is not supported"),
-        (["--reset.method", "injection", "--agent", "dacer"], "agent dacer is not supported"),
+        (["bro", "--reset.method", "injection"], "agent bro is not supported"),
+        (["dacer", "--reset.method", "injection"], "agent dacer is not supported"),
         (["--reset.method", "regrama+injection"], "plasticity injection, which cannot be composed"),
         (
             ["--reset.method", "regrama+shrink_perturb", "--reset.maturity", "5"],
@@ -88,8 +89,11 @@ def test_sac_trains_from_the_command_line(tmp_path, method):
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
-    base = SHARED if "--agent" in args else TINY  # TINY's --sac.* options are SAC's alone
-    assert main(["train", *base, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
+    if args[0] in ("bro", "dacer"):  # TINY's --sac.* options are SAC's alone
+        agent, base, args = args[0], SHARED, args[1:]
+    else:
+        agent, base = "sac", TINY
+    assert main(["train", agent, *base, "--no-progress", "--run-dir", str(run_dir), *args]) == 2
     assert message in capsys.readouterr().err
     assert not run_dir.exists()
 
@@ -101,7 +105,7 @@ def test_l2_init_puts_the_pull_first_in_the_actor_and_critic_optimizers():
     key = jax.random.key(0)
     for agent_cls, cfg_cls in ((SAC, SACConfig), (BRO, BROConfig), (DACER, DACERConfig)):
         with_pull = agent_cls(cfg_cls(l2_init=0.01), 3, 1)
-        state = with_pull.init(key)
+        state = eqx.filter_jit(with_pull.init)(key)  # one compile, not op-by-op dispatch
         for name in ("actor", "critic"):
             anchors = [
                 x
@@ -117,11 +121,25 @@ def test_l2_init_puts_the_pull_first_in_the_actor_and_critic_optimizers():
             ):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(p))
         plain = agent_cls(cfg_cls(), 3, 1)
-        plain_opt = plain.opt_state(plain.init(key), "critic")
+        plain_state = jax.eval_shape(plain.init, key)  # structures only: no compile
+        plain_opt = plain.opt_state(plain_state, "critic")
+        shapes = eqx.filter(plain_state.critic, lambda x: isinstance(x, jax.ShapeDtypeStruct))
         assert jax.tree.structure(plain_opt) == jax.tree.structure(
-            plain.optimizer("critic").init(eqx.filter(plain.init(key).critic, eqx.is_array))
+            jax.eval_shape(plain.optimizer("critic").init, shapes)
         )
         assert not any(
             isinstance(x, L2InitState)
             for x in jax.tree.leaves(plain_opt, is_leaf=lambda x: isinstance(x, L2InitState))
         )
+
+
+def test_a_strategy_written_for_the_earlier_step_signature_is_refused_before_any_work(tmp_path):
+    from agents.training._config import ResetConfig
+    from tests.neurosurgery.test_chain import OldStyle
+
+    config = TrainConfig(
+        env="test/point-mass", run_dir=str(tmp_path / "run"), reset=ResetConfig(method=OldStyle())
+    )
+    with pytest.raises(ValueError, match=r"reset.method: the step of strategy 'halve' takes"):
+        agents.train(config)
+    assert not (tmp_path / "run").exists()

@@ -72,5 +72,5 @@ def test_sharded_seeds_give_the_records_of_one_device(tmp_path):
 def test_the_command_line_takes_shard_seeds():
     from agents.training.cli import _config, parse
 
-    cmd = parse(["train", "--shard-seeds"])
-    assert _config(cmd).shard_seeds and not _config(parse(["train"])).shard_seeds
+    cmd = parse(["train", "sac", "--shard-seeds"])
+    assert _config(cmd).shard_seeds and not _config(parse(["train", "sac"])).shard_seeds

@@ -410,7 +410,17 @@ def test_a_study_trains_as_train_does_and_continues_after_a_kill(tmp_path, capsy
         flags = list(FLAGS)
         assert (
             main(
-                ["train", *flags, "--seeds", "0", "1", "--run-dir", str(ref), *reference[run.name]]
+                [
+                    "train",
+                    "sac",
+                    *flags,
+                    "--seeds",
+                    "0",
+                    "1",
+                    "--run-dir",
+                    str(ref),
+                    *reference[run.name],
+                ]
             )
             == 0
         )

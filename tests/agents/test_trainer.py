@@ -227,7 +227,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_a_resume_after_is_exact(
     assert "\n" not in message and str(run_dir / "checkpoint.ckpt") in message
     assert "No space left on device" in message
     assert "last checkpoint (env step 400) is intact" in message
-    assert f"neurosurgery train --resume {run_dir}" in message
+    assert f"neurosurgery resume {run_dir}" in message
     assert not list(run_dir.glob("*.tmp*"))
     assert _checkpoint.read_header(run_dir / "checkpoint.ckpt")["env_steps"] == 400
     full.clear()
@@ -255,7 +255,7 @@ def test_the_command_line_prints_a_write_error_in_one_line(monkeypatch, capsys):
         raise agents.RunWriteError("could not write runs/x/checkpoint.ckpt: No space left")
 
     monkeypatch.setattr(cli, "train", no_room)
-    assert cli.main(["train", "--run-dir", "runs/x"]) == 4
+    assert cli.main(["train", "sac", "--run-dir", "runs/x"]) == 4
     err = capsys.readouterr().err
     assert err == "neurosurgery: error: could not write runs/x/checkpoint.ckpt: No space left\n"
 
