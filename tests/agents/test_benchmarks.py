@@ -87,3 +87,20 @@ def test_released_bro_schedule_of_full_resets():
     bench = _load("bench_bro_vs_released")
     assert bench.full_resets(2) == (15_000,)
     assert bench.full_resets(10)[:3] == (15_000, 50_000, 250_000)
+
+
+def test_the_released_bro_results_become_tidy_rows(tmp_path):
+    curve = _load("released_bro_curve")
+    (tmp_path / "1.txt").write_text("25000 12.5\n50000 80.0\n")
+    (tmp_path / "0.txt").write_text("25000 3.0\n")
+    rows = curve.tidy_rows(tmp_path, "walker-run", "bro-released-w64")
+    assert [(r["seed"], r["env_step"], r["value"]) for r in rows] == [
+        (0, 25000, 3.0),
+        (1, 25000, 12.5),
+        (1, 50000, 80.0),
+    ]
+    assert {(r["exp_name"], r["env_name"], r["metric"]) for r in rows} == {
+        ("bro-released-w64", "dmc/walker-run", "eval/episode_return")
+    }
+    with pytest.raises(SystemExit, match="no result files"):
+        curve.tidy_rows(tmp_path / "empty", "walker-run", "x")
