@@ -50,6 +50,13 @@ class SurgeryConfig:
     from Python, metric objects too. Empty: no surgery step unless a reset is configured."""
     tau: float = 0.0
     """In the logs a unit counts as inactive where its score is <= tau."""
+    taus: tuple[tuple[str, float], ...] = ()
+    """τ of single metrics, in place of --surgery.tau for them: (name, τ) pairs, e.g.
+    `--surgery.taus dormant 0.1 grama 0.01`; each must name a logged metric, once."""
+    means: bool = False
+    """Also log each metric's mean score per hidden layer, surgery/<network>/mean/<metric>/<layer>,
+    and over the network's hidden units, surgery/<network>/mean/<metric>: the raw scores beside
+    the fraction <= tau."""
     every: int = 1000
     """Gradient updates between surgery steps (scores logged)."""
     units: bool = False
@@ -366,6 +373,12 @@ class TrainConfig:
             raise ValueError(f"surgery.every must be > 0, got {s.every}")
         if not s.tau >= 0:
             raise ValueError(f"surgery.tau must be >= 0, got {s.tau}")
+        for name, tau in s.taus:
+            if not tau >= 0:
+                raise ValueError(f"surgery.taus: {name}'s tau must be >= 0, got {tau}")
+        given = [name for name, _ in s.taus]
+        if len(set(given)) != len(given):
+            raise ValueError(f"surgery.taus: each metric once, got {', '.join(given)}")
         for part, nets in (("surgery", s.networks), ("reset", self.reset.networks)):
             for net in nets:
                 if net not in networks:
@@ -390,6 +403,14 @@ class TrainConfig:
         names = [m.name for m in metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"surgery.metrics: each metric once, got {names}")
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(
+                f"surgery.taus: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                f"logged (surgery.metrics: {', '.join(names) or 'none'}); log "
+                f"{'it' if len(unknown) == 1 else 'them'} or leave "
+                f"{'its' if len(unknown) == 1 else 'their'} tau out"
+            )
 
 
 # ---- JSON form ----------------------------------------------------------------------------

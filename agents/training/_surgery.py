@@ -39,13 +39,29 @@ class Surgery:
     strategy: ns.Strategy | None
     reset_networks: tuple[str, ...]
     units: bool = False  # keep per-unit scores and reset counts (`SurgeryConfig.units`)
+    taus: tuple[tuple[str, float], ...] = ()  # per-metric tau (`SurgeryConfig.taus`)
+    means: bool = False  # log mean scores too (`SurgeryConfig.means`)
 
     @classmethod
     def of(cls, config: TrainConfig) -> Surgery:
         s, r = config.surgery, config.reset
         metrics = s.built_metrics()
         networks = s.networks if metrics else ()
-        return cls(metrics, networks, s.tau, s.every, r.strategy(), r.networks, s.units)
+        return cls(
+            metrics,
+            networks,
+            s.tau,
+            s.every,
+            r.strategy(),
+            r.networks,
+            s.units,
+            s.taus,
+            s.means,
+        )
+
+    def tau_of(self, metric: str) -> float:
+        """The logged threshold of a metric: its own (`taus`), else `tau`."""
+        return dict(self.taus).get(metric, self.tau)
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -187,11 +203,17 @@ class Surgery:
                 metric, anatomy, observation, states[metric.name]
             )
             all_scores[metric.name] = scores
-            flagged = ns.threshold({g: s for g, s in scores.items() if g in hidden}, self.tau)
+            layers = {g: s for g, s in scores.items() if g in hidden}
+            flagged = ns.threshold(layers, self.tau_of(metric.name))
             for group, mask in flagged.items():
                 out[f"{metric.name}/{group}"] = jnp.mean(ns.inactive_ratio(mask))
             if flagged:
                 out[metric.name] = jnp.mean(ns.network_inactive_ratio(flagged))
+            if self.means and layers:  # the raw scores: mean per layer, and per hidden unit
+                for group, s in layers.items():
+                    out[f"mean/{metric.name}/{group}"] = jnp.mean(s)
+                every = jnp.concatenate([jnp.ravel(s) for s in layers.values()])
+                out[f"mean/{metric.name}"] = jnp.mean(every)
             figures = getattr(metric, "figures", None)
             if figures is not None:  # whole-layer figures (a layer's rank), logged as they are
                 out.update(

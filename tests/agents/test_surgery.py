@@ -89,21 +89,51 @@ def test_scores_of_every_metric_are_logged_per_network_and_layer(base_config):
     same(state, new)
 
 
-def test_logged_ratio_matches_a_direct_computation(base_config):
-    surgery_config = agents.SurgeryConfig(tau=0.5)
+def test_logged_ratio_and_mean_score_match_a_direct_computation(base_config):
+    """The fraction <= tau (each metric's own tau where `taus` gives one) and, with `means`,
+    the mean score per layer and per hidden unit, against numpy on the same scores."""
+    taus = {"grama": 0.8}
+    surgery_config = agents.SurgeryConfig(
+        metrics=("dormant", "grama"), tau=0.5, taus=tuple(taus.items()), means=True
+    )
     surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
     _, _, metrics = _step(surgery, agent, state, states, batch)
     k_objectives = jax.random.split(jax.random.key(2))[0]
     objective = agent.objectives(state, batch, k_objectives)["critic"]
     anatomy = ns.anatomy(objective.model, batch.obs[0], batch.action[0], fn=objective.call)
     _, obs = ns.observe(anatomy, objective.model, objective.loss_of_outputs, *objective.inputs)
-    scores, _ = ns.Dormant().score(anatomy, obs, ns.EmptyState())
-    flagged = total = 0
-    for g in anatomy.hidden:
-        expected = float(jnp.mean(scores[g.name] <= 0.5))
-        assert float(metrics[f"surgery/critic/dormant/{g.name}"]) == expected
-        flagged, total = flagged + int(jnp.sum(scores[g.name] <= 0.5)), total + g.n_units
-    assert float(metrics["surgery/critic/dormant"]) == pytest.approx(flagged / total)
+    for metric in (ns.Dormant(), ns.metric("grama")):
+        tau = taus.get(metric.name, 0.5)
+        scores, _ = metric.score(anatomy, obs, metric.init(anatomy))
+        hidden = {g.name: np.asarray(scores[g.name], np.float64) for g in anatomy.hidden}
+        for name, s in hidden.items():
+            got = float(metrics[f"surgery/critic/{metric.name}/{name}"])
+            assert got == pytest.approx(np.mean(s <= tau), abs=1e-7)
+            got = float(metrics[f"surgery/critic/mean/{metric.name}/{name}"])
+            assert got == pytest.approx(np.mean(s), rel=1e-5)
+        every = np.concatenate([s.ravel() for s in hidden.values()])
+        assert 0 < np.mean(every <= tau) < 1, (metric.name, tau)  # a threshold that tells
+        if metric.name in taus:  # and the metric's own tau flags other units than the shared
+            assert np.mean(every <= tau) != np.mean(every <= 0.5)
+        got = float(metrics[f"surgery/critic/{metric.name}"])
+        assert got == pytest.approx(np.mean(every <= tau), rel=1e-6)
+        got = float(metrics[f"surgery/critic/mean/{metric.name}"])
+        assert got == pytest.approx(np.mean(every), rel=1e-5)
+
+
+def test_a_tau_for_a_metric_that_is_not_logged_is_refused(base_config):
+    surgery = agents.SurgeryConfig(metrics=("grama",), taus=(("dormant", 0.1),))
+    with pytest.raises(
+        ValueError,
+        match=r"surgery.taus: dormant is not logged \(surgery.metrics: "
+        r"grama\); log it or leave its tau out",
+    ):
+        dataclasses.replace(base_config, surgery=surgery).validate()
+    surgery = agents.SurgeryConfig(metrics=("grama",), taus=(("grama", -1.0),))
+    with pytest.raises(
+        ValueError, match=re.escape("surgery.taus: grama's tau must be >= 0, got -1.0")
+    ):
+        dataclasses.replace(base_config, surgery=surgery).validate()
 
 
 def test_resets_only_when_the_strategy_is_due(base_config):
