@@ -389,9 +389,17 @@ def test_host_envs_stepped_inside_the_program_follow_the_python_loop(full_run, m
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-5)
 
 
-def test_an_error_while_stepping_a_host_env_inside_the_program_is_raised_as_itself(full_run):
+@pytest.mark.parametrize(
+    "error",
+    [
+        envs.WorkerError("worker 1 of 'test/point-mass-host' died"),
+        KeyboardInterrupt("Ctrl-C while the environments step"),
+    ],
+)
+def test_an_error_while_stepping_a_host_env_inside_the_program_is_raised_as_itself(full_run, error):
     """Whatever a host environment raises from inside the compiled piece (a dead worker, a NaN
-    action) reaches the caller as that exception, not as the runtime's wrapper of it."""
+    action, the KeyboardInterrupt of a Ctrl-C that arrives while the callback runs) reaches the
+    caller as that exception, not as the runtime's wrapper of it."""
     config, _, _, _ = full_run
     trainer = agents.Trainer(dataclasses.replace(config, env="test/point-mass-host"))
     try:
@@ -399,10 +407,10 @@ def test_an_error_while_stepping_a_host_env_inside_the_program_is_raised_as_itse
         ts = trainer.initial_state()
 
         def broken(state, action):
-            raise envs.WorkerError("worker 1 of 'test/point-mass-host' died")
+            raise error
 
         trainer.envs[1].step = broken
-        with pytest.raises(envs.WorkerError, match="worker 1 of 'test/point-mass-host' died"):
+        with pytest.raises(type(error), match=str(error)):
             trainer.segment(ts, 0, False)
     finally:
         trainer.close()
