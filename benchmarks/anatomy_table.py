@@ -96,7 +96,7 @@ def row(name: str, make) -> str:
         kinds[g.kind()] = kinds.get(g.kind(), 0) + 1
     extra = []
     if anatomy.unobserved:
-        extra.append(f"not observed: {', '.join(anatomy.unobserved)}")
+        extra.append(f"not observed: {', '.join(f'`{n}`' for n in anatomy.unobserved)}")
     normalised = [g.name for g in anatomy.groups if g.normalized and not g.output]
     if normalised:
         extra.append(f"normalised: {len(normalised)}")

@@ -226,7 +226,8 @@ class Anatomy:
                     g.kind()
                     + (" normalised" if g.normalized and not g.output else "")
                     + (" entangled" if g.entangled_with and not g.shared else "")
-                    + (" term-kept" if g.term_kept else ""),
+                    + (" term-kept" if g.term_kept else "")
+                    + (" shares-columns" if g.shares_columns else ""),
                     ", ".join(map(repr, g.incoming)) or "-",
                     ", ".join(map(repr, g.per_unit)) or "-",
                     ", ".join(map(repr, g.outgoing)) or "-",

@@ -106,6 +106,7 @@ def anatomy(
             normalized.add(g)
     groups = _groups(tracer, lm, finals, owned, paths, shapes, owner_types, partners, normalized)
     groups = _check_pairs(tracer, groups, graph, [*leaves, *flat_args])
+    groups = _check_crowded(groups, graph, [*leaves, *flat_args], len(leaves))
     declared = declared_groups(declaring, paths, shapes, len(groups))
     all_groups = groups + declared
     taps_all = [*group_taps, *([None] * len(declared))]
@@ -120,9 +121,9 @@ def anatomy(
         if unused:
             found += (
                 f" (parameters in no layer: {', '.join(unused)}; a weight computed from "
-                "parameters before it is used, such as NoisyNet's μ + σ ⊙ ε, is not read as a "
-                "layer's weight: declare the module's groups with `__neuron_groups__`, see "
-                "`neurosurgery.DeclaredGroup`)"
+                "parameters by an operation the tracer cannot follow to a layer (a reduction, "
+                "a decomposition) is read as no layer's weight: declare the module's groups "
+                "with `__neuron_groups__`, see `neurosurgery.DeclaredGroup`)"
             )
         raise AnatomyError(
             f"{type(model).__name__} has no hidden units: {found}. There is nothing to score or "
@@ -178,6 +179,16 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
                     "combines units (a sum, max or product over them), and not through outgoing "
                     "weights: none can be zeroed, so a reset changes the outputs"
                 )
+    crowded: dict[int, str] = {}
+    for labels, op in t.crowded:
+        for g in lm.groups_of(labels):
+            crowded.setdefault(
+                g,
+                f"its units are read by {t.where(op)} through columns that read other values at "
+                "other positions (e.g. a class token concatenated before the tokens), so "
+                "zeroing its outgoing entries removes those values' terms too and a reset "
+                "changes the outputs",
+            )
     index = {c: i for i, fg in enumerate(finals) for c in fg.comps}
     order = {"weight": 0, "bias": 1, "scale": 2, "shift": 3}
     groups = []
@@ -191,7 +202,7 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
             {index[p] for c in fg.comps for p in partners.get(c, ()) if p in index}
         )
         paired = tuple(finals[h].name for h in partner_groups)
-        note = weightless.get(g, "")
+        note = weightless.get(g, "") or fg.kept or crowded.get(g, "")
         if fg.role and not note:
             note = PAIRED.format(partner=", ".join(f"`{name}`" for name in paired))
         groups.append(
@@ -208,6 +219,8 @@ def _groups(t: Tracer, lm, finals, owned, paths, shapes, owner_types, partners, 
                 shared_with=tuple(sorted(finals[h].name for h in shared.get(g, ()))),
                 normalized=g in normalized,
                 paired_with=paired,
+                term_kept=fg.kept,
+                shares_columns=crowded.get(g, ""),
                 no_reset=note,
             )
         )
@@ -236,6 +249,45 @@ def _check_pairs(t: Tracer, groups: list[NeuronGroup], graph: Graph, args) -> li
         return [_check_pair(t, g, graph, args) for g in groups]
 
 
+def _check_crowded(groups: list[NeuronGroup], graph: Graph, args, n: int) -> list[NeuronGroup]:
+    """Groups whose readers' columns read other values at positions where the units are not
+    (`shares_columns`): the positions may hold zeros only (a signal padded before a transform).
+    Run the traced program with the group's units silenced (incoming entries zeroed), with and
+    without their outgoing entries zeroed, on a random input: where the outputs do not move,
+    the columns read nothing else and the mark is lifted."""
+    if not any(g.shares_columns for g in groups):
+        return groups
+    with jax.ensure_compile_time_eval():
+        leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]
+        xs = [_draw(x, n + i, always=True) for i, x in enumerate(args[n:])]
+        out = []
+        for g in groups:
+            if not g.shares_columns:
+                out.append(g)
+                continue
+            silent, cut = list(leaves), list(leaves)
+            for part, targets in (((*g.incoming,), (silent, cut)), (g.outgoing, (cut,))):
+                for sl in part:
+                    own = sl.element_owner() >= 0
+                    for target in targets:
+                        x = target[sl.leaf]
+                        target[sl.leaf] = jnp.where(own, jnp.zeros_like(x), x)
+            before, _ = evaluate(graph, [*silent, *xs], {})
+            after, _ = evaluate(graph, [*cut, *xs], {})
+            moved = False
+            for a, b in zip(before, after, strict=True):
+                if jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+                    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                    scale = float(np.max(np.abs(a), initial=0.0)) + 1e-30
+                    moved |= float(np.max(np.abs(a - b), initial=0.0)) > 1e-6 * scale
+            if moved:
+                out.append(g)
+            else:
+                note = "" if g.no_reset == g.shares_columns else g.no_reset
+                out.append(dataclasses.replace(g, shares_columns="", no_reset=note))
+        return out
+
+
 def _concrete(x: Any) -> bool:
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
@@ -260,7 +312,7 @@ def _draw(x: Any, i: int, always: bool = False) -> Any:
 
 
 def _check_pair(t: Tracer, g: NeuronGroup, graph: Graph, args) -> NeuronGroup:
-    if not g.paired_with or g.output or g.normalized or g.entangled_with:
+    if not g.paired_with or g.output or g.normalized or g.entangled_with or g.term_kept:
         return g
     n = len(t.leaf_shapes)
     leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]

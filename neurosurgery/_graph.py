@@ -117,6 +117,21 @@ class Graph:
         return out
 
 
+#: library primitives with no rule of their own here, followed through the standard operations
+#: their implementation runs (Equinox's loop buffers, which diffrax's solvers write to)
+_INLINED = {"maybe_set", "select_if_vmap"}
+
+
+def _inlined(eqn: jcore.JaxprEqn) -> jcore.ClosedJaxpr | None:
+    if eqn.primitive.name not in _INLINED or getattr(eqn.primitive, "impl", None) is None:
+        return None
+    impl = functools.partial(eqn.primitive.impl, **eqn.params)
+    multiple = eqn.primitive.multiple_results
+    return jax.make_jaxpr(lambda *a: impl(*a) if multiple else [impl(*a)])(
+        *[v.aval for v in eqn.invars]
+    )
+
+
 def _call_jaxpr(eqn: jcore.JaxprEqn) -> jcore.ClosedJaxpr | jcore.Jaxpr | None:
     name = eqn.primitive.name
     key = _CALL_JAXPR_PARAM.get(name)
@@ -228,7 +243,7 @@ def build_graph(fn: Callable[..., Any], flat_args: Sequence[Any]) -> Graph:
         for index, eqn in enumerate(jaxpr.eqns):
             inner = (*site, index)
             inputs = [read(env, v) for v in eqn.invars]
-            sub = _call_jaxpr(eqn)
+            sub = _call_jaxpr(eqn) or _inlined(eqn)
             if sub is not None:
                 if isinstance(sub, jcore.ClosedJaxpr):
                     outs = walk(sub.jaxpr, sub.consts, inputs, inner, ops, loop, why)

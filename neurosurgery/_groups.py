@@ -113,6 +113,11 @@ class NeuronGroup:
             query/key pairs, units read through a constant weight, or units that reach the
             outputs only through a sum or max over units: no outgoing weight can be zeroed.
             `ns.reset(..., include_shared=True)` resets such groups too.
+        shares_columns: why the group's outgoing columns also read something other than its
+            units ("": they do not): at other positions the consuming layer reads another value
+            through the same columns (a class token concatenated before the tokens whose units
+            these are), so zeroing them removes that value's term too. A reset, even of a
+            dormant unit, is not function-preserving, and the group is not reset by default.
     """
 
     name: str
@@ -130,13 +135,20 @@ class NeuronGroup:
     no_reset: str = ""
     entangled_with: tuple[str, ...] = ()
     term_kept: str = ""
+    shares_columns: str = ""
 
     @property
     def preserving(self) -> bool:
         """A reset with zeroed outgoing weights leaves the model's function unchanged: the group
         is not `normalized`, not `entangled_with` another one, and zeroing its outgoing entries
-        removes its units' term (`term_kept` is empty)."""
-        return not self.normalized and not self.entangled_with and not self.term_kept
+        removes its units' term (`term_kept` is empty) and nothing else (`shares_columns` is
+        empty)."""
+        return (
+            not self.normalized
+            and not self.entangled_with
+            and not self.term_kept
+            and not self.shares_columns
+        )
 
     @property
     def width(self) -> int:

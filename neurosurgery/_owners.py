@@ -13,6 +13,13 @@ from ._trace import Tracer
 
 SHARED = -2  # an entry met by several units of one group
 
+SHARED_PARTNER = (
+    "several of its units pair with one unit of `{partner}` in an attention's scores (query "
+    "heads sharing a key head, as in grouped-query attention): that unit's rows are no one "
+    "unit's to zero, so zeroing outgoing entries does not remove a unit's term and a reset "
+    "changes the outputs"
+)
+
 
 class LabelMap:
     """Unit labels (mixes included) -> the groups and units they stand for.
@@ -194,17 +201,21 @@ def _partner_outgoing(t, lm, finals, partners, result) -> None:
                 h, pk = index[pc]
                 table = tables.setdefault(h, np.full(len(finals[h].comps), -1, np.int64))
                 if table[pk] not in (-1, k):
-                    raise AnatomyError(
-                        f"A unit of {finals[h].name!r} pairs with several units of {fg.name!r} in "
-                        "an attention's scores; the pairs must be one to one to be reset "
-                        "together. Declare the module's groups (`__neuron_groups__`)."
-                    )
-                table[pk] = k
+                    # several of this group's units pair with one partner unit (grouped-query
+                    # attention: query heads sharing a key head): that partner's rows are no
+                    # one unit's to zero
+                    table[pk] = SHARED
+                    fg.kept = SHARED_PARTNER.format(partner=finals[h].name)
+                elif table[pk] == -1:
+                    table[pk] = k
         for h, table in tables.items():
             for (role, kind, leaf), own in list(result.get(h, {}).items()):
                 if role != "incoming":
                     continue
                 mapped = np.where(own >= 0, table[np.maximum(own, 0)], -1)
+                mapped = np.where(mapped == SHARED, -1, mapped)
+                if not (mapped >= 0).any():
+                    continue
                 key = ("outgoing", kind, leaf)
                 prev = result[g].get(key)
                 result[g][key] = mapped if prev is None else _combine([prev, mapped])

@@ -40,20 +40,38 @@ def _split(g: NeuronGroup, leaves: list, receivers, donors, donor_of, share: flo
     return leaves
 
 
+def uneven_readers(g: NeuronGroup) -> str:
+    """Why the units of `g` are read by different consumers ("": every outgoing leaf reads
+    every unit): a copy of a unit read where the receiver is not cannot carry that part."""
+    n = int(np.prod(g.unit_shape, dtype=int))
+    for s in g.outgoing:
+        own = s.element_owner()
+        read = np.unique(own[own >= 0])
+        if 0 < len(read) < n:
+            return f"`{s.path}` reads {len(read)} of its {n} units"
+    return ""
+
+
 def copy_change(anatomy: Anatomy, g: NeuronGroup, share: float = 0.5, draws: int = 5) -> float:
     """The largest output change, relative to the outputs' scale, when units of `g` whose
     outgoing entries are zero (dead receivers) become copies of others (`_split`), on random
-    weights and inputs: 0 for interchangeable units. Two pairings: each unit of the first half
-    with the unit half a width away, and neighbours (2i with 2i + 1). A draw where zeroing the
+    weights and inputs: 0 for interchangeable units. Four pairings: each unit of the first half
+    with the unit half a width away, and neighbours (2i with 2i + 1), each both ways (units
+    read by different consumers, e.g. the first half only by a FiLM layer's conditioning, split
+    cleanly one way and not the other). A draw where zeroing the
     receivers' outgoing entries leaves the outputs as they were (the units do not reach them,
     e.g. behind ReLUs that happen to be dead) says nothing, and the next draw is taken."""
     if g.width < 2:
         return 0.0
     units = np.arange(g.width)
     half = g.width // 2
+    upper = units >= g.width - half
+    odd = (units % 2 == 1) & (units >= 1)
     pairings = [
         (units < half, np.where(units < half, units + half, units)),
         (units % 2 == 0, np.where((units % 2 == 0) & (units + 1 < g.width), units + 1, units)),
+        (upper, np.where(upper, units - (g.width - half), units)),
+        (odd, np.where(odd, units - 1, units)),
     ]
     worst = 0.0
     with jax.ensure_compile_time_eval():
@@ -146,9 +164,10 @@ class ReBorn:
     (a copied unit changes the layer's statistics), nor are groups `entangled_with` another
     (the split columns also carry the other group's units): see `NeuronGroup.preserving`. In a
     preserving group the split keeps the function only if the group's units are
-    interchangeable downstream; `init` checks this by running the traced program on random
-    weights and inputs with units copied onto others, and refuses groups where a copy moves the
-    outputs (value units of different attention heads), naming them: leave such groups out with
+    interchangeable downstream; `init` checks this by reading which units each outgoing leaf
+    reads (all, or the group is refused) and by running the traced program on random weights
+    and inputs with units copied onto others, and refuses groups where a copy moves the outputs
+    (value units of different attention heads), naming them: leave such groups out with
     `skip` (group names). `info` holds `flagged/<group>` (dormant), `reset/<group>` (reborn
     now), `donors/<group>` and the network totals.
     """
@@ -191,17 +210,19 @@ class ReBorn:
                 f"ReBorn: skip names {unknown}, which are not groups of this anatomy; its groups: "
                 f"{list(anatomy.names)}"
             )
-        bad = [
-            (g.name, change)
-            for g in anatomy.resettable
-            if g.preserving and g.name not in self.skip
-            for change in [copy_change(anatomy, g, self.share)]
-            if change > 1e-5
-        ]
+        bad = []
+        for g in anatomy.resettable:
+            if not g.preserving or g.name in self.skip:
+                continue
+            uneven = uneven_readers(g)
+            if uneven:
+                bad.append((g.name, uneven))
+                continue
+            change = copy_change(anatomy, g, self.share)
+            if change > 1e-5:
+                bad.append((g.name, f"a copy moves the outputs by {change:.2g} of their scale"))
         if bad:
-            names = ", ".join(
-                f"{n!r} (a copy moves the outputs by {c:.2g} of their scale)" for n, c in bad
-            )
+            names = ", ".join(f"{n!r} ({why})" for n, why in bad)
             raise AnatomyError(
                 f"ReBorn: the units of {names} are not interchangeable: a dormant unit that takes "
                 "another's incoming weights and half its outgoing ones does not compute what the "

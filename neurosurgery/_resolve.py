@@ -2,8 +2,11 @@
 
 Units that meet one to one in a product (a gate and the unit it gates, SwiGLU's two halves, a
 recurrent cell's gates) or in the sum of two layers' fresh outputs (`W x + U h`, one layer split
-in two) are one unit: they are merged, and so are their groups. Units that meet in any other
-sum (a residual stream) stay apart and are marked shared. Query and key units paired by an
+in two) are one unit: they are merged, and so are their groups. So are units that meet one to
+one in any other sum when neither is read anywhere but through that sum (FiLM's
+`h * (1 + gamma) + beta`: no consumer sees `h`, `gamma` or `beta` apart). Units that meet in a
+sum and are also read apart (a residual stream, read by the block it skips) stay apart and are
+marked shared. Query and key units paired by an
 attention's scores become groups of their own, each the other's outgoing entries. Every
 parameter entry then gets at most one unit per group and role; anything else is an error that
 says where the two owners come from.
@@ -12,6 +15,7 @@ says where the two owners come from.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -29,6 +33,8 @@ class FinalGroup:
     unit_shape: tuple[int, ...]
     role: str  # "", "query" or "key"
     name: str = ""
+    part: int | None = None  # the layer of a stack this group was split from
+    kept: str = ""  # why zeroing its outgoing entries does not remove its units' term
 
 
 class Units:
@@ -69,6 +75,7 @@ def resolve(t: Tracer, paths: list[str]):
                 # two output layers summed stay two groups (outputs are never reset anyway)
                 if kind == "mul" or not (t.members(int(x)) | t.members(int(y))) & leaving:
                     uf.join((x, y))
+    _join_unread_sums(t, uf, leaving)
     base = sorted(t.unit_group)
     produced = {g.first + u for g in t.groups for u in g.produced}
     comp_of = {u: uf.find(u) for u in base}
@@ -133,8 +140,94 @@ def resolve(t: Tracer, paths: list[str]):
     for fg in finals:
         fg.unit_shape, order = _shape(t, fg, members_of)
         fg.comps = order
+    finals = _split_streams(t, finals, comp_of)
     _name(t, finals, paths)
     return uf, comp_of, members_of, finals, partners
+
+
+def _read_sets(t: Tracer) -> dict[int, list[frozenset[int]]]:
+    """For each unit: the member sets of every label a consumer reads it through (a layer's
+    outgoing entries, a reduction, an attention's scores, a read without weights, an output)."""
+    labels: set[int] = set()
+    for rel in t.rels:
+        if rel.role == "outgoing":
+            arr = rel.owner if rel.owner is not None else rel.labels
+            if arr is not None:
+                labels.update(np.unique(arr[arr >= 0]).tolist())
+    for arr, _ in t.reduced:
+        labels.update(np.unique(arr[arr >= 0]).tolist())
+    for arr, _, _ in t.weightless:
+        labels.update(np.unique(arr[arr >= 0]).tolist())
+    for a, b, _ in t.pairs:
+        labels.update(np.asarray(a).tolist())
+        labels.update(np.asarray(b).tolist())
+    for atom in t.graph.outputs:
+        labels.update(t.labels_of(t.value(atom).units).tolist())
+    reads: dict[int, list[frozenset[int]]] = defaultdict(list)
+    for lab in labels:
+        members = t.members(int(lab))
+        for u in members:
+            reads[u].append(members)
+    return reads
+
+
+def _join_unread_sums(t: Tracer, uf: Units, leaving: set[int]) -> None:
+    """Merge units that meet one to one in a sum when no consumer reads either apart."""
+    sums = [(a, b) for kind, a, b, _ in t.meetings if kind == "add" and one_to_one(a, b)]
+    if not sums:
+        return
+    reads = _read_sets(t)
+
+    def apart(mine: frozenset[int], theirs: frozenset[int]) -> bool:
+        return any(not (seen & theirs) for u in mine for seen in reads.get(u, ()))
+
+    for a, b in sums:
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            mx, my = t.members(int(x)), t.members(int(y))
+            if (mx | my) & leaving or apart(mx, my) or apart(my, mx):
+                continue
+            uf.join((x, y))
+
+
+def _split_streams(t: Tracer, finals: list[FinalGroup], comp_of) -> list[FinalGroup]:
+    """Units of one group that meet in a sum and stay apart (the layers of a stack of residual
+    blocks applied by a scan, each adding to the stream the next one reads) would each own the
+    others' outgoing entries: the group is split along the unit axis in which they differ,
+    one group per layer of the stack."""
+    where = {c: (i, k) for i, fg in enumerate(finals) for k, c in enumerate(fg.comps)}
+    clash: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    for kind, a, b, _ in t.meetings:
+        if kind != "add":
+            continue
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            found: dict[int, set[int]] = defaultdict(set)
+            for m in t.members(int(x)) | t.members(int(y)):
+                c = comp_of.get(m)
+                if c in where:
+                    g, k = where[c]
+                    found[g].add(k)
+            for g, ks in found.items():
+                if len(ks) > 1:
+                    clash[g].update(itertools.combinations(sorted(ks), 2))
+    out: list[FinalGroup] = []
+    for g, fg in enumerate(finals):
+        shape = fg.unit_shape
+        axis = None
+        if clash.get(g) and len(shape) > 1:
+            pairs = np.array(sorted(clash[g]))
+            ca = np.stack(np.unravel_index(pairs[:, 0], shape), 1)
+            cb = np.stack(np.unravel_index(pairs[:, 1], shape), 1)
+            apart = [d for d in range(len(shape)) if (ca[:, d] != cb[:, d]).all()]
+            axis = apart[0] if apart else None
+        if axis is None:
+            out.append(fg)
+            continue
+        coords = np.unravel_index(np.arange(len(fg.comps)), shape)
+        rest = shape[:axis] + shape[axis + 1 :]
+        for j in range(shape[axis]):
+            comps = [c for c, at in zip(fg.comps, coords[axis], strict=True) if at == j]
+            out.append(FinalGroup(fg.raw, comps, rest or (1,), fg.role, part=j))
+    return out
 
 
 def _shape(t: Tracer, fg: FinalGroup, members_of) -> tuple[tuple[int, ...], list[int]]:
@@ -172,7 +265,9 @@ def _name(t: Tracer, finals: list[FinalGroup], paths: list[str]) -> None:
     names = []
     for fg in finals:
         name = "+".join(dict.fromkeys(base(g) for g in fg.raw))
-        split = sum(1 for f in finals if f.raw == fg.raw) > 1
+        if fg.part is not None:
+            name += f"[{fg.part}]"
+        split = sum(1 for f in finals if f.raw == fg.raw and f.part == fg.part) > 1
         if split:
             name += f":{fg.role or 'value'}"
         names.append(name)

@@ -167,7 +167,12 @@ def taps(t: Tracer, lm: LabelMap, finals: list[FinalGroup]):
             found.append(_Site(pre, post, layout(pre), post_layout))
         out.append(_Taps(tuple(found)) if found else None)
         if not found and g not in why:
-            why[g] = "no value of the program carries its units alone"
+            why[g] = (
+                f"it is layer {fg.part} of a stack applied by a scan, and the scan's values "
+                "carry every layer's units in turn, each at its own iteration"
+                if fg.part is not None
+                else "no value of the program carries its units alone"
+            )
     return out, why
 
 

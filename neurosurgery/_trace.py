@@ -68,6 +68,9 @@ class Tracer(FlowOps):
         for atom in self.graph.outputs:
             for lab in self.labels_of(self.value(atom).units):
                 out |= self.members(int(lab))
+        for labels in self.read_out:
+            for lab in labels:
+                out |= self.members(int(lab))
         return out
 
     # ---- dispatch ----------------------------------------------------------------------------
@@ -77,6 +80,10 @@ class Tracer(FlowOps):
         if name in CONTROL:
             return self.control(op, ins)
         if self.fold(op, ins):
+            return None
+        if any(v.noise for v in ins) and all(v.noise or v.const is not None for v in ins):
+            for out in op.outputs:  # random draws: data without units
+                self.set(out, Value(dep_input=True, noise=True))
             return None
         if name in ("jit", "pjit") and str(op.params.get("name", "")).startswith(DECLARED_PREFIX):
             return self.declared_call(op, ins)
@@ -163,7 +170,9 @@ class Tracer(FlowOps):
                     for fb in facs[j]:
                         self.meet(kind, fa, fb, op, facs[i], facs[j])
         units = self.normal([f for fs in facs for f in fs], nd)
-        dep_input = any(v.dep_input for v in ins)
+        # random draws combined with parameters (NoisyNet's mu + sigma * eps) stay the
+        # parameters' values: a weight that reads no data
+        dep_input = any(v.dep_input and not v.noise for v in ins)
         dep_param = any(v.dep_param for v in ins) and not dep_input
         params: list[PFactor] = []
         pstats = frozenset().union(*(v.pstats for v in ins))

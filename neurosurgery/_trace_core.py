@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from ._errors import AnatomyError
@@ -70,6 +71,7 @@ class Value:
     stage: int = -1  # raw group whose `W x (+ b)` this value still is (moved, not transformed)
     exclusive: bool = False  # ... and that value is read by one operation only
     kind: str = ""  # producer / pre / act / pass: how the value relates to its units' chain
+    noise: bool = False  # computed from random keys (and constants) only: data, but no units
 
 
 @dataclasses.dataclass
@@ -128,6 +130,8 @@ class TracerCore:
         self.pairs: list[tuple[np.ndarray, np.ndarray, Op]] = []
         self.reduced: list[tuple[np.ndarray, Op]] = []
         self.weightless: list[tuple[np.ndarray, Op, str]] = []
+        self.read_out: list[np.ndarray] = []  # labels read into the outputs through a constant
+        self.crowded: list[tuple[np.ndarray, Op]] = []  # units read where other values are too
         self.values: list[Value | None] = [None] * len(graph.shapes)
         self.snaps: dict[int, dict[tuple[int, ...], Value]] = {}
         self.loop_index: tuple[int, ...] = ()
@@ -144,7 +148,8 @@ class TracerCore:
                 pf = PFactor(i, maps, tuple(range(len(shape))))
                 self.set(vid, Value(params=[pf], dep_param=True))
             else:
-                self.set(vid, Value(dep_input=True))
+                key = jax.dtypes.issubdtype(graph.dtypes[vid], jax.dtypes.prng_key)
+                self.set(vid, Value(dep_input=True, noise=bool(key)))
 
     def run_ops(self, ops: list[Op]) -> None:  # pragma: no cover - provided by Tracer
         raise NotImplementedError
@@ -254,17 +259,25 @@ class TracerCore:
     def cannot_follow(self, op: Op, labels: np.ndarray | list[np.ndarray], why: str):
         if isinstance(labels, list):
             labels = self.labels_of(labels)
+        hint = HINTS.get(op.name, "")
         return AnatomyError(
             f"The tracer cannot follow {self.where(op)}: it receives the "
             f"{self.describe_units(labels)} and {why}. Declare the neuron groups of the module "
             "that performs this operation explicitly (give the module a `__neuron_groups__` "
-            "method, see `neurosurgery.DeclaredGroup`), call the model through `fn=` so that "
-            "this operation is not traced, or express the operation with dense/conv layers and "
-            "elementwise functions."
+            f"method, see `neurosurgery.DeclaredGroup`{hint}), call the model through `fn=` so "
+            "that this operation is not traced, or express the operation with dense/conv layers "
+            "and elementwise functions."
         )
 
     def describe_leaves(self, leaves: frozenset[int] | set[int]) -> str:
         return ", ".join(f"`{self.leaf_paths[i]}`" for i in sorted(leaves))
+
+
+#: where the guide shows a declaration for a family that routes units through an operation
+HINTS = {
+    "top_k": "; a mixture of experts routed by top-k declares each expert's hidden layer as in "
+    "the anatomy guide's mixture-of-experts example",
+}
 
 
 def _axis(k: int, ndim: int) -> tuple[int, ...]:

@@ -82,8 +82,38 @@ def leaf_owner(owner: np.ndarray, pf: PFactor, leaf_shape: Sequence[Any]) -> np.
     return out
 
 
+def unlabelled_along(f: np.ndarray, axes: list[int]) -> bool:
+    """Some position along `axes` holds none of the units (the factor's other values there)."""
+    moved = np.moveaxis(f, axes, list(range(len(axes))))
+    flat = moved.reshape(int(np.prod(moved.shape[: len(axes)], dtype=int)), -1)
+    return bool((flat < 0).all(axis=1).any())
+
+
+def slices_along(f: np.ndarray, axes: list[int]) -> list[np.ndarray]:
+    """The distinct labelled slices of a compact label array along `axes`, each of size 1
+    there: the units found at any one position along them."""
+    moved = np.moveaxis(f, axes, list(range(len(axes))))
+    rest = moved.shape[len(axes) :]
+    rows = np.unique(moved.reshape(-1, int(np.prod(rest, dtype=int))), axis=0)
+    out = []
+    for row in rows:
+        if (row >= 0).any():
+            g = row.reshape((1,) * len(axes) + rest)
+            out.append(compress(np.moveaxis(g, list(range(len(axes))), axes)))
+    return out
+
+
 class DenseOps(TracerCore):
     """Unit-creating operations and contractions."""
+
+    def spread(self, op: Op, f: np.ndarray, axes: list[int]) -> list[np.ndarray]:
+        """The distinct slices of `f` along `axes`; where some positions hold none of its units
+        (a class token's row before the tokens), the units share their readers' columns with
+        whatever is there."""
+        parts = slices_along(f, axes)
+        if unlabelled_along(f, axes):
+            self.crowded.append((self.labels_of(parts), op))
+        return parts
 
     # ---- relations ---------------------------------------------------------------------------
     def relate(self, role: str, kind: str, owner: np.ndarray, pf: PFactor, op: Op) -> None:
@@ -235,15 +265,25 @@ class DenseOps(TracerCore):
             p = set(pattern(f))
             if not p & set(ac) and p & set(af):  # units at positions the weight is shared by
                 units.append(place(f, a_pos, ndim))
+            elif p & set(ac) and p & set(af) and not w.dep_param:
+                consumed.append(f)  # read through a constant (a C51 head's support)
             elif p & set(ac) and p & set(af):
-                raise self.cannot_follow(
-                    op, f, "its units vary both along the contracted axes and along the others"
-                )
+                # units at some positions only (a class token concatenated before the
+                # tokens, padding), or different units at different positions: each distinct
+                # slice is read through the weight's columns
+                consumed.extend(self.spread(op, f, [d for d in af if f.shape[d] > 1]))
             else:
                 consumed.append(f)
         if not w.dep_param:
+            # units read through a constant straight into the model's outputs are outputs (a
+            # C51 head's atoms, weighted by its support); elsewhere they reach the outputs
+            # through weights that no reset can zero
+            final = out in self.graph.outputs
             for f in consumed:
-                self.weightless.append((self.labels_of([f]), op, "a constant weight"))
+                if final:
+                    self.read_out.append(self.labels_of([f]))
+                else:
+                    self.weightless.append((self.labels_of([f]), op, "a constant weight"))
             return self.set(out, Value(units=self.normal(units, ndim), dep_input=True))
         self.weight_of(op, w)
         gid, labels = self.group_labels(op, w, [*wb, *wf], wc, wshape)

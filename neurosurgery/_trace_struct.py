@@ -18,7 +18,7 @@ import numpy as np
 from . import _labels as L
 from ._graph import Op
 from ._trace_core import PFactor, Value, params_leaves
-from ._trace_dense import DenseOps
+from ._trace_dense import DenseOps, slices_along, unlabelled_along
 
 UPDATES = {"dynamic_update_slice", "scatter", "scatter-add", "scatter_add", "scatter-mul"}
 UPDATES |= {"scatter-min", "scatter-max"}
@@ -30,7 +30,7 @@ STRUCTURAL |= {"stack", "unstack", "tile"}
 JOINS = ("concatenate", "stack")
 MOVES = {"reshape", "transpose", "squeeze", "expand_dims", "split", "slice", "rev", "unstack"}
 WINDOWS = {"reduce_window_max", "reduce_window_min", "reduce_window_sum"}
-ALONG_AXIS = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp", "sort", "top_k"}
+ALONG_AXIS = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp", "sort", "top_k", "fft"}
 
 
 def _scalar(c: Any) -> int | None:
@@ -90,7 +90,7 @@ class StructOps(DenseOps):
             if name in JOINS:
                 units = [self.normal(self.concat_factors(fn, ins, shapes), len(outs[0]))]
             else:
-                got = [fn(L.lift(f, len(shapes[0]))) for f in ins[0].units]
+                got = [g for f in ins[0].units for g in self.moved(op, fn, f, shapes[0])]
                 units = [self.normal([g[k] for g in got], len(o)) for k, o in enumerate(outs)]
         except L.Dynamic:
             raise self.cannot_follow(
@@ -119,6 +119,30 @@ class StructOps(DenseOps):
             if name in MOVES and src.stage >= 0:
                 v.stage, v.exclusive = src.stage, src.exclusive and self.exclusive(out)
             self.set(out, v)
+
+    def moved(self, op: Op, fn, f: np.ndarray, shape) -> list[list[np.ndarray]]:
+        """`fn` applied to a factor; for a window read at a start computed from the input (a
+        solver's buffer read at its step counter) from a factor that holds the same units
+        wherever it holds any along that axis: those units, wherever the window lands."""
+        f = L.lift(f, len(shape))
+        try:
+            return [fn(f)]
+        except L.Dynamic:
+            if op.name != "dynamic_slice":
+                raise
+        starts = [self.value(a).const for a in op.inputs[1:]]
+        sizes = op.params["slice_sizes"]
+        axes = [
+            d
+            for d, (start, size) in enumerate(zip(starts, sizes, strict=True))
+            if start is None and size < shape[d] and f.shape[d] > 1
+        ]
+        parts = slices_along(f, axes)
+        if len(parts) != 1:  # which unit the window holds depends on the input
+            raise L.Dynamic
+        if unlabelled_along(f, axes):
+            self.crowded.append((self.labels_of(parts), op))
+        return [fn(parts[0])]
 
     def mover(self, op: Op, ins: list[Value]) -> Callable[..., list[np.ndarray]]:
         """A function mapping the label arrays of the moved operand(s) to those of the results."""
@@ -236,6 +260,10 @@ class StructOps(DenseOps):
                 landed.append(f)
             elif f.size and (f == f.flat[0]).all():
                 landed.append(np.full((1,) * nd, f.flat[0], np.int32))
+            elif (
+                name != "dynamic_update_slice" and (w := _windowed(f, p, shape, ushape)) is not None
+            ):
+                landed.append(w)
             else:
                 raise self.cannot_follow(op, f, "writes them at positions computed from the input")
         for f in base.units:
@@ -309,18 +337,59 @@ class StructOps(DenseOps):
         self.set(op.outputs[0], out)
 
     def along_axis(self, op: Op, ins: list[Value]) -> None:
-        """Cumulative operations, sorts and top-k: labels must not change along the axis."""
-        axis = (
-            -1 if op.name == "top_k" else int(op.params.get("axis", op.params.get("dimension", 0)))
-        )
+        """Cumulative operations, sorts, top-k and Fourier transforms (over their last axes):
+        labels must not change along the axes they work along; parameters read there become
+        statistics."""
+        if op.name == "fft":
+            axes = list(range(-len(op.params["fft_lengths"]), 0))
+        elif op.name == "top_k":
+            axes = [-1]
+        else:
+            axes = [int(op.params.get("axis", op.params.get("dimension", 0)))]
+        kept: list[list[np.ndarray]] = []
         for v, atom in zip(ins, op.inputs, strict=True):
+            kept.append([])
             for f in v.units:
-                if L.lift(f, len(self.shape(atom))).shape[axis] > 1:
+                f = L.lift(f, len(self.shape(atom)))
+                vary = [a % f.ndim for a in axes if f.shape[a] > 1]
+                # a transform mixes every position along its axes: units found at some of
+                # them only (a signal padded with zeros) reach every output position
+                parts = self.spread(op, f, vary) if vary and op.name == "fft" else [f]
+                if len(parts) != 1 or any(parts[0].shape[a] > 1 for a in axes):
                     raise self.cannot_follow(
                         op, f, "it is not an operation whose effect on units is known"
                     )
+                kept[-1].append(parts[0])
         dep_input = any(v.dep_input for v in ins)
+        pstats = frozenset().union(*(params_leaves(v) for v in ins))
+        dep_param = any(v.dep_param for v in ins) and not dep_input
         for k, out in enumerate(op.outputs):
-            src = ins[min(k, len(ins) - 1)]
-            units = src.units if (op.name != "top_k" or k == 0) else []
-            self.set(out, Value(units=list(units), dep_input=dep_input, kind="pass"))
+            units = kept[min(k, len(ins) - 1)] if (op.name != "top_k" or k == 0) else []
+            value = Value(
+                units=list(units), dep_input=dep_input, dep_param=dep_param, pstats=pstats
+            )
+            value.kind = "pass"
+            self.set(out, value)
+
+
+def _windowed(f: np.ndarray, p: dict[str, Any], shape, ushape) -> np.ndarray | None:
+    """A scatter's update labels in the operand's frame, where they land alike wherever the
+    (unknown) indices put them: constant along the scattered axes, and along each window axis
+    either constant or spanning the operand's whole axis (`buffer.at[i].set(row)`)."""
+    dn = p["dimension_numbers"]
+    window = list(dn.update_window_dims)
+    skipped = set(dn.inserted_window_dims) | set(getattr(dn, "operand_batching_dims", ()))
+    targets = [d for d in range(len(shape)) if d not in skipped]
+    if len(targets) != len(window):
+        return None
+    out_shape = [1] * len(shape)
+    for d in range(len(ushape)):
+        if d not in window and f.shape[d] > 1:
+            return None
+    for w, o in zip(window, targets, strict=True):
+        if f.shape[w] > 1:
+            if ushape[w] != shape[o]:
+                return None
+            out_shape[o] = f.shape[w]
+    moved = np.transpose(f, [*window, *(d for d in range(len(ushape)) if d not in window)])
+    return np.ascontiguousarray(moved).reshape(out_shape).astype(np.int32)

@@ -1,8 +1,9 @@
 """Small architectures assembled from the pieces users combine: a front end for the input
 (a convolution with pooling, an attention block, a linear attention with keys softmaxed over
-positions, a scanned recurrent cell, token mixing) and
-one or two body pieces (dense, LayerNorm residual block, concatenation, gated unit, a layer
-called twice), optionally stacked as a vmapped ensemble."""
+positions, a scanned recurrent cell, token mixing, a class token before an attention,
+grouped-query attention, residual blocks stacked and applied by a scan) and
+one or two body pieces (dense, LayerNorm residual block, concatenation, gated unit, FiLM
+conditioning, a layer called twice), optionally stacked as a vmapped ensemble."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 WIDTH = 6
-FRONTS = ("vec", "conv-max", "conv-avg", "attn", "linattn", "gru", "mix")
-PIECES = ("dense", "lnres", "concat", "glu", "twice")
+FRONTS = ("vec", "conv-max", "conv-avg", "attn", "linattn", "gru", "mix", "cls", "gqa", "scanres")
+PIECES = ("dense", "lnres", "concat", "glu", "film", "twice")
 
 
 class ConvPool(eqx.Module):
@@ -92,6 +93,56 @@ class TokenMix(eqx.Module):
         return jnp.mean(x + mixed, axis=0)
 
 
+class ClassToken(eqx.Module):
+    """A class token concatenated before the embedded tokens, an attention, the class position."""
+
+    emb: eqx.nn.Linear
+    cls: jax.Array
+    attn: eqx.nn.MultiheadAttention
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.emb, self.cls = eqx.nn.Linear(4, 4, key=k1), jnp.ones((1, 4))
+        self.attn = eqx.nn.MultiheadAttention(2, 4, key=k2)
+
+    def __call__(self, x):
+        h = jnp.concatenate([self.cls, jax.vmap(self.emb)(x)])
+        return self.attn(h, h, h)[0]
+
+
+class GroupedQuery(eqx.Module):
+    """Two query heads share one key/value head (head size 2)."""
+
+    q: eqx.nn.Linear
+    kv: eqx.nn.Linear
+
+    def __call__(self, x):
+        n = x.shape[0]
+        q = jax.vmap(self.q)(x).reshape(n, 2, 2)
+        k, v = jnp.split(jax.vmap(self.kv)(x).reshape(n, 1, 4), 2, axis=-1)
+        k, v = jnp.repeat(k, 2, axis=1), jnp.repeat(v, 2, axis=1)
+        w = jax.nn.softmax(jnp.einsum("qhd,khd->hqk", q, k), axis=-1)
+        return jnp.einsum("hqk,khd->qhd", w, v).reshape(n, 4).mean(0)
+
+
+class ScannedResidual(eqx.Module):
+    """Two residual MLP blocks stacked by filter_vmap and applied by lax.scan."""
+
+    inp: eqx.nn.Linear
+    blocks: eqx.nn.MLP
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.inp = eqx.nn.Linear(4, 4, key=k1)
+        make = lambda k: eqx.nn.MLP(4, 4, 5, 1, key=k)
+        self.blocks = eqx.filter_vmap(make)(jax.random.split(k2, 2))
+
+    def __call__(self, x):
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+        step = lambda h, p: (h + eqx.combine(p, static)(h), None)
+        return jax.lax.scan(step, self.inp(x), params)[0]
+
+
 class Piece(eqx.Module):
     kind: str = eqx.field(static=True)
     a: eqx.nn.Linear
@@ -115,6 +166,9 @@ class Piece(eqx.Module):
             self.b = eqx.nn.Linear(n_in, WIDTH - WIDTH // 2, key=k2)
         elif kind == "glu":
             self.a = eqx.nn.Linear(n_in, 2 * WIDTH, key=k1)
+        elif kind == "film":  # b: the scale and shift, from the first half of the input
+            self.a = eqx.nn.Linear(n_in, WIDTH, key=k1)
+            self.b = eqx.nn.Linear(n_in // 2, 2 * WIDTH, key=k2)
         else:  # "twice": a square layer applied twice
             self.a = eqx.nn.Linear(n_in, WIDTH, key=k1)
             self.b = eqx.nn.Linear(WIDTH, WIDTH, key=k2)
@@ -132,6 +186,10 @@ class Piece(eqx.Module):
         if self.kind == "glu":
             g, u = jnp.split(self.a(x), 2)
             return jax.nn.silu(g) * u
+        if self.kind == "film":
+            assert self.b is not None
+            gamma, beta = jnp.split(self.b(x[: len(x) // 2]), 2)
+            return jax.nn.relu(self.a(x)) * (1 + gamma) + beta
         assert self.b is not None
         h = jax.nn.relu(self.a(x))
         return jnp.tanh(self.b(jax.nn.relu(self.b(h))))
@@ -158,9 +216,15 @@ class Spec:
     def example(self) -> jax.Array:
         if self.front.startswith("conv"):
             return jnp.zeros((1, 6, 6))
-        if self.front in ("attn", "linattn", "gru", "mix"):
+        if self.front in ("attn", "linattn", "gru", "mix", "cls", "gqa"):
             return jnp.zeros((3, 4))
         return jnp.zeros(4)
+
+
+def sequential(spec: Spec) -> set[str]:
+    """Groups stacked along a scan's layers: a later layer's units read the earlier ones'
+    outputs, so their activations depend on other units' entries of the same group."""
+    return {"front.blocks.layers[0]"} if spec.front == "scanres" else set()
 
 
 def build(spec: Spec, key) -> Net:
@@ -176,6 +240,12 @@ def build(spec: Spec, key) -> Net:
         front, n = Recurrent(eqx.nn.GRUCell(4, 5, key=k[0])), 5
     elif spec.front == "mix":
         front = TokenMix(3, 4, k[0])
+    elif spec.front == "cls":
+        front = ClassToken(k[0])
+    elif spec.front == "gqa":
+        front = GroupedQuery(eqx.nn.Linear(4, 4, key=k[0]), eqx.nn.Linear(4, 4, key=k[1]))
+    elif spec.front == "scanres":
+        front = ScannedResidual(k[0])
     body = []
     for i, kind in enumerate((*spec.body, "dense")):  # a plain hidden layer before the head
         body.append(Piece(kind, n, jax.random.fold_in(k[2], i)))

@@ -325,23 +325,21 @@ def test_no_hidden_units(getkey):
     ):
         ns.anatomy(eqx.nn.Linear(3, 2, key=getkey()), jnp.zeros(3))
 
-    class Noisy(eqx.Module):
-        """A NoisyNet layer: its weight is computed (μ + σ ⊙ ε) before it is read."""
+    class Offset(eqx.Module):
+        """One layer, and a parameter folded in by a reduction (read in no layer)."""
 
-        mu: jax.Array
-        sigma: jax.Array
+        offset: jax.Array
         out: eqx.nn.Linear
 
-        def __call__(self, x, key):
-            w = self.mu + self.sigma * jax.random.normal(key, self.mu.shape)
-            return self.out(jax.nn.relu(w @ x))
+        def __call__(self, x):
+            return self.out(x) + jnp.sum(self.offset)
 
-    noisy = Noisy(jnp.ones((4, 3)), jnp.ones((4, 3)), eqx.nn.Linear(4, 2, key=getkey()))
+    offset = Offset(jnp.ones(3), eqx.nn.Linear(3, 2, key=getkey()))
     with pytest.raises(
         ns.AnatomyError,
-        match=r"parameters in no layer: `\.mu`, `\.sigma`; a weight computed.*__neuron_groups__",
+        match=r"parameters in no layer: `\.offset`; a weight computed.*__neuron_groups__",
     ):
-        ns.anatomy(noisy, jnp.zeros(3), jax.random.key(0))
+        ns.anatomy(offset, jnp.zeros(3))
 
     class NoLayers(eqx.Module):
         scale: jax.Array

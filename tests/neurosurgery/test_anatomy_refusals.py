@@ -92,31 +92,31 @@ def test_operations_on_units_that_cannot_be_followed(model, inputs, message):
         ns.anatomy(model, *inputs)
 
 
-class ClassToken(eqx.Module):
-    emb: eqx.nn.Linear
-    cls: jax.Array
+class PoolUnits(eqx.Module):
+    a: eqx.nn.Linear
     fc: eqx.nn.Linear
 
     def __call__(self, x):
-        h = jnp.concatenate([self.cls, jax.vmap(self.emb)(x)])
-        return jax.vmap(self.fc)(h).mean(0)  # the user's line the message must name
+        h = jax.nn.relu(self.a(x))[None]
+        h = eqx.nn.MaxPool1d(2, 2)(h)  # the user's line the message must name
+        return self.fc(h[0])
 
 
 def test_an_operation_inside_a_library_is_named_with_the_users_line_that_called_it():
-    """A refusal at an operation inside Equinox (a Linear's product) also names the user's own
-    line that called it, the first frame outside JAX, Equinox and this package."""
-    emb, fc = linears((6, 8), (8, 2))
-    model = ClassToken(emb, jnp.ones((1, 8)), fc)
+    """A refusal at an operation inside Equinox (a pooling layer's window, here across units)
+    also names the user's own line that called it, the first frame outside JAX, Equinox and
+    this package."""
+    model = PoolUnits(*linears((6, 8), (4, 2)))
     line = next(
         i
         for i, text in enumerate(Path(__file__).read_text().splitlines(), start=1)
         if "the user's line the message must name" in text
     )
-    caller = rf"called from \S*test_anatomy_refusals\.py:{line} \(ClassToken\.__call__\)"
+    caller = rf"called from \S*test_anatomy_refusals\.py:{line} \(PoolUnits\.__call__\)"
     with pytest.raises(
-        ns.AnatomyError, match=r"`dot_general` at \S*equinox\S*_linear\.py:\d+.*" + caller
+        ns.AnatomyError, match=r"`reduce_window_max` at \S*equinox\S*_pool\.py:\d+.*" + caller
     ):
-        ns.anatomy(model, jnp.zeros((4, 6)))
+        ns.anatomy(model, jnp.zeros(6))
 
 
 def test_a_parameter_consumed_by_an_unknown_operation_is_an_error():

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, assume, example, given, settings
 
 import agents
 import neurosurgery as ns
@@ -123,9 +123,11 @@ def with_dead_units(case: Case, seed: int) -> tuple[Any, dict[str, jax.Array], A
     obs, scores = observe(model, *case.xs)
     plain = [g.name for g in anatomy.resettable if g.preserving and g.name in scores]
     assert any(bool(jnp.any(scores[n] == 0)) for n in plain), anatomy.summary()
-    for g in anatomy.resettable:  # the premise: no dormant unit outside the promise
+    # the premise: no dormant unit outside the promise (a unit dead by chance in a group whose
+    # reset cannot keep the function, which ReDo would reset too); such draws are left out
+    for g in anatomy.resettable:
         if not g.preserving and g.name in scores:
-            assert bool(jnp.all(scores[g.name] > 0)), (g.name, scores[g.name])
+            assume(bool(jnp.all(scores[g.name] > 0)))
     return model, scores, obs
 
 
@@ -152,9 +154,17 @@ def check_resets(case: Case, seed: int) -> dict[str, float]:
     reborn = ns.ReBorn(schedule=ns.Schedule(every=1))
     try:
         state = reborn.init(anatomy)
-    except ns.AnatomyError as e:  # value units of different attention heads: named, skipped
-        skip = tuple(re.findall(r"'([^']+)' \(a copy moves", str(e)))
-        assert skip and all(n.endswith("value_proj") for n in skip), e
+    except ns.AnatomyError as e:
+        # named and skipped: value units of different attention heads, and units some of whose
+        # consumers read only a part of them (a FiLM layer's conditioning reads half its input)
+        skip = tuple(re.findall(r"'([^']+)' \((?:a copy moves|`)", str(e)))
+
+        def partly_read(name: str) -> bool:
+            n = anatomy[name].n_units
+            owners = [s.element_owner() for s in anatomy[name].outgoing]
+            return any(0 < len(np.unique(o[o >= 0])) < n for o in owners)
+
+        assert skip and all(n.endswith("value_proj") or partly_read(n) for n in skip), e
         reborn = dataclasses.replace(reborn, skip=skip)
         state = reborn.init(anatomy)
     result = jitted(reborn.step)(anatomy, ns.Operand(model, key, 1, init=case.make), obs, state)
@@ -221,6 +231,7 @@ def generated():
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
 )
 @given(spec=SPECS, seed=st.integers(0, 2**16))
+@example(spec=archs.Spec("vec", ("film", "lnres")), seed=7)  # FiLM, always checked
 def test_resets_of_dead_units_and_injection_keep_the_function_of_generated_networks(
     generated, spec, seed
 ):
