@@ -49,6 +49,7 @@ from ._metrics import UtilityState as UtilityState
 from ._metrics import WeightMagnitude as WeightMagnitude
 from ._metrics import after_reset as after_reset
 from ._metrics import effective_rank as effective_rank
+from ._metrics import init_state as init_state
 from ._metrics import per_unit_mean as per_unit_mean
 from ._metrics import srank as srank
 from ._metrics import unit_reduce as unit_reduce

@@ -6,10 +6,11 @@ import dataclasses
 from typing import Any
 
 import jax
-from jaxtyping import Array
+from jaxtyping import Array, PyTree
 
 from ._anatomy import Anatomy
 from ._injection import PlasticityInjection
+from ._metrics import init_state
 from ._observe import Observation
 from ._schedule import AnyDue
 from ._strategy import Operand, StepResult, Strategy, check_step
@@ -78,8 +79,8 @@ class Chain:
     def observes(self) -> bool:
         return any(s.observes for s in self.strategies)
 
-    def init(self, anatomy: Anatomy) -> tuple[Any, ...]:
-        return tuple(s.init(anatomy) for s in self.strategies)
+    def init(self, anatomy: Anatomy, params: PyTree | None = None) -> tuple[Any, ...]:
+        return tuple(init_state(s, anatomy, params) for s in self.strategies)
 
     def step(
         self,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._anatomy import Anatomy
-from ._metrics import Metric, Scores
+from ._metrics import Metric, Scores, init_state
 from ._observe import Observation
 
 
@@ -74,7 +74,7 @@ def score_all(
     out = {}
     for metric in metrics:
         state = (states or {}).get(metric.name)
-        state = metric.init(anatomy) if state is None else state
+        state = init_state(metric, anatomy, observation.params) if state is None else state
         out[metric.name] = checked_score(metric, anatomy, observation, state)[0]
     return out
 

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._anatomy import Anatomy
 from ._groups import NeuronGroup
-from ._metrics import GraMa, Metric
+from ._metrics import GraMa, Metric, init_state
 from ._metrics._base import _check_decay
 from ._observe import Observation
 from ._optstate import scale_optimizer_state
@@ -184,7 +184,8 @@ class CPR:
         step = jnp.asarray(step, jnp.int32)
         elapsed = updates_since(state.last, step, since).astype(jnp.float32)
         keep = jnp.asarray(self.decay, jnp.float32) ** elapsed
-        scores, _ = self.metric.score(anatomy, observation, self.metric.init(anatomy))
+        fresh = init_state(self.metric, anatomy, observation.params)
+        scores, _ = self.metric.score(anatomy, observation, fresh)
         average = {
             g.name: keep * state.average[g.name]
             + (1 - keep) * jnp.asarray(scores[g.name], jnp.float32)

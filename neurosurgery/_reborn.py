@@ -16,7 +16,7 @@ from ._anatomy import Anatomy
 from ._errors import AnatomyError
 from ._graph import evaluate
 from ._groups import NeuronGroup
-from ._metrics import Dormant, Metric, after_reset
+from ._metrics import Dormant, Metric, after_reset, init_state
 from ._observe import Observation
 from ._optstate import reset_optimizer_state
 from ._schedule import Schedule
@@ -195,7 +195,7 @@ class ReBorn:
                 "outgoing weights, in (0, 1)"
             )
 
-    def init(self, anatomy: Anatomy) -> Any:
+    def init(self, anatomy: Anatomy, params: PyTree | None = None) -> Any:
         """The metric's state, once every group ReBorn may split is known to keep the function.
 
         Raises:
@@ -230,7 +230,7 @@ class ReBorn:
                 "by different attention patterns), so a split would change the function. Leave "
                 f"them out: ReBorn(..., skip={tuple(n for n, _ in bad)!r})."
             )
-        return self.metric.init(anatomy)
+        return init_state(self.metric, anatomy, params)
 
     def step(
         self,

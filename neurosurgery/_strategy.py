@@ -22,7 +22,7 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._anatomy import Anatomy
 from ._init import Initializer
-from ._metrics import EmptyState, Metric, Scores, after_reset
+from ._metrics import EmptyState, Metric, Scores, after_reset, init_state
 from ._observe import Observation
 from ._optstate import Initable
 from ._reset import Init, _named_source, applied_masks, fresh_model, reset
@@ -102,7 +102,10 @@ class Strategy(Protocol):
         """Whether `step` reads the observation (a trainer skips observing when none does)."""
         ...
 
-    def init(self, anatomy: Anatomy) -> Any: ...
+    def init(self, anatomy: Anatomy) -> Any:
+        """The strategy's starting state; `init(anatomy, params)` where it needs the network's
+        parameters (a trainer passes them through [`init_state`][neurosurgery.init_state])."""
+        ...
 
     def step(
         self,
@@ -205,8 +208,8 @@ class Resetter:
     def name(self) -> str:
         return self.label or f"reset_{self.metric.name}"
 
-    def init(self, anatomy: Anatomy) -> Any:
-        return self.metric.init(anatomy)
+    def init(self, anatomy: Anatomy, params: PyTree | None = None) -> Any:
+        return init_state(self.metric, anatomy, params)
 
     def step(
         self,

@@ -110,7 +110,10 @@ def _scores_of(trainer, ts, seed_index, metrics, networks, batch_size, key):
             *objective.inputs,
             has_aux=objective.has_aux,
         )
-        scores = {m.name: m.score(anatomy, observation, m.init(anatomy))[0] for m in metrics}
+        scores = {
+            m.name: m.score(anatomy, observation, ns.init_state(m, anatomy, observation.params))[0]
+            for m in metrics
+        }
         out[name] = (anatomy, objective, scores)
     return out
 

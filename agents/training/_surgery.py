@@ -13,6 +13,7 @@ import dataclasses
 import functools
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
@@ -84,11 +85,12 @@ class Surgery:
         states: dict[str, Any] = {}
         for name in self.networks:
             anatomy = _anatomy(objectives[name])
+            params = eqx.filter(objectives[name].model, eqx.is_array)
             states[name] = {
-                "metrics": {m.name: m.init(anatomy) for m in self.metrics}
+                "metrics": {m.name: ns.init_state(m, anatomy, params) for m in self.metrics}
                 if name in self.log_networks
                 else {},
-                "strategy": self.strategy.init(anatomy)
+                "strategy": ns.init_state(self.strategy, anatomy, params)
                 if self.strategy is not None and name in self.reset_networks
                 else ns.EmptyState(),
             }

@@ -10,6 +10,7 @@ from ._base import Metric as Metric
 from ._base import RunningAverage as RunningAverage
 from ._base import Scores as Scores
 from ._base import after_reset as after_reset
+from ._base import init_state as init_state
 from ._base import per_unit_mean as per_unit_mean
 from ._base import unit_reduce as unit_reduce
 from ._dormant import Dormant as Dormant

@@ -13,6 +13,7 @@ see the "Write your own metric" page.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array, ArrayLike, PyTree
 
 from .._anatomy import Anatomy
 from .._groups import LeafSlice, NeuronGroup
@@ -53,11 +54,41 @@ class Metric(Protocol):
     @property
     def name(self) -> str: ...
 
-    def init(self, anatomy: Anatomy) -> Any: ...
+    def init(self, anatomy: Anatomy) -> Any:
+        """The metric's starting state. A metric that needs the network's parameters (its
+        initial weights, say) takes them as a second argument, `init(anatomy, params)`:
+        everything that starts a metric passes them then ([`init_state`][neurosurgery.init_state])."""
+        ...
 
     def score(
         self, anatomy: Anatomy, observation: Observation, state: Any
     ) -> tuple[Scores, Any]: ...
+
+
+def init_state(component: Any, anatomy: Anatomy, params: PyTree | None = None) -> Any:
+    """The starting state of a metric or strategy: `component.init(anatomy, params)` where its
+    `init` takes the network's parameters (to keep its initial weights, say), else
+    `component.init(anatomy)`.
+
+    Raises:
+        ValueError: `init` takes the parameters but none were given.
+    """
+    try:
+        taken = list(inspect.signature(component.init).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        taken = []
+    if len(taken) < 2:
+        return component.init(anatomy)
+    if params is None:
+        if taken[1].default is not inspect.Parameter.empty:  # optional: a strategy's own init
+            return component.init(anatomy)
+        raise ValueError(
+            f"{getattr(component, 'name', type(component).__name__)}'s init takes the network's "
+            "parameters (init(anatomy, params)), but none were given: pass them, e.g. "
+            "ns.init_state(metric, anatomy, eqx.filter(model, eqx.is_array)), or "
+            "strategy.init(anatomy, params)"
+        )
+    return component.init(anatomy, params)
 
 
 def after_reset(metric: Any, state: Any, replaced: Mapping[str, Array] | None) -> Any:

@@ -46,6 +46,19 @@ class Steps:
         return {k: jnp.full(anatomy[k].unit_shape, v) for k, v in state.items()}, state
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """A user's metric that keeps the network's starting weights: its init takes them."""
+
+    name: str = "start"
+
+    def init(self, anatomy, params):
+        return jax.tree_util.tree_leaves(params)
+
+    def score(self, anatomy, observation, state):
+        return {g.name: jnp.zeros(g.unit_shape) for g in anatomy.observed}, state
+
+
 def _setup(base_config, **overrides):
     config = dataclasses.replace(base_config, seeds=(0,), **overrides)
     config.validate()
@@ -157,8 +170,16 @@ def test_resets_only_when_the_strategy_is_due(base_config):
 
 
 def test_a_users_metric_is_logged_and_its_state_carried(base_config):
-    surgery_config = agents.SurgeryConfig(metrics=(FiringRate(), Steps(), "dormant"), tau=0.0)
+    surgery_config = agents.SurgeryConfig(
+        metrics=(FiringRate(), Steps(), Start(), "dormant"), tau=0.0
+    )
     surgery, agent, state, states, batch = _setup(base_config, surgery=surgery_config)
+    # a metric whose init takes the parameters starts from the network's own
+    critic = agent.objectives(state, batch, jax.random.key(0))["critic"].model
+    start = states["critic"]["metrics"]["start"]
+    want = jax.tree_util.tree_leaves(eqx.filter(critic, eqx.is_array))
+    assert len(start) == len(want)
+    assert all(np.array_equal(a, b) for a, b in zip(start, want, strict=True))
     _, states, metrics = _step(surgery, agent, state, states, batch)
     _, states, metrics = _step(surgery, agent, state, states, batch)
     layer = "members[0].net.layers[0].linear"

@@ -1,5 +1,6 @@
 """Strategies and schedules: what acts when, under jit and vmap, and the named presets."""
 
+import dataclasses
 import sys
 
 import equinox as eqx
@@ -288,3 +289,29 @@ def test_stateless_parts_use_optaxs_empty_state():
     anatomy = ns.anatomy(model, jnp.zeros(3))
     assert ns.metric("grama").init(anatomy) == optax.EmptyState()
     assert ns.strategy("regrama").init(anatomy) == optax.scale(1.0).init({})
+
+
+def test_a_metric_whose_init_takes_the_parameters_gets_them_through_every_strategy():
+    @dataclasses.dataclass(frozen=True)
+    class Start:
+        name: str = "start"
+
+        def init(self, anatomy, params):
+            return jax.tree_util.tree_leaves(params)
+
+        def score(self, anatomy, observation, state):
+            return {g.name: jnp.ones(g.unit_shape) for g in anatomy.groups}, state
+
+    model = eqx.nn.MLP(3, 1, 8, 1, key=jax.random.key(0))
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    params = eqx.filter(model, eqx.is_array)
+    want = jax.tree_util.tree_leaves(params)
+    resetter = ns.Resetter(Start(), ns.Selection("threshold", tau=0.0), ns.Schedule(every=1))
+    chain = ns.Chain((resetter, ns.strategy("shrink_perturb")))
+    for strategy in (resetter, ns.ReBorn(metric=Start()), chain):
+        got = strategy.init(anatomy, params)
+        got = got[0] if isinstance(strategy, ns.Chain) else got
+        assert all(a is b for a, b in zip(got, want, strict=True))
+        with pytest.raises(ValueError, match=r"start's init takes the network's parameters"):
+            strategy.init(anatomy)
+    assert ns.init_state(ns.Dormant(), anatomy, params) == ns.EmptyState()  # others: as before
