@@ -418,3 +418,59 @@ def test_a_long_convolution_by_fft_keeps_its_channels_units():
             *(make(jax.random.key(0)).a, jnp.ones((5, 4)), make(jax.random.key(0)).o)
         )
         ns.anatomy(mixed, jnp.zeros((5, 3)))
+
+
+class Padded(eqx.Module):
+    """Embedded tokens padded with a zero token before a per-token layer."""
+
+    emb: eqx.nn.Linear
+    fc: eqx.nn.Linear
+
+    def __call__(self, x):
+        h = jnp.pad(jax.nn.relu(jax.vmap(self.emb)(x)), ((1, 0), (0, 0)))
+        return jax.vmap(self.fc)(h).mean(0)
+
+
+def test_zero_padding_along_the_tokens_leaves_the_units_resettable():
+    make = lambda k: Padded(eqx.nn.Linear(3, 4, key=k), eqx.nn.Linear(4, 2, key=k))
+    model, other = draw(make, 0), draw(make, 1)
+    anatomy = ns.anatomy(model, jnp.zeros((3, 3)))
+    emb = anatomy["emb"]
+    assert not emb.shares_columns and emb.resettable  # the padded token reads nothing
+    xs = (jax.random.normal(jax.random.key(2), (8, 3, 3)),)
+    assert check_resets(anatomy, model, other, xs, lambda m, x: m(x)) == ["emb"]
+
+
+class NeuralODE(eqx.Module):
+    """diffrax.diffeqsolve of an MLP vector field (Tsit5, the default adjoint)."""
+
+    field: eqx.nn.MLP
+    out: eqx.nn.Linear
+
+    def __call__(self, y0):
+        import diffrax
+
+        term = diffrax.ODETerm(lambda t, y, args: self.field(y))
+        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1.0, 0.25, y0, max_steps=4)
+        assert sol.ys is not None
+        return self.out(sol.ys[-1])
+
+
+def test_a_neural_ode_is_followed_through_the_solvers_loop():
+    make = lambda k: NeuralODE(
+        eqx.nn.MLP(3, 3, 5, 1, activation=jnp.tanh, key=k), eqx.nn.Linear(3, 2, key=k)
+    )
+    model, other = draw(make, 0), draw(make, 1)
+    anatomy = ns.anatomy(model, jnp.zeros(3))
+    hidden, state = anatomy["field.layers[0]"], anatomy["field.layers[1]"]
+    assert hidden.resettable and hidden.preserving
+    np.testing.assert_array_equal(
+        owner_of(hidden, "outgoing", ".field.layers[1].weight"),
+        np.broadcast_to(np.arange(5), (3, 5)),
+    )
+    # the field's outputs are the state's derivative: read through the solver's constants and
+    # beside the initial state, so not reset by default, with the reason
+    assert not state.resettable and state.no_reset
+    assert set(anatomy.unobserved) == {"field.layers[0]", "field.layers[1]"}  # a while loop
+    xs = (jax.random.normal(jax.random.key(2), (4, 3)),)
+    assert check_resets(anatomy, model, other, xs, lambda m, x: m(x)) == ["field.layers[0]"]
