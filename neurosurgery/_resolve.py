@@ -177,9 +177,17 @@ def _join_unread_sums(t: Tracer, uf: Units, leaving: set[int]) -> None:
     if not sums:
         return
     reads = _read_sets(t)
+    # the units every read of a unit also holds: a read without the other side is then found
+    # without looking at each read (the usual case, a stream read by the block it skips)
+    common = {u: frozenset.intersection(*sets) for u, sets in reads.items()}
 
     def apart(mine: frozenset[int], theirs: frozenset[int]) -> bool:
-        return any(not (seen & theirs) for u in mine for seen in reads.get(u, ()))
+        for u in mine:
+            if u not in common or common[u] & theirs:
+                continue
+            if len(theirs) == 1 or any(not (seen & theirs) for seen in reads[u]):
+                return True
+        return False
 
     for a, b in sums:
         for x, y in zip(a.tolist(), b.tolist(), strict=True):
@@ -194,7 +202,15 @@ def _split_streams(t: Tracer, finals: list[FinalGroup], comp_of) -> list[FinalGr
     blocks applied by a scan, each adding to the stream the next one reads) would each own the
     others' outgoing entries: the group is split along the unit axis in which they differ,
     one group per layer of the stack."""
-    where = {c: (i, k) for i, fg in enumerate(finals) for k, c in enumerate(fg.comps)}
+    # only groups with several unit axes (a stack's layers) can be split
+    where = {
+        c: (i, k)
+        for i, fg in enumerate(finals)
+        if len(fg.unit_shape) > 1
+        for k, c in enumerate(fg.comps)
+    }
+    if not where:
+        return finals
     clash: dict[int, set[tuple[int, int]]] = defaultdict(set)
     for kind, a, b, _ in t.meetings:
         if kind != "add":
