@@ -258,34 +258,48 @@ def _check_crowded(groups: list[NeuronGroup], graph: Graph, args, n: int) -> lis
     if not any(g.shares_columns for g in groups):
         return groups
     with jax.ensure_compile_time_eval():
-        leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]
-        xs = [_draw(x, n + i, always=True) for i, x in enumerate(args[n:])]
+        leaves, xs = _random_args(args, n)
         out = []
         for g in groups:
             if not g.shares_columns:
                 out.append(g)
                 continue
             silent, cut = list(leaves), list(leaves)
-            for part, targets in (((*g.incoming,), (silent, cut)), (g.outgoing, (cut,))):
+            for part, targets in ((g.incoming, (silent, cut)), (g.outgoing, (cut,))):
                 for sl in part:
                     own = sl.element_owner() >= 0
                     for target in targets:
                         x = target[sl.leaf]
                         target[sl.leaf] = jnp.where(own, jnp.zeros_like(x), x)
-            before, _ = evaluate(graph, [*silent, *xs], {})
-            after, _ = evaluate(graph, [*cut, *xs], {})
-            moved = False
-            for a, b in zip(before, after, strict=True):
-                if jnp.issubdtype(jnp.result_type(a), jnp.inexact):
-                    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-                    scale = float(np.max(np.abs(a), initial=0.0)) + 1e-30
-                    moved |= float(np.max(np.abs(a - b), initial=0.0)) > 1e-6 * scale
-            if moved:
+            if _outputs_move(graph, [*silent, *xs], [*cut, *xs]):
                 out.append(g)
             else:
                 note = "" if g.no_reset == g.shares_columns else g.no_reset
                 out.append(dataclasses.replace(g, shares_columns="", no_reset=note))
         return out
+
+
+def _random_args(args, n: int) -> tuple[list[jax.Array], list[Any]]:
+    """The model's `n` leaves (random draws where abstract) and a random input of the
+    example's shapes: the example is often all zeros, which hides terms."""
+    leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]
+    return leaves, [_draw(x, n + i, always=True) for i, x in enumerate(args[n:])]
+
+
+def _outputs_move(graph: Graph, first: list[Any], second: list[Any]) -> bool:
+    """Whether the traced program's floating outputs differ by more than 1e-6 of their scale
+    between two sets of arguments (non-finite outputs say nothing)."""
+    before, _ = evaluate(graph, first, {})
+    after, _ = evaluate(graph, second, {})
+    for a, b in zip(before, after, strict=True):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            continue
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = float(np.max(np.abs(a), initial=0.0)) + 1e-30
+        finite = np.isfinite(a).all() and np.isfinite(b).all()
+        if finite and float(np.max(np.abs(a - b), initial=0.0)) > 1e-6 * scale:
+            return True
+    return False
 
 
 def _concrete(x: Any) -> bool:
@@ -314,10 +328,7 @@ def _draw(x: Any, i: int, always: bool = False) -> Any:
 def _check_pair(t: Tracer, g: NeuronGroup, graph: Graph, args) -> NeuronGroup:
     if not g.paired_with or g.output or g.normalized or g.entangled_with or g.term_kept:
         return g
-    n = len(t.leaf_shapes)
-    leaves = [jnp.asarray(_draw(x, i)) for i, x in enumerate(args[:n])]
-    # a random input rather than the example, which is often all zeros and hides terms
-    xs = [_draw(x, n + i, always=True) for i, x in enumerate(args[n:])]
+    leaves, xs = _random_args(args, len(t.leaf_shapes))
     zero = [np.zeros(s, bool) for s in t.leaf_shapes]
     move = [np.zeros(s, bool) for s in t.leaf_shapes]
     for part, masks in ((g.outgoing, zero), ((*g.incoming, *g.per_unit), move)):
@@ -331,17 +342,7 @@ def _check_pair(t: Tracer, g: NeuronGroup, graph: Graph, args) -> NeuronGroup:
         noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         zeroed.append(x)
         moved.append(jnp.where(m, x + noise * (jnp.std(x) + 1), x))
-    kept = False
-    before, _ = evaluate(graph, [*zeroed, *xs], {})
-    after, _ = evaluate(graph, [*moved, *xs], {})
-    for a, b in zip(before, after, strict=True):
-        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
-            continue
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        scale = float(np.max(np.abs(a), initial=0.0)) + 1e-30
-        if np.isfinite(a).all() and np.isfinite(b).all():
-            kept |= float(np.max(np.abs(a - b), initial=0.0)) > 1e-6 * scale
-    if not kept:
+    if not _outputs_move(graph, [*zeroed, *xs], [*moved, *xs]):
         return g
     where = sorted({t.where(op) for _, _, op in _pairs_of(t, g)}) or ["the product"]
     note = KEPT.format(partner="`, `".join(g.paired_with), where=", ".join(where))

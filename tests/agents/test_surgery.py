@@ -15,6 +15,8 @@ import envs
 import neurosurgery as ns
 from agents.training import Surgery, read_metrics
 
+from ..user_metrics import Start
+
 pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
@@ -44,19 +46,6 @@ class Steps:
     def score(self, anatomy, observation, state):
         state = {k: v + 1 for k, v in state.items()}
         return {k: jnp.full(anatomy[k].unit_shape, v) for k, v in state.items()}, state
-
-
-@dataclasses.dataclass(frozen=True)
-class Start:
-    """A user's metric that keeps the network's starting weights: its init takes them."""
-
-    name: str = "start"
-
-    def init(self, anatomy, params):
-        return jax.tree_util.tree_leaves(params)
-
-    def score(self, anatomy, observation, state):
-        return {g.name: jnp.zeros(g.unit_shape) for g in anatomy.observed}, state
 
 
 def _setup(base_config, **overrides):

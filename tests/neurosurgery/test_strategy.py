@@ -1,6 +1,5 @@
 """Strategies and schedules: what acts when, under jit and vmap, and the named presets."""
 
-import dataclasses
 import sys
 
 import equinox as eqx
@@ -11,6 +10,8 @@ import optax
 import pytest
 
 import neurosurgery as ns
+
+from ..user_metrics import Start
 
 
 def make(key):
@@ -292,16 +293,6 @@ def test_stateless_parts_use_optaxs_empty_state():
 
 
 def test_a_metric_whose_init_takes_the_parameters_gets_them_through_every_strategy():
-    @dataclasses.dataclass(frozen=True)
-    class Start:
-        name: str = "start"
-
-        def init(self, anatomy, params):
-            return jax.tree_util.tree_leaves(params)
-
-        def score(self, anatomy, observation, state):
-            return {g.name: jnp.ones(g.unit_shape) for g in anatomy.groups}, state
-
     model = eqx.nn.MLP(3, 1, 8, 1, key=jax.random.key(0))
     anatomy = ns.anatomy(model, jnp.zeros(3))
     params = eqx.filter(model, eqx.is_array)
