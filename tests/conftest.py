@@ -6,8 +6,17 @@ import os
 import shutil
 import tempfile
 
-import jax
-import pytest
+#: The tests' programs compile without LLVM's optimisations: on 2 cores compiling dominates the
+#: suite, and this takes about 30 % off it (measured on the function-preservation, metric,
+#: training and command-line modules: 163 s -> 113 s and 152 s -> 113 s). Set before jax starts
+#: its backend, so the test workers and the processes they start (which inherit it) all use it;
+#: an `XLA_FLAGS` that already names an optimisation level is left as it is.
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _FLAGS:
+    os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 

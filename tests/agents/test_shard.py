@@ -50,7 +50,11 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sharded_seeds_give_the_records_of_one_device(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=2"]),
+    }
     root = Path(__file__).parents[2]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
