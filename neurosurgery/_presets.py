@@ -16,10 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._cbp import CBP
-from ._chain import Chain
-from ._cpr import CPR
-from ._injection import PlasticityInjection
+from ._methods._cbp import CBP
+from ._methods._chain import Chain
+from ._methods._cpr import CPR
+from ._methods._injection import PlasticityInjection
+from ._methods._reborn import ReBorn
+from ._methods._schedule import Schedule
+from ._methods._select import Selection
+from ._methods._strategy import FullReset, Resetter, ShrinkPerturb, Strategy, check_step
 from ._metrics import (
     GXD,
     Dormant,
@@ -34,10 +38,6 @@ from ._metrics import (
     Utility,
     WeightMagnitude,
 )
-from ._reborn import ReBorn
-from ._schedule import Schedule
-from ._select import Selection
-from ._strategy import FullReset, Resetter, ShrinkPerturb, Strategy, check_step
 
 #: metrics by name (each one's `name` is its key)
 METRICS: dict[str, Callable[[], Metric]] = {

@@ -23,9 +23,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, PyTree
 
-from .._anatomy import Anatomy
-from .._groups import LeafSlice, NeuronGroup
-from .._observe import Observation, normalise
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._groups import LeafSlice, NeuronGroup
+from ._observe import Observation, normalise
 
 Scores = dict[str, Array]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._anatomy import Anatomy
-from .._observe import Observation
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores, _abs, _normalised, per_unit_mean
+from ._observe import Observation
 
 
 @dataclasses.dataclass(frozen=True)

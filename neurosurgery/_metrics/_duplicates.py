@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._anatomy import Anatomy
-from .._observe import Observation
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores
+from ._observe import Observation
 
 
 def cosines(features: Float[Array, "samples *members width"], centered: bool = False) -> Array:

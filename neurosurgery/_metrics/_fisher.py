@@ -7,9 +7,9 @@ import dataclasses
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._anatomy import Anatomy
-from .._observe import SITES, Observation, normalise
+from .._anatomy._anatomy import Anatomy
 from ._base import RunningAverage, Scores, _check_decay
+from ._observe import SITES, Observation, normalise
 
 
 @dataclasses.dataclass(frozen=True)

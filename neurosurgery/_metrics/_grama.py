@@ -7,9 +7,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .._anatomy import Anatomy
-from .._observe import Observation, normalise
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores, _abs, _normalised, per_unit_mean, unit_reduce
+from ._observe import Observation, normalise
 
 #: what each GraMa source is called in scores and logs
 GRAMA_NAMES = {"preactivation": "grama", "activation": "grama_activation", "weight": "grama_weight"}

@@ -6,9 +6,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from .._anatomy import Anatomy
-from .._observe import Observation, normalise
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores
+from ._observe import Observation, normalise
 
 REFERENCES = ("zero", "mean")
 

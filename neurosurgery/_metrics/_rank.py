@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._anatomy import Anatomy
-from .._observe import Observation
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores
+from ._observe import Observation
 
 
 def _singular(features: Float[Array, "samples width"]) -> tuple[Array, Array]:

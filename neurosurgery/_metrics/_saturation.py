@@ -9,9 +9,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._anatomy import Anatomy
-from .._observe import Observation
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores
+from ._observe import Observation
 
 #: per activation: its derivative as a function of its output a, the derivative's maximum, and
 #: the range of its outputs

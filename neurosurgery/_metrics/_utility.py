@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._anatomy import Anatomy
-from .._observe import Observation, normalise
+from .._anatomy._anatomy import Anatomy
 from ._base import RunningAverage, Scores, _abs, _check_decay, per_unit_mean, unit_reduce
+from ._observe import Observation, normalise
 
 #: the state of `Utility` (a running average with per-unit ages)
 UtilityState = RunningAverage

@@ -7,9 +7,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from .._anatomy import Anatomy
-from .._observe import Observation, normalise
+from .._anatomy._anatomy import Anatomy
 from ._base import EmptyState, Scores, unit_reduce
+from ._observe import Observation, normalise
 
 
 @dataclasses.dataclass(frozen=True)

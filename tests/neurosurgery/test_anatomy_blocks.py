@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import neurosurgery as ns
-from neurosurgery._graph import build_graph
-from neurosurgery._trace import Tracer
+from neurosurgery._anatomy._graph import build_graph
+from neurosurgery._anatomy._trace import Tracer
 
 from .archs import draw
 from .test_anatomy import assert_owners, cols, owners

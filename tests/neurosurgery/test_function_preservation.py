@@ -39,7 +39,7 @@ from hypothesis import Phase, assume, example, given, settings
 
 import agents
 import neurosurgery as ns
-from neurosurgery._injection import injected_parts
+from neurosurgery._methods._injection import injected_parts
 from tests.examples import examples
 
 from . import archs

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurosurgery._optstate import (
+from neurosurgery._surgery._optstate import (
     ScaleByAdamPerEntryState,
     adam_per_entry,
     adamw_per_entry,

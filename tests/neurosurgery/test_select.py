@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from neurosurgery._select import (
+from neurosurgery._methods._select import (
     bottom_fraction,
     capped_threshold,
     inactive_ratio,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurosurgery._whole import full_reset, shrink_and_perturb
+from neurosurgery._methods._whole import full_reset, shrink_and_perturb
 
 
 class Net(eqx.Module):

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import Const, Graph, Op
 from ._labels import NONE, lift, pattern
 

@@ -10,8 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ._anatomy import Anatomy
-from ._metrics import Metric, Scores, init_state
+from .._anatomy._anatomy import Anatomy
+from . import Metric, Scores, init_state
 from ._observe import Observation
 
 

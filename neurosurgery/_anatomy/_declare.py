@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import DECLARED_PREFIX
 from ._groups import LeafSlice, NeuronGroup
 

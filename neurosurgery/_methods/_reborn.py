@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from ._anatomy import Anatomy
-from ._errors import AnatomyError
-from ._graph import evaluate
-from ._groups import NeuronGroup
-from ._metrics import Dormant, Metric, after_reset, init_state
-from ._observe import Observation
-from ._optstate import reset_optimizer_state
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._graph import evaluate
+from .._anatomy._groups import NeuronGroup
+from .._errors import AnatomyError
+from .._metrics import Dormant, Metric, after_reset, init_state
+from .._metrics._observe import Observation
+from .._surgery._optstate import reset_optimizer_state
 from ._schedule import Schedule
 from ._select import inactive_ratio
 from ._strategy import Operand, StepResult, _when, unit_info

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import Op
 from ._labels import NONE, compress, pattern
 from ._trace_core import PFactor, RawGroup, Rel, TracerCore, Value, params_leaves

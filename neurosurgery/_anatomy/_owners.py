@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._resolve import FinalGroup
 from ._trace import Tracer
 

@@ -8,10 +8,10 @@ from typing import Any
 import jax
 from jaxtyping import Array, PyTree
 
-from ._anatomy import Anatomy
+from .._anatomy._anatomy import Anatomy
+from .._metrics import init_state
+from .._metrics._observe import Observation
 from ._injection import PlasticityInjection
-from ._metrics import init_state
-from ._observe import Observation
 from ._schedule import AnyDue
 from ._strategy import Operand, StepResult, Strategy, check_step
 

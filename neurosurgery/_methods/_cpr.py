@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ._anatomy import Anatomy
-from ._groups import NeuronGroup
-from ._metrics import GraMa, Metric, init_state
-from ._metrics._base import _check_decay
-from ._observe import Observation
-from ._optstate import scale_optimizer_state
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._groups import NeuronGroup
+from .._metrics import GraMa, Metric, init_state
+from .._metrics._base import _check_decay
+from .._metrics._observe import Observation
+from .._surgery._optstate import scale_optimizer_state
 from ._schedule import Schedule
 from ._strategy import Operand, StepResult, _fresh_params, _when, updates_since
 from ._units import spread

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import Body, Op
 from ._labels import lift
 from ._trace_core import Value

@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._trace import Tracer
 
 

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._anatomy import Anatomy
-from ._errors import AnatomyError
-from ._groups import LeafSlice, NeuronGroup
-from ._metrics import unit_reduce
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._groups import LeafSlice, NeuronGroup
+from .._errors import AnatomyError
+from .._metrics import unit_reduce
 
 
 def spread(s: LeafSlice, group: NeuronGroup, values: Array, fill: ArrayLike = 0) -> Array:

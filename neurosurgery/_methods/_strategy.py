@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
-from ._anatomy import Anatomy
-from ._init import Initializer
-from ._metrics import EmptyState, Metric, Scores, after_reset, init_state
-from ._observe import Observation
-from ._optstate import Initable
-from ._reset import Init, _named_source, applied_masks, fresh_model, reset
+from .._anatomy._anatomy import Anatomy
+from .._metrics import EmptyState, Metric, Scores, after_reset, init_state
+from .._metrics._observe import Observation
+from .._surgery._init import Initializer
+from .._surgery._optstate import Initable
+from .._surgery._reset import Init, _named_source, applied_masks, fresh_model, reset
 from ._schedule import Schedule, When
 from ._select import Selection, inactive_ratio, network_inactive_ratio
 from ._whole import full_reset, shrink_and_perturb

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Real, ScalarLike
 
-from ._treecheck import describe, first_path_difference, flatten_with_paths
+from .._treecheck import describe, first_path_difference, flatten_with_paths
 
 __all__ = ["full_reset", "shrink_and_perturb"]
 

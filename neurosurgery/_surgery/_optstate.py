@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import ArrayLike, PyTree, ScalarLike
 
-from ._treecheck import describe, first_path_difference, flatten_with_paths
+from .._treecheck import describe, first_path_difference, flatten_with_paths
 
 __all__ = [
     "ScaleByAdamPerEntryState",

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from ._anatomy import Anatomy
-from ._errors import AnatomyError
+from .._anatomy._anatomy import Anatomy
+from .._errors import AnatomyError
 
 #: where per-sample gradients are recorded: the unit's pre-activation (after any per-unit norm,
 #: before the activation function) and its activation (as the next layer reads it)

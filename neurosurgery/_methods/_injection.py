@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from ._anatomy import Anatomy
-from ._build import anatomy as build_anatomy
-from ._errors import AnatomyError
-from ._init import Initializer
-from ._metrics import EmptyState
-from ._observe import Observation
-from ._optstate import reset_optimizer_state
-from ._reset import fresh_model
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._build import anatomy as build_anatomy
+from .._errors import AnatomyError
+from .._metrics import EmptyState
+from .._metrics._observe import Observation
+from .._surgery._init import Initializer
+from .._surgery._optstate import reset_optimizer_state
+from .._surgery._reset import fresh_model
 from ._schedule import Schedule
 from ._strategy import Operand, StepResult, _when
 

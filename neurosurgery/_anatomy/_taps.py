@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from .._errors import AnatomyError
 from ._anatomy import _make_layout, _Site, _Taps
-from ._errors import AnatomyError
 from ._graph import CONTROL, Op
 from ._labels import lift
 from ._owners import LabelMap

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
 
-from ._anatomy import Anatomy, _check_unit_masks
-from ._errors import AnatomyError
-from ._groups import LeafSlice, NeuronGroup
+from .._anatomy._anatomy import Anatomy, _check_unit_masks
+from .._anatomy._groups import LeafSlice, NeuronGroup
+from .._errors import AnatomyError
 from ._init import Initializer
 from ._optstate import Initable, reset_optimizer_state
 

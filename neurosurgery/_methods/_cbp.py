@@ -10,13 +10,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
-from ._anatomy import Anatomy
-from ._groups import NeuronGroup
-from ._metrics import RunningAverage, per_unit_mean
-from ._metrics._base import _check_decay
-from ._metrics._utility import contribution
-from ._observe import Observation
-from ._reset import reset
+from .._anatomy._anatomy import Anatomy
+from .._anatomy._groups import NeuronGroup
+from .._metrics import RunningAverage, per_unit_mean
+from .._metrics._base import _check_decay
+from .._metrics._observe import Observation
+from .._metrics._utility import contribution
+from .._surgery._reset import reset
 from ._schedule import Schedule
 from ._select import inactive_ratio
 from ._strategy import Operand, StepResult, _when, unit_info, updates_since

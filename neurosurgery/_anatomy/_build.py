@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import AnatomyError
 from ._anatomy import Anatomy, _compress, _owner_type
 from ._declare import declared_groups, declaring_modules, make_opaque
-from ._errors import AnatomyError
 from ._graph import Graph, build_graph, evaluate
 from ._groups import LeafSlice, NeuronGroup
 from ._owners import LabelMap, owners

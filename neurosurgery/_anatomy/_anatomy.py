@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, PyTree
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import Graph, evaluate
 from ._groups import NeuronGroup
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import AnatomyError
+from .._errors import AnatomyError
 from ._graph import CONTROL, DECLARED_PREFIX, Op, _const, bind
 from ._labels import NONE, lift
 from ._trace_core import PFactor, Value, params_leaves
