@@ -195,9 +195,11 @@ def test_per_entry_step_count_reset(getkey, archs):
         reset_count=True,
     ).opt_state
     counts = jax.tree_util.tree_leaves(
-        new_state, is_leaf=lambda x: isinstance(x, ns._optstate.ScaleByAdamPerEntryState)
+        new_state, is_leaf=lambda x: isinstance(x, ns._surgery._optstate.ScaleByAdamPerEntryState)
     )
-    count = next(c for c in counts if isinstance(c, ns._optstate.ScaleByAdamPerEntryState)).count
+    count = next(
+        c for c in counts if isinstance(c, ns._surgery._optstate.ScaleByAdamPerEntryState)
+    ).count
     assert (count.layers[0].weight[0] == 0).all() and (count.layers[0].weight[1:] == 1).all()
 
 
@@ -233,7 +235,7 @@ def test_bad_masks_inits_and_states(getkey, archs):
         ns.reset(anatomy, model, {"layers[0]": jnp.ones(6)}, getkey(), init=make)
     with pytest.raises(ns.AnatomyError, match=r"tuple.*\(scores, state\)"):
         # what reset checks first (the annotations already refuse it where they are checked)
-        ns._anatomy._check_unit_masks(anatomy, (ones, ns.EmptyState()))
+        ns._anatomy._anatomy._check_unit_masks(anatomy, (ones, ns.EmptyState()))
     with pytest.raises(TypeError, match=r"cannot be called as init\(key\).*ns.Initializer"):
         ns.reset(anatomy, model, ones, getkey(), init=jax.nn.initializers.lecun_normal())
     # the model itself instead of its constructor: callable, but not as init(key)
