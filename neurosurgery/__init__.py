@@ -32,13 +32,13 @@ from ._methods._select import capped_threshold as capped_threshold
 from ._methods._select import inactive_ratio as inactive_ratio
 from ._methods._select import network_inactive_ratio as network_inactive_ratio
 from ._methods._select import threshold as threshold
-from ._methods._strategy import FullReset as FullReset
 from ._methods._strategy import Operand as Operand
 from ._methods._strategy import Resetter as Resetter
-from ._methods._strategy import ShrinkPerturb as ShrinkPerturb
 from ._methods._strategy import StepResult as StepResult
 from ._methods._strategy import Strategy as Strategy
 from ._methods._strategy import check_step as check_step
+from ._methods._whole import FullReset as FullReset
+from ._methods._whole import ShrinkPerturb as ShrinkPerturb
 from ._methods._whole import full_reset as full_reset
 from ._methods._whole import shrink_and_perturb as shrink_and_perturb
 from ._metrics import GXD as GXD
@@ -75,6 +75,9 @@ from ._presets import STRATEGIES as STRATEGIES
 from ._presets import metric as metric
 from ._presets import strategy as strategy
 from ._presets import strategy_options as strategy_options
+from ._registry import method_options as method_options
+from ._registry import register_method as register_method
+from ._registry import register_metric as register_metric
 from ._surgery._init import Initializer as Initializer
 from ._surgery._init import kaiming_normal as kaiming_normal
 from ._surgery._init import lecun_normal as lecun_normal

@@ -11,55 +11,33 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._methods._cbp import CBP
+from . import _methods, _metrics
 from ._methods._chain import Chain
-from ._methods._cpr import CPR
-from ._methods._injection import PlasticityInjection
-from ._methods._reborn import ReBorn
-from ._methods._schedule import Schedule
-from ._methods._select import Selection
-from ._methods._strategy import FullReset, Resetter, ShrinkPerturb, Strategy, check_step
-from ._metrics import (
-    GXD,
-    Dormant,
-    Duplicates,
-    FeatureRank,
-    Fisher,
-    GradientActivity,
-    GradientFlow,
-    GraMa,
-    Metric,
-    Saturation,
-    Utility,
-    WeightMagnitude,
-)
+from ._methods._strategy import Strategy, check_step
+from ._metrics import Metric
+from ._registry import METHODS
+from ._registry import METRICS as _METRICS
 
-#: metrics by name (each one's `name` is its key)
-METRICS: dict[str, Callable[[], Metric]] = {
-    "grama": lambda: GraMa("preactivation"),
-    "grama_activation": lambda: GraMa("activation"),
-    "grama_weight": lambda: GraMa("weight"),
-    "dormant": Dormant,
-    "utility": Utility,
-    "grad_activity": GradientActivity,
-    "weight_norm": WeightMagnitude,
-    "fisher": Fisher,
-    "fisher_activation": lambda: Fisher(site="activation"),
-    "grad_flow": GradientFlow,
-    "grad_flow_preactivation": lambda: GradientFlow(site="preactivation"),
-    "saturation_tanh": Saturation,
-    "saturation_sigmoid": lambda: Saturation("sigmoid"),
-    "duplicates": Duplicates,
-    "duplicates_centered": lambda: Duplicates(centered=True),
-    "feature_rank": FeatureRank,
-    "gxd": GXD,
-    "gxd_mean": lambda: GXD("mean"),
-}
+
+def _import_every_module(package: Any) -> None:
+    """Import each module of a package, so that every metric and method defined there has
+    registered itself: adding one is adding its file."""
+    for found in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{found.name}")
+
+
+_import_every_module(_metrics)
+_import_every_module(_methods)
+
+#: metrics by name (each one's `name` is its key); each metric registers itself where it is
+#: defined (`register_metric`)
+METRICS: dict[str, Callable[[], Metric]] = _METRICS
 
 
 def import_here(module_name: str) -> Any:
@@ -109,157 +87,9 @@ def metric(name: str) -> Metric:
     return METRICS[name]()
 
 
-def _unit_reset(metric_: Metric, name: str) -> Callable[..., Strategy]:
-    def make(
-        tau: float = 0.0,
-        every: int = 1000,
-        start: int = 0,
-        end: int | None = None,
-        max_fraction: float | None = None,
-        outgoing: str = "zero",
-        outgoing_scale: float = 0.02,
-        include_shared: bool = False,
-        reset_count: bool = False,
-    ) -> Strategy:
-        select = (
-            Selection("threshold", tau)
-            if max_fraction is None
-            else Selection("capped", tau, max_fraction=max_fraction)
-        )
-        return Resetter(
-            metric_,
-            select,
-            Schedule(every, start, end),
-            outgoing,
-            outgoing_scale,
-            include_shared,
-            reset_count,
-            label=name,
-        )
-
-    make.__name__ = name
-    make.__doc__ = (
-        f"{name}: reset units whose {metric_.name} score is <= tau every `every` updates "
-        "(at most `max_fraction` of a layer at once)."
-    )
-    return make
-
-
-def _shrink_perturb(
-    shrink: float = 0.8,
-    perturb: float = 0.2,
-    every: int = 1000,
-    start: int = 0,
-    end: int | None = None,
-    reset_optimizer: bool = False,
-) -> Strategy:
-    """shrink_perturb: θ ← shrink·θ + perturb·θ_fresh every `every` updates."""
-    return ShrinkPerturb(shrink, perturb, Schedule(every, start, end), reset_optimizer)
-
-
-def _full_reset(
-    every: int | None = None,
-    at: tuple[int, ...] = (),
-    start: int = 0,
-    end: int | None = None,
-    reset_optimizer: bool = True,
-) -> Strategy:
-    """full_reset: fresh initial weights every `every` updates or at the update counts `at`."""
-    if (every is None) == (not at):
-        raise ValueError("full_reset: give either every (updates between resets) or at (counts)")
-    schedule = Schedule.at(*at) if at else Schedule(every, start, end)
-    return FullReset(schedule, reset_optimizer)
-
-
-def _cbp(
-    replacement_rate: float = 1e-4,
-    maturity: int = 100,
-    decay: float = 0.99,
-    bias_correction: bool = True,
-    every: int = 1,
-    start: int = 0,
-    end: int | None = None,
-    include_shared: bool = False,
-    reset_count: bool = False,
-) -> Strategy:
-    """cbp: continual backprop, replacing `replacement_rate` of the units older than `maturity`
-    updates per update, lowest utility first (replacements made every `every` updates)."""
-    return CBP(
-        replacement_rate,
-        maturity,
-        decay,
-        bias_correction,
-        Schedule(every, start, end),
-        include_shared,
-        reset_count,
-    )
-
-
-def _reborn(
-    tau: float = 0.0,
-    overactive: float = 1.0,
-    share: float = 0.5,
-    every: int = 1000,
-    start: int = 0,
-    end: int | None = None,
-) -> Strategy:
-    """reborn: every `every` updates, units with τ-dormant score <= tau take over the incoming
-    weights of units scoring above `overactive` and `share` of their outgoing weights."""
-    return ReBorn(tau, overactive, share, schedule=Schedule(every, start, end))
-
-
-def _cpr(
-    replacement_rate: float = 0.012,
-    sharpness: float = 16.0,
-    threshold: float = 0.95,
-    decay: float = 0.99,
-    gate: str = "exp",
-    every: int = 1000,
-    start: int = 0,
-    end: int | None = None,
-    include_shared: bool = False,
-    optimizer_state: str = "keep",
-) -> Strategy:
-    """cpr: calibrated partial resets, every `every` updates each hidden unit moved towards
-    fresh weights by ρ · min(1, exp(−sharpness · (s̄ − threshold))) (`gate="sigmoid"`:
-    ρ · min(1, 2σ(−sharpness · (s̄ − threshold)))), s̄ its running GraMa (weight-gradient)
-    score, and its outgoing weights decayed by the same fraction."""
-    return CPR(
-        replacement_rate,
-        sharpness,
-        threshold,
-        decay,
-        schedule=Schedule(every, start, end),
-        include_shared=include_shared,
-        optimizer_state=optimizer_state,
-        gate=gate,
-    )
-
-
-def _injection(at: tuple[int, ...] = (100_000,), layers: int = 2) -> Strategy:
-    """injection: plasticity injection at the update count `at` (one), into the last `layers`
-    layers of each network built injectable."""
-    if len(at) != 1:
-        raise ValueError(
-            f"injection: at={tuple(at)!r} is invalid: plasticity injection happens once, at one "
-            "update count (e.g. --reset.at 50000)"
-        )
-    return PlasticityInjection(int(at[0]), layers)
-
-
-#: strategy presets by name: each takes keyword options (see `strategy_options`)
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "redo": _unit_reset(Dormant(), "redo"),
-    "regrama": _unit_reset(GraMa("preactivation"), "regrama"),
-    "regrama_activation": _unit_reset(GraMa("activation"), "regrama_activation"),
-    "regrama_weight": _unit_reset(GraMa("weight"), "regrama_weight"),
-    "shrink_perturb": _shrink_perturb,
-    "full_reset": _full_reset,
-    "cbp": _cbp,
-    "reborn": _reborn,
-    "cpr": _cpr,
-    "injection": _injection,
-}
+#: strategy presets by name: each takes keyword options (see `strategy_options`); each method
+#: registers itself where it is defined (`register_method`)
+STRATEGIES: dict[str, Callable[..., Strategy]] = METHODS
 
 
 def strategy_options(name: str) -> dict[str, Any]:

@@ -34,7 +34,6 @@ NETWORKS = {
 LOGGED = ("grama", "grama_activation", "grama_weight", "dormant")
 
 MetricSpec = Annotated[str | ns.Metric, tyro.conf.arg(constructor=str)]
-StrategySpec = Annotated[str | ns.Strategy, tyro.conf.arg(constructor=str)]
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,15 @@ class SurgeryConfig:
 
     networks: tuple[str, ...] = ("critic",)
     """Networks scored and logged: critic, actor (bro also: optimistic_actor)."""
-    metrics: Annotated[tuple[MetricSpec, ...], tyro.conf.arg(constructor=tuple[str, ...])] = LOGGED
-    """Metrics logged per network and per layer: names (grama, grama_activation, grama_weight,
-    dormant, utility, grad_activity, weight_norm, fisher, grad_flow, saturation_tanh,
-    duplicates, feature_rank, gxd, ...: see ns.METRICS) or `package.module:attribute` for your own;
-    from Python, metric objects too. Empty: no surgery step unless a reset is configured."""
+    metrics: Annotated[
+        tuple[MetricSpec, ...],
+        tyro.conf.arg(
+            constructor=tuple[str, ...],
+            help=f"Metrics logged per network and per layer: registered names ({', '.join(ns.METRICS)}) "
+            "or `package.module:attribute` for your own; from Python, metric objects too. "
+            "Empty: no surgery step unless a reset is configured.",
+        ),
+    ] = LOGGED
     tau: float = 0.0
     """In the logs a unit counts as inactive where its score is <= tau."""
     taus: tuple[tuple[str, float], ...] = ()
@@ -69,102 +72,82 @@ class SurgeryConfig:
         return tuple(m if isinstance(m, ns.Metric) else ns.metric(m) for m in self.metrics)
 
 
-#: ResetConfig's options passed to the strategy preset (None: the preset's own default)
-STRATEGY_OPTIONS = (
-    "tau",
-    "every",
-    "start",
-    "end",
-    "max_fraction",
-    "outgoing",
-    "outgoing_scale",
-    "include_shared",
-    "reset_count",
-    "shrink",
-    "perturb",
-    "at",
-    "reset_optimizer",
-    "replacement_rate",
-    "maturity",
-    "decay",
-    "bias_correction",
-    "overactive",
-    "share",
-    "sharpness",
-    "threshold",
-    "gate",
-    "optimizer_state",
-    "layers",
-)
+def _option_help(option: str) -> str:
+    """What `--reset.<option>` does for each named method that takes it, read from the
+    methods' own registrations (`ns.method_options`: their docstrings and defaults)."""
+    by_text: dict[str, list[str]] = {}
+    for name, factory in ns.STRATEGIES.items():
+        found = ns.method_options(factory).get(option)
+        if found is not None:
+            text = f"{found.help.rstrip('.')} (default {found.default!r})"
+            by_text.setdefault(text, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in by_text.items())
+
+
+def strategy_option_names() -> tuple[str, ...]:
+    """ResetConfig's options passed to the named method (None: the method's own default): its
+    fields other than `method` and `networks`."""
+    return tuple(
+        f.name for f in dataclasses.fields(ResetConfig) if f.name not in ("method", "networks")
+    )
+
+
+def _option(option: str) -> Any:
+    return tyro.conf.arg(
+        help=_option_help(option), help_behavior_hint="(default: the method's, as listed)"
+    )
+
+
+def _method_help() -> str:
+    """`--reset.method`'s help: the registered methods' names."""
+    return (
+        f"none (no resets), a registered method ({', '.join(ns.STRATEGIES)}), or "
+        "`package.module:attribute` for your own; from Python, a strategy object. "
+        "`--reset.method NAME --help` says what the method does and lists its options only."
+    )
 
 
 @dataclass(frozen=True)
 class ResetConfig:
-    """Neuron resets during training: a named strategy with its options, or your own."""
+    """Neuron resets during training: a named strategy with its options, or your own. Each
+    option's help says which methods take it (`--reset.method NAME --help`: that method's
+    options only); the methods and their options are those registered (`ns.register_method`)."""
 
-    method: StrategySpec = "none"
-    """none, redo, regrama (GraMa at the pre-activation), regrama_activation, regrama_weight,
-    shrink_perturb, full_reset, cbp (continual backprop), reborn, cpr (calibrated partial resets),
-    injection (plasticity injection; sac only), or `package.module:attribute`; from Python, a
-    strategy object."""
+    method: Annotated[str | ns.Strategy, tyro.conf.arg(constructor=str, help=_method_help())] = (
+        "none"
+    )
     networks: tuple[str, ...] = ("critic",)
     """Networks reset: critic, actor (bro also: optimistic_actor)."""
-    tau: float | None = None
-    """Score threshold: a unit with score <= tau is reset (unit-reset methods; default 0)."""
-    every: int | None = None
-    """Gradient updates between resets (default 1000)."""
-    start: int | None = None
-    """Updates before which no reset happens (default 0)."""
-    end: int | None = None
-    """Updates from which no reset happens (default: none)."""
-    max_fraction: float | None = None
-    """Largest fraction of a layer's units reset at once (unit-reset methods; default 1)."""
-    outgoing: str | None = None
-    """Outgoing weights of reset units: zero (default) or small."""
-    outgoing_scale: float | None = None
-    """Scale of small outgoing weights (default 0.02)."""
-    include_shared: bool | None = None
-    """Also reset residual-stream units (default False)."""
-    reset_count: bool | None = None
-    """Restart per-entry Adam step counts of reset entries (needs a per-entry Adam)."""
-    shrink: float | None = None
-    """shrink_perturb: factor on the current weights (default 0.8)."""
-    perturb: float | None = None
-    """shrink_perturb: factor on fresh weights (default 0.2)."""
-    at: tuple[int, ...] | None = None
-    """full_reset: the update counts of the resets (instead of every); injection: the one
-    update count of the injection (default 100000)."""
-    reset_optimizer: bool | None = None
-    """shrink_perturb / full_reset: start the optimizer state afresh."""
-    replacement_rate: float | None = None
-    """cbp: fraction of the mature units replaced per update, in (0, 1) (default 1e-4); cpr:
-    the largest fraction of the way to fresh weights a unit moves per reset, in (0, 1]
-    (default 0.012)."""
-    maturity: int | None = None
-    """cbp: updates a unit must have lived before it can be replaced (default 100)."""
-    decay: float | None = None
-    """cbp / cpr: decay of the running average (utility / score), in [0, 1) (default 0.99)."""
-    bias_correction: bool | None = None
-    """cbp: consumers' biases absorb a replaced unit's mean contribution (default True)."""
-    overactive: float | None = None
-    """reborn: units scoring above it give their weights to dormant ones (default 1.0)."""
-    share: float | None = None
-    """reborn: the dormant unit's share of its donor's outgoing weights (default 0.5)."""
-    sharpness: float | None = None
-    """cpr: how fast the gate falls above the threshold, > 0 (default 16)."""
-    threshold: float | None = None
-    """cpr: running score at or below which a unit moves the full rate, > 0 (default 0.95)."""
-    gate: str | None = None
-    """cpr: the gate of the running score, exp (min(1, exp(-k (s - c))), default) or sigmoid
-    (min(1, 2 sigmoid(-k (s - c))))."""
-    optimizer_state: str | None = None
-    """cpr: keep the optimizer state (default) or scale moved entries by 1 - f (scale)."""
-    layers: int | None = None
-    """injection: how many last layers of each network form the injected head (default 2)."""
+    tau: Annotated[float | None, _option("tau")] = None
+    every: Annotated[int | None, _option("every")] = None
+    start: Annotated[int | None, _option("start")] = None
+    end: Annotated[int | None, _option("end")] = None
+    max_fraction: Annotated[float | None, _option("max_fraction")] = None
+    outgoing: Annotated[str | None, _option("outgoing")] = None
+    outgoing_scale: Annotated[float | None, _option("outgoing_scale")] = None
+    include_shared: Annotated[bool | None, _option("include_shared")] = None
+    reset_count: Annotated[bool | None, _option("reset_count")] = None
+    shrink: Annotated[float | None, _option("shrink")] = None
+    perturb: Annotated[float | None, _option("perturb")] = None
+    at: Annotated[tuple[int, ...] | None, _option("at")] = None
+    reset_optimizer: Annotated[bool | None, _option("reset_optimizer")] = None
+    replacement_rate: Annotated[float | None, _option("replacement_rate")] = None
+    maturity: Annotated[int | None, _option("maturity")] = None
+    decay: Annotated[float | None, _option("decay")] = None
+    bias_correction: Annotated[bool | None, _option("bias_correction")] = None
+    overactive: Annotated[float | None, _option("overactive")] = None
+    share: Annotated[float | None, _option("share")] = None
+    sharpness: Annotated[float | None, _option("sharpness")] = None
+    threshold: Annotated[float | None, _option("threshold")] = None
+    gate: Annotated[str | None, _option("gate")] = None
+    optimizer_state: Annotated[str | None, _option("optimizer_state")] = None
+    layers: Annotated[int | None, _option("layers")] = None
 
     def given(self) -> dict[str, Any]:
         """The strategy options set here (the others take the preset's defaults)."""
-        return {k: getattr(self, k) for k in STRATEGY_OPTIONS if getattr(self, k) is not None}
+        return {
+            k: getattr(self, k) for k in strategy_option_names() if getattr(self, k) is not None
+        }
 
     def strategy(self) -> ns.Strategy | None:
         """The strategy object (None: no resets); options that do not apply raise."""

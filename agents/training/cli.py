@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import tyro
 
 from ..algorithms import BROConfig, DACERConfig, SACConfig
 from ._checkpoint import CheckpointError, RunWriteError
-from ._config import AGENTS, TrainConfig, WandbConfig
+from ._config import AGENTS, ResetConfig, TrainConfig, WandbConfig
 from ._run import load_run_config, train
 from ._study import LauncherConfig, StudyError
 from ._trainer import CHECKPOINT, NonFiniteError
@@ -48,9 +49,10 @@ AGENT_DESCRIPTIONS = {
 }
 
 
-def _train_command(agent: str) -> type[TrainCommand]:
+def _train_command(agent: str, reset: type[ResetConfig] | None = None) -> type[TrainCommand]:
     """`TrainCommand` for one agent: `agent` fixed and the other agents' options hidden from the
-    command line (given there, tyro refuses them and names the subcommand that takes them)."""
+    command line (given there, tyro refuses them and names the subcommand that takes them);
+    with `reset`, the reset options shown are that view's (see `_reset_view`)."""
     hidden: list[tuple[str, Any, Any]] = [
         ("agent", Annotated[str, tyro.conf.Suppress], dataclasses.field(default=agent))
     ]
@@ -58,11 +60,61 @@ def _train_command(agent: str) -> type[TrainCommand]:
         if other != agent:
             suppressed = Annotated[cls, tyro.conf.Suppress]
             hidden.append((other, suppressed, dataclasses.field(default_factory=cls)))
+    if reset is not None:
+        hidden.append(("reset", reset, dataclasses.field(default_factory=reset)))
     name = f"Train{agent.upper()}"
     made = dataclasses.make_dataclass(name, hidden, bases=(TrainCommand,), frozen=True)
     made.__doc__ = AGENT_DESCRIPTIONS[agent]
     made.__module__ = __name__
     return made
+
+
+def _reset_view(method: str) -> type[ResetConfig] | None:
+    """`ResetConfig` showing only the options the named method takes (`train AGENT
+    --reset.method cbp --help` lists CBP's and no other method's); None where the name is not
+    one the registry or an import resolves (the parse then says what is wrong)."""
+    import neurosurgery as ns
+
+    try:
+        takes = ns.strategy_options(method)
+    except (ValueError, ImportError):
+        return None
+    hints = typing.get_type_hints(ResetConfig)
+    options = ns.method_options(ns.STRATEGIES[method]) if method in ns.STRATEGIES else {}
+    factory = ns.STRATEGIES.get(method)
+    what = (factory.__doc__ or "").split("\n\n")[0] if factory is not None else ""
+    what = " ".join(what.split()) or f"{method} (your own)"
+    described = tyro.conf.arg(constructor=str, help=f"{what} Its options follow.")
+    fields: list[tuple[str, Any, Any]] = [
+        ("method", Annotated[str | ns.Strategy, described], dataclasses.field(default=method))
+    ]
+    for f in dataclasses.fields(ResetConfig):
+        if f.name in ("method", "networks"):
+            continue
+        if f.name not in takes:
+            kind: Any = Annotated[hints[f.name], tyro.conf.Suppress]
+        else:
+            own = options.get(f.name)
+            text = own.help if own is not None else f"an option of {method}"
+            hint = f"(default: {takes[f.name]!r})"
+            kind = Annotated[hints[f.name], tyro.conf.arg(help=text, help_behavior_hint=hint)]
+        fields.append((f.name, kind, dataclasses.field(default=None)))
+    view = dataclasses.make_dataclass("ResetConfig", fields, bases=(ResetConfig,), frozen=True)
+    view.__doc__ = ResetConfig.__doc__
+    view.__module__ = __name__
+    return view
+
+
+def _asked_method(args: Sequence[str]) -> str | None:
+    """The method named by `--reset.method` where the command line asks for help."""
+    if not any(a in ("-h", "--help") for a in args):
+        return None
+    for i, a in enumerate(args):
+        if a == "--reset.method" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--reset.method="):
+            return a.partition("=")[2]
+    return None
 
 
 #: `neurosurgery train AGENT`'s options, by agent
@@ -260,9 +312,26 @@ def parse(
     args: Sequence[str],
 ) -> TrainCommand | ResumeCommand | SweepCommand | ReportCommand | InspectCommand:
     """The parsed command line (`--help` and malformed flags exit, as tyro does)."""
+    train = _train
+    method = _asked_method(args)
+    view = _reset_view(method) if method is not None else None
+    if view is not None:
+        commands = {a: _train_command(a, view) for a in AGENTS}
+        union = Union[  # noqa: UP007
+            tuple(
+                Annotated[cls, tyro.conf.subcommand(a, description=cls.__doc__)]
+                for a, cls in commands.items()
+            )
+        ]
+
+        def train(agent: Any) -> TrainCommand:
+            return agent
+
+        train.__annotations__ = {"agent": union, "return": TrainCommand}
+        train.__doc__ = _train.__doc__
     return tyro.extras.subcommand_cli_from_dict(
         {
-            "train": _train,
+            "train": train,
             "resume": ResumeCommand,
             "sweep": SweepCommand,
             "report": ReportCommand,

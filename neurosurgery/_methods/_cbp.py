@@ -16,6 +16,7 @@ from .._metrics import RunningAverage, per_unit_mean
 from .._metrics._base import _check_decay
 from .._metrics._observe import Observation
 from .._metrics._utility import contribution
+from .._registry import register_method
 from .._surgery._reset import reset
 from ._schedule import Schedule
 from ._select import inactive_ratio
@@ -193,3 +194,41 @@ class CBP:
         info = unit_info(anatomy, {}, chosen)
         info.update({f"mature/{k}": jnp.mean(inactive_ratio(m)) for k, m in mature.items()})
         return StepResult(model, opt_state, new_state, info, chosen)
+
+
+@register_method("cbp")
+def _cbp(
+    replacement_rate: float = 1e-4,
+    maturity: int = 100,
+    decay: float = 0.99,
+    bias_correction: bool = True,
+    every: int = 1,
+    start: int = 0,
+    end: int | None = None,
+    include_shared: bool = False,
+    reset_count: bool = False,
+) -> CBP:
+    """cbp: continual backprop, replacing `replacement_rate` of the units older than `maturity`
+    updates per update, lowest utility first (replacements made every `every` updates).
+
+    Args:
+        replacement_rate: fraction of the mature units replaced per update, in (0, 1).
+        maturity: updates a unit must have lived before it can be replaced.
+        decay: decay of the running utility, in [0, 1).
+        bias_correction: consumers' biases absorb a replaced unit's mean contribution.
+        every: gradient updates between replacements.
+        start: updates before which no replacement happens.
+        end: updates from which no replacement happens (None: never).
+        include_shared: also replace residual-stream units.
+        reset_count: restart the per-entry Adam step counts of replaced entries (needs a
+            per-entry Adam).
+    """
+    return CBP(
+        replacement_rate,
+        maturity,
+        decay,
+        bias_correction,
+        Schedule(every, start, end),
+        include_shared,
+        reset_count,
+    )

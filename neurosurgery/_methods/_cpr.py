@@ -18,6 +18,7 @@ from .._anatomy._groups import NeuronGroup
 from .._metrics import GraMa, Metric, init_state
 from .._metrics._base import _check_decay
 from .._metrics._observe import Observation
+from .._registry import register_method
 from .._surgery._optstate import scale_optimizer_state
 from ._schedule import Schedule
 from ._strategy import Operand, StepResult, _fresh_params, _when, updates_since
@@ -230,3 +231,47 @@ class CPR:
             info["moved"] = jnp.zeros((), jnp.float32)
         average = {k: jnp.where(due, jnp.ones_like(v), v) for k, v in average.items()}
         return StepResult(model, opt_state, CPRState(average, step), info)
+
+
+@register_method("cpr")
+def _cpr(
+    replacement_rate: float = 0.012,
+    sharpness: float = 16.0,
+    threshold: float = 0.95,
+    decay: float = 0.99,
+    gate: str = "exp",
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+    include_shared: bool = False,
+    optimizer_state: str = "keep",
+) -> CPR:
+    """cpr: calibrated partial resets, every `every` updates each hidden unit moved towards
+    fresh weights by ρ · min(1, exp(−sharpness · (s̄ − threshold))) (`gate="sigmoid"`:
+    ρ · min(1, 2σ(−sharpness · (s̄ − threshold)))), s̄ its running GraMa (weight-gradient)
+    score, and its outgoing weights decayed by the same fraction.
+
+    Args:
+        replacement_rate: the largest fraction of the way to fresh weights a unit moves per
+            reset, in (0, 1].
+        sharpness: how fast the gate falls above the threshold, > 0.
+        threshold: running score at or below which a unit moves the full rate, > 0.
+        decay: decay of the running score, in [0, 1).
+        gate: the gate of the running score, exp (min(1, exp(-k (s - c)))) or sigmoid
+            (min(1, 2 sigmoid(-k (s - c)))).
+        every: gradient updates between partial resets.
+        start: updates before which nothing happens.
+        end: updates from which nothing happens (None: never).
+        include_shared: also move residual-stream units.
+        optimizer_state: keep the optimizer state, or scale moved entries by 1 - f (scale).
+    """
+    return CPR(
+        replacement_rate,
+        sharpness,
+        threshold,
+        decay,
+        schedule=Schedule(every, start, end),
+        include_shared=include_shared,
+        optimizer_state=optimizer_state,
+        gate=gate,
+    )

@@ -27,6 +27,7 @@ from .._anatomy._build import anatomy as build_anatomy
 from .._errors import AnatomyError
 from .._metrics import EmptyState
 from .._metrics._observe import Observation
+from .._registry import register_method
 from .._surgery._init import Initializer
 from .._surgery._optstate import reset_optimizer_state
 from .._surgery._reset import fresh_model
@@ -362,3 +363,20 @@ class PlasticityInjection:
         model, opt_state = _when(due, act, model, opt_state)
         active = jnp.stack([p.active for p in injected_parts(model)])
         return StepResult(model, opt_state, state, {"injected": jnp.mean(active)})
+
+
+@register_method("injection")
+def _injection(at: tuple[int, ...] = (100_000,), layers: int = 2) -> PlasticityInjection:
+    """injection: plasticity injection at the update count `at` (one), into the last `layers`
+    layers of each network built injectable.
+
+    Args:
+        at: the one update count of the injection.
+        layers: how many last layers of each network form the injected head.
+    """
+    if len(at) != 1:
+        raise ValueError(
+            f"injection: at={tuple(at)!r} is invalid: plasticity injection happens once, at one "
+            "update count (e.g. --reset.at 50000)"
+        )
+    return PlasticityInjection(int(at[0]), layers)

@@ -18,6 +18,7 @@ from .._anatomy._groups import NeuronGroup
 from .._errors import AnatomyError
 from .._metrics import Dormant, Metric, after_reset, init_state
 from .._metrics._observe import Observation
+from .._registry import register_method
 from .._surgery._optstate import reset_optimizer_state
 from ._schedule import Schedule
 from ._select import inactive_ratio
@@ -283,3 +284,26 @@ class ReBorn:
         info.update({f"donors/{k}": jnp.mean(inactive_ratio(v[1] & due)) for k, v in plan.items()})
         state = after_reset(self.metric, state, now)  # the split units start afresh
         return StepResult(model, opt_state, state, info, now)
+
+
+@register_method("reborn")
+def _reborn(
+    tau: float = 0.0,
+    overactive: float = 1.0,
+    share: float = 0.5,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+) -> ReBorn:
+    """reborn: every `every` updates, units with τ-dormant score <= tau take over the incoming
+    weights of units scoring above `overactive` and `share` of their outgoing weights.
+
+    Args:
+        tau: τ-dormant threshold: a unit whose score is <= tau is reborn.
+        overactive: units scoring above it give their weights to dormant ones.
+        share: the dormant unit's share of its donor's outgoing weights.
+        every: gradient updates between rebirths.
+        start: updates before which nothing happens.
+        end: updates from which nothing happens (None: never).
+    """
+    return ReBorn(tau, overactive, share, schedule=Schedule(every, start, end))

@@ -21,14 +21,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from .._anatomy._anatomy import Anatomy
-from .._metrics import EmptyState, Metric, Scores, after_reset, init_state
+from .._metrics import Dormant, GraMa, Metric, Scores, after_reset, init_state
 from .._metrics._observe import Observation
+from .._registry import register_method
 from .._surgery._init import Initializer
 from .._surgery._optstate import Initable
 from .._surgery._reset import Init, _named_source, applied_masks, fresh_model, reset
 from ._schedule import Schedule, When
 from ._select import Selection, inactive_ratio, network_inactive_ratio
-from ._whole import full_reset, shrink_and_perturb
 
 Count = Int[Array, ""] | int
 
@@ -276,98 +276,57 @@ def _fresh_params(anatomy: Anatomy, model: PyTree, init: Init, key: PRNGKeyArray
     return eqx.filter(fresh_model(anatomy, init, key), eqx.is_array)
 
 
-def _optimizer_action(
-    optimizer: Initable | None, opt_state: Any, params: PyTree, reset_optimizer: bool
-) -> Any:
-    if optimizer is None or not reset_optimizer:
-        return opt_state
-    return optimizer.init(params)
+def _unit_reset(metric: Metric, name: str) -> Callable[..., Strategy]:
+    def make(
+        tau: float = 0.0,
+        every: int = 1000,
+        start: int = 0,
+        end: int | None = None,
+        max_fraction: float | None = None,
+        outgoing: str = "zero",
+        outgoing_scale: float = 0.02,
+        include_shared: bool = False,
+        reset_count: bool = False,
+    ) -> Strategy:
+        select = (
+            Selection("threshold", tau)
+            if max_fraction is None
+            else Selection("capped", tau, max_fraction=max_fraction)
+        )
+        return Resetter(
+            metric,
+            select,
+            Schedule(every, start, end),
+            outgoing,
+            outgoing_scale,
+            include_shared,
+            reset_count,
+            label=name,
+        )
+
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = f"""{name}: every `every` updates, re-draw the units whose {metric.name} score
+    is <= tau (at most `max_fraction` of a layer at once).
+
+    Args:
+        tau: score threshold: a unit whose score is <= tau is reset.
+        every: gradient updates between resets.
+        start: updates before which no reset happens.
+        end: updates from which no reset happens (None: never).
+        max_fraction: largest fraction of a layer's units reset at once (None: no limit).
+        outgoing: outgoing weights of reset units: zero or small.
+        outgoing_scale: scale of small outgoing weights.
+        include_shared: also reset residual-stream units.
+        reset_count: restart the per-entry Adam step counts of reset entries (needs a
+            per-entry Adam).
+    """
+    return make
 
 
-@dataclasses.dataclass(frozen=True)
-class ShrinkPerturb:
-    """Shrink-and-perturb on a schedule (Ash & Adams 2020): `θ ← shrink·θ + perturb·θ_fresh`
-    on every floating-point leaf, θ_fresh from `init`. The optimizer state is kept unless
-    `reset_optimizer` (then it starts afresh). `info["reset"]` is 1 where it acted."""
-
-    shrink: float = 0.8
-    perturb: float = 0.2
-    schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    reset_optimizer: bool = False
-    name: str = "shrink_perturb"
-    observes: bool = dataclasses.field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        # the whole-network function checks its coefficients; run it once on scalars
-        shrink_and_perturb(jnp.zeros(()), jnp.zeros(()), self.shrink, self.perturb)
-
-    def init(self, anatomy: Anatomy) -> EmptyState:
-        return EmptyState()
-
-    def step(
-        self,
-        anatomy: Anatomy,
-        operand: Operand,
-        observation: Observation | None,
-        state: Any,
-    ) -> StepResult:
-        model = operand.model
-        key = operand.key
-        step = operand.step
-        init = operand.init
-        optimizer = operand.optimizer
-        opt_state = operand.opt_state
-        since = operand.since
-        due = self.schedule.due(step, since)
-
-        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
-            params, static = eqx.partition(model, eqx.is_array)
-            fresh = _fresh_params(anatomy, model, init, key)
-            new = shrink_and_perturb(params, fresh, self.shrink, self.perturb)
-            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
-            return eqx.combine(new, static), opt_state
-
-        model, opt_state = _when(due, act, model, opt_state)
-        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)})
-
-
-@dataclasses.dataclass(frozen=True)
-class FullReset:
-    """Every floating-point leaf replaced by fresh initial weights on a schedule, as BRO does
-    (Nauman et al. 2024; BRO also resets its temperature and optimism, which are not part of a
-    network). The optimizer state starts afresh unless `reset_optimizer=False`.
-    `info["reset"]` is 1 where it acted."""
-
-    schedule: Schedule = dataclasses.field(default_factory=Schedule)
-    reset_optimizer: bool = True
-    name: str = "full_reset"
-    observes: bool = dataclasses.field(default=False, init=False)
-
-    def init(self, anatomy: Anatomy) -> EmptyState:
-        return EmptyState()
-
-    def step(
-        self,
-        anatomy: Anatomy,
-        operand: Operand,
-        observation: Observation | None,
-        state: Any,
-    ) -> StepResult:
-        model = operand.model
-        key = operand.key
-        step = operand.step
-        init = operand.init
-        optimizer = operand.optimizer
-        opt_state = operand.opt_state
-        since = operand.since
-        due = self.schedule.due(step, since)
-
-        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
-            params, static = eqx.partition(model, eqx.is_array)
-            new = full_reset(params, _fresh_params(anatomy, model, init, key))
-            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
-            return eqx.combine(new, static), opt_state
-
-        model, opt_state = _when(due, act, model, opt_state)
-        replaced = {g.name: jnp.full(g.unit_shape, due) for g in anatomy.groups}
-        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)}, replaced)
+for _metric, _name in (
+    (Dormant(), "redo"),
+    (GraMa("preactivation"), "regrama"),
+    (GraMa("activation"), "regrama_activation"),
+    (GraMa("weight"), "regrama_weight"),
+):
+    register_method(_name)(_unit_reset(_metric, _name))

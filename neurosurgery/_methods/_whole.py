@@ -4,8 +4,14 @@ Both act on every floating-point array leaf of a pytree (an Equinox model, `eqx.
 eqx.is_array)`, a dict of arrays); every other leaf (activation functions, integer counters, ...)
 is kept from `params`. `fresh_params` is a freshly initialised copy of the same network, e.g. the
 model built again with a new key: the caller owns the initialisation, so any architecture works.
+
+The strategies `ShrinkPerturb` and `FullReset` apply them on a schedule, and register as the
+methods `shrink_perturb` and `full_reset`.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import math
 from typing import Any, TypeVar
 
@@ -13,11 +19,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Real, ScalarLike
+from jaxtyping import PyTree, Real, ScalarLike
 
+from .._anatomy._anatomy import Anatomy
+from .._metrics import EmptyState
+from .._metrics._observe import Observation
+from .._registry import register_method
+from .._surgery._optstate import Initable
 from .._treecheck import describe, first_path_difference, flatten_with_paths
+from ._schedule import Schedule
+from ._strategy import Operand, StepResult, Strategy, _fresh_params, _when
 
-__all__ = ["full_reset", "shrink_and_perturb"]
+__all__ = ["FullReset", "ShrinkPerturb", "full_reset", "shrink_and_perturb"]
 
 T = TypeVar("T")
 
@@ -115,3 +128,145 @@ def full_reset(params: T, fresh_params: T) -> T:
     """
     _check_pair(params, fresh_params)
     return jax.tree.map(lambda p, f: f if eqx.is_inexact_array(p) else p, params, fresh_params)
+
+
+def _optimizer_action(
+    optimizer: Initable | None, opt_state: Any, params: PyTree, reset_optimizer: bool
+) -> Any:
+    if optimizer is None or not reset_optimizer:
+        return opt_state
+    return optimizer.init(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkPerturb:
+    """Shrink-and-perturb on a schedule (Ash & Adams 2020): `θ ← shrink·θ + perturb·θ_fresh`
+    on every floating-point leaf, θ_fresh from `init`. The optimizer state is kept unless
+    `reset_optimizer` (then it starts afresh). `info["reset"]` is 1 where it acted."""
+
+    shrink: float = 0.8
+    perturb: float = 0.2
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    reset_optimizer: bool = False
+    name: str = "shrink_perturb"
+    observes: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        # the whole-network function checks its coefficients; run it once on scalars
+        shrink_and_perturb(jnp.zeros(()), jnp.zeros(()), self.shrink, self.perturb)
+
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        operand: Operand,
+        observation: Observation | None,
+        state: Any,
+    ) -> StepResult:
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
+        due = self.schedule.due(step, since)
+
+        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+            params, static = eqx.partition(model, eqx.is_array)
+            fresh = _fresh_params(anatomy, model, init, key)
+            new = shrink_and_perturb(params, fresh, self.shrink, self.perturb)
+            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
+            return eqx.combine(new, static), opt_state
+
+        model, opt_state = _when(due, act, model, opt_state)
+        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)})
+
+
+@dataclasses.dataclass(frozen=True)
+class FullReset:
+    """Every floating-point leaf replaced by fresh initial weights on a schedule, as BRO does
+    (Nauman et al. 2024; BRO also resets its temperature and optimism, which are not part of a
+    network). The optimizer state starts afresh unless `reset_optimizer=False`.
+    `info["reset"]` is 1 where it acted."""
+
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    reset_optimizer: bool = True
+    name: str = "full_reset"
+    observes: bool = dataclasses.field(default=False, init=False)
+
+    def init(self, anatomy: Anatomy) -> EmptyState:
+        return EmptyState()
+
+    def step(
+        self,
+        anatomy: Anatomy,
+        operand: Operand,
+        observation: Observation | None,
+        state: Any,
+    ) -> StepResult:
+        model = operand.model
+        key = operand.key
+        step = operand.step
+        init = operand.init
+        optimizer = operand.optimizer
+        opt_state = operand.opt_state
+        since = operand.since
+        due = self.schedule.due(step, since)
+
+        def act(model: PyTree, opt_state: Any) -> tuple[PyTree, Any]:
+            params, static = eqx.partition(model, eqx.is_array)
+            new = full_reset(params, _fresh_params(anatomy, model, init, key))
+            opt_state = _optimizer_action(optimizer, opt_state, new, self.reset_optimizer)
+            return eqx.combine(new, static), opt_state
+
+        model, opt_state = _when(due, act, model, opt_state)
+        replaced = {g.name: jnp.full(g.unit_shape, due) for g in anatomy.groups}
+        return StepResult(model, opt_state, state, {"reset": due.astype(jnp.float32)}, replaced)
+
+
+@register_method("shrink_perturb")
+def _shrink_perturb(
+    shrink: float = 0.8,
+    perturb: float = 0.2,
+    every: int = 1000,
+    start: int = 0,
+    end: int | None = None,
+    reset_optimizer: bool = False,
+) -> Strategy:
+    """shrink_perturb: θ ← shrink·θ + perturb·θ_fresh every `every` updates.
+
+    Args:
+        shrink: factor on the current weights.
+        perturb: factor on fresh weights.
+        every: gradient updates between resets.
+        start: updates before which no reset happens.
+        end: updates from which no reset happens (None: never).
+        reset_optimizer: start the optimizer state afresh at each reset.
+    """
+    return ShrinkPerturb(shrink, perturb, Schedule(every, start, end), reset_optimizer)
+
+
+@register_method("full_reset")
+def _full_reset(
+    every: int | None = None,
+    at: tuple[int, ...] = (),
+    start: int = 0,
+    end: int | None = None,
+    reset_optimizer: bool = True,
+) -> Strategy:
+    """full_reset: fresh initial weights every `every` updates or at the update counts `at`.
+
+    Args:
+        every: gradient updates between resets (or give `at`).
+        at: the update counts of the resets (instead of every).
+        start: updates before which no reset happens.
+        end: updates from which no reset happens (None: never).
+        reset_optimizer: start the optimizer state afresh at each reset.
+    """
+    if (every is None) == (not at):
+        raise ValueError("full_reset: give either every (updates between resets) or at (counts)")
+    schedule = Schedule.at(*at) if at else Schedule(every, start, end)
+    return FullReset(schedule, reset_optimizer)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores, _abs, _normalised, per_unit_mean
 from ._observe import Observation
 
 
+@register_metric("dormant")
 @dataclasses.dataclass(frozen=True)
 class Dormant:
     """τ-dormant score (ReDo, Sokar et al. 2023): E_x|h_i(x)| over the layer mean."""

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores
 from ._observe import Observation
 
@@ -25,6 +26,7 @@ def cosines(features: Float[Array, "samples *members width"], centered: bool = F
     return jnp.where(outer > 0, jnp.abs(gram) / safe, jnp.zeros_like(gram))
 
 
+@register_metric("duplicates", duplicates_centered={"centered": True})
 @dataclasses.dataclass(frozen=True)
 class Duplicates:
     """Units that copy an earlier unit of their layer: 1 − max_{i<j} |cos(a_i, a_j)|.

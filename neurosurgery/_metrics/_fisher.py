@@ -8,10 +8,12 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import RunningAverage, Scores, _check_decay
 from ._observe import SITES, Observation, normalise
 
 
+@register_metric("fisher", fisher_activation={"site": "activation"})
 @dataclasses.dataclass(frozen=True)
 class Fisher:
     """Diagonal empirical Fisher information of each unit, as a running average.

@@ -7,10 +7,12 @@ import dataclasses
 import jax.numpy as jnp
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores
 from ._observe import Observation, normalise
 
 
+@register_metric("grad_activity")
 @dataclasses.dataclass(frozen=True)
 class GradientActivity:
     """Fraction of samples whose pre-activation gradient is non-zero (|g| > `tol`).

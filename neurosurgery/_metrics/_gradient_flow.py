@@ -8,10 +8,12 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import RunningAverage, Scores, _check_decay, per_unit_mean
 from ._observe import SITES, Observation, normalise
 
 
+@register_metric("grad_flow", grad_flow_preactivation={"site": "preactivation"})
 @dataclasses.dataclass(frozen=True)
 class GradientFlow:
     """How much gradient flows through each unit over time: a running average (decay η,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores, _abs, _normalised, per_unit_mean, unit_reduce
 from ._observe import Observation, normalise
 
@@ -15,6 +16,9 @@ from ._observe import Observation, normalise
 GRAMA_NAMES = {"preactivation": "grama", "activation": "grama_activation", "weight": "grama_weight"}
 
 
+@register_metric(
+    "grama", grama_activation={"source": "activation"}, grama_weight={"source": "weight"}
+)
 @dataclasses.dataclass(frozen=True)
 class GraMa:
     """Gradient magnitude of each unit (Liu et al. 2025), normalised by the layer mean.

@@ -7,12 +7,14 @@ import dataclasses
 import jax.numpy as jnp
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores
 from ._observe import Observation, normalise
 
 REFERENCES = ("zero", "mean")
 
 
+@register_metric("gxd", gxd_mean={"reference": "mean"})
 @dataclasses.dataclass(frozen=True)
 class GXD:
     """Gradient times difference from reference (GXD, arXiv 2605.06834):

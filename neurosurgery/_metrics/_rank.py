@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores
 from ._observe import Observation
 
@@ -43,6 +44,7 @@ def effective_rank(features: Float[Array, "samples width"]) -> Array:
     return jnp.where(total > 0, jnp.exp(entropy), 0.0)
 
 
+@register_metric("feature_rank")
 @dataclasses.dataclass(frozen=True)
 class FeatureRank:
     """The rank of each layer's features, and each unit's share of it.

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores
 from ._observe import Observation
 
@@ -31,6 +32,7 @@ def saturated(activation: str, values: Array, tol: float) -> Array:
     return slope(values) <= tol * top
 
 
+@register_metric("saturation_tanh", saturation_sigmoid={"activation": "sigmoid"})
 @dataclasses.dataclass(frozen=True)
 class Saturation:
     """Share of samples on which a tanh or sigmoid unit is *not* saturated.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import RunningAverage, Scores, _abs, _check_decay, per_unit_mean, unit_reduce
 from ._observe import Observation, normalise
 
@@ -28,6 +29,7 @@ def contribution(anatomy: Anatomy, observation: Observation) -> dict[str, jax.Ar
     return out
 
 
+@register_metric("utility")
 @dataclasses.dataclass(frozen=True)
 class Utility:
     """Contribution utility of continual backprop (Dohare et al. 2024, Eq. 1).

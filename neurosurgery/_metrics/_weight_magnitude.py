@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from .._anatomy._anatomy import Anatomy
+from .._registry import register_metric
 from ._base import EmptyState, Scores, unit_reduce
 from ._observe import Observation, normalise
 
 
+@register_metric("weight_norm")
 @dataclasses.dataclass(frozen=True)
 class WeightMagnitude:
     """Mean |W_ij| of each unit's incoming weights over the layer mean."""

@@ -1,6 +1,8 @@
 """The methods beyond ReDo and ReGraMa from the command line: SAC runs on test/point-mass, and
 their bad options."""
 
+import re
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -143,3 +145,75 @@ def test_a_strategy_written_for_the_earlier_step_signature_is_refused_before_any
     with pytest.raises(ValueError, match=r"reset.method: the step of strategy 'halve' takes"):
         agents.train(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_reset_options_are_the_registered_methods_options():
+    """`--reset.*` is checked against the registry: every option a registered method takes is
+    one, each says which methods take it (their own help), and no other option is there."""
+    import dataclasses
+
+    import neurosurgery as ns
+    from agents.training._config import ResetConfig, _option_help, strategy_option_names
+    from tests.neurosurgery.test_registry import library_names
+
+    takes: dict[str, set[str]] = {}
+    for name, factory in ns.STRATEGIES.items():
+        if name not in library_names("method"):
+            continue  # registered by a docs page or a test
+        for option in ns.method_options(factory):
+            takes.setdefault(option, set()).add(name)
+    assert set(strategy_option_names()) == set(takes)
+    assert {f.name for f in dataclasses.fields(ResetConfig)} == {*takes, "method", "networks"}
+    for option, methods in takes.items():
+        text = _option_help(option)
+        named = {m for part in text.split("; ") for m in part.split(": ")[0].split(", ")}
+        assert named >= methods, option
+    cbp = ns.method_options(ns.STRATEGIES["cbp"])["replacement_rate"].help
+    assert cbp.rstrip(".") in _option_help("replacement_rate")
+
+
+@pytest.mark.parametrize("method", ["cbp", "regrama", "cpr"])
+def test_help_after_a_method_lists_its_options_only(capsys, method):
+    import neurosurgery as ns
+    from agents.training._config import strategy_option_names
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "sac", "--reset.method", method, "--help"])
+    assert done.value.code == 0
+    shown = set(re.findall(r"--reset\.([a-z-]+)", capsys.readouterr().out))
+    own = {o.replace("_", "-") for o in ns.strategy_options(method)}
+    assert shown == own | {"method", "networks"}
+    assert set(strategy_option_names()) - set(ns.strategy_options(method))  # others hidden
+
+
+MY_METHOD = '''
+import neurosurgery as ns
+
+
+def every_reset(every: int = 1000, reset_optimizer: bool = True) -> ns.Strategy:
+    """every_reset: the whole network re-drawn every `every` updates.
+
+    Args:
+        every: gradient updates between resets.
+        reset_optimizer: start the optimizer state afresh.
+    """
+    return ns.FullReset(ns.Schedule(every), reset_optimizer)
+'''
+
+
+def test_a_method_in_a_file_of_its_own_trains_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """A reset method is one file: a function of keyword options (documented in its `Args:`),
+    named on the command line as `module:function`, its options given as `--reset.*`."""
+    (tmp_path / "my_reset_method.py").write_text(MY_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    args = ["--seeds", "0", "--steps", "600", "--no-progress", "--sinks", "csv"]
+    args += ["--reset.method", "my_reset_method:every_reset", "--reset.every", "50"]
+    assert main(["train", "sac", *TINY, *args, "--run-dir", str(run_dir)]) == 0
+    curves = read_metrics(run_dir / "metrics.csv")
+    values = [v for _, v in curves["surgery/critic/reset"][0] if np.isfinite(v)]
+    assert values and set(values) == {1.0}  # due at every surgery step, every 50 updates
+    with pytest.raises(SystemExit):
+        main(["train", "sac", "--reset.method", "my_reset_method:every_reset", "--help"])
+    shown = set(re.findall(r"--reset\.([a-z-]+)", capsys.readouterr().out))
+    assert shown == {"method", "networks", "every", "reset-optimizer"}
