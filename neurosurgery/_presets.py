@@ -101,7 +101,7 @@ def strategy_options(name: str) -> dict[str, Any]:
             for k, v in strategy_options(member).items():
                 merged.setdefault(k, v)
         return merged
-    factory = _strategy_factory(name)
+    factory = strategy_factory(name)
     if _is_instance(factory):
         return {}
     return {
@@ -116,7 +116,9 @@ def _is_instance(found: Any) -> bool:
     return isinstance(found, Strategy) and not isinstance(found, type)
 
 
-def _strategy_factory(name: str) -> Any:
+def strategy_factory(name: str) -> Any:
+    """What the single (not `+`-composed) strategy name names: a registered method's
+    function, or the attribute `"package.module:attribute"` imports."""
     if ":" in name:
         return _import(name, "strategy")
     if name not in STRATEGIES:
@@ -158,7 +160,7 @@ def strategy(name: str, **options: Any) -> Strategy:
                 strategy(m, **{k: v for k, v in options.items() if k in takes[m]}) for m in members
             ),
         )
-    factory = _strategy_factory(name)
+    factory = strategy_factory(name)
     if _is_instance(factory):
         if options:
             raise ValueError(

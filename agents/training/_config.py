@@ -72,12 +72,16 @@ class SurgeryConfig:
         return tuple(m if isinstance(m, ns.Metric) else ns.metric(m) for m in self.metrics)
 
 
+#: each registered method's options, read once (`ns.method_options`: docstrings and defaults)
+_METHOD_OPTIONS = {name: ns.method_options(f) for name, f in ns.STRATEGIES.items()}
+
+
 def _option_help(option: str) -> str:
     """What `--reset.<option>` does for each named method that takes it, read from the
-    methods' own registrations (`ns.method_options`: their docstrings and defaults)."""
+    methods' own registrations."""
     by_text: dict[str, list[str]] = {}
-    for name, factory in ns.STRATEGIES.items():
-        found = ns.method_options(factory).get(option)
+    for name, options in _METHOD_OPTIONS.items():
+        found = options.get(option)
         if found is not None:
             text = f"{found.help.rstrip('.')} (default {found.default!r})"
             by_text.setdefault(text, []).append(name)

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Union
 
 import tyro
 
+from neurosurgery._presets import strategy_factory
+
 from ..algorithms import BROConfig, DACERConfig, SACConfig
 from ._checkpoint import CheckpointError, RunWriteError
 from ._config import AGENTS, ResetConfig, TrainConfig, WandbConfig
@@ -77,13 +79,13 @@ def _reset_view(method: str) -> type[ResetConfig] | None:
 
     try:
         takes = ns.strategy_options(method)
+        factory = None if "+" in method else strategy_factory(method)
     except (ValueError, ImportError):
         return None
     hints = typing.get_type_hints(ResetConfig)
-    options = ns.method_options(ns.STRATEGIES[method]) if method in ns.STRATEGIES else {}
-    factory = ns.STRATEGIES.get(method)
-    what = (factory.__doc__ or "").split("\n\n")[0] if factory is not None else ""
-    what = " ".join(what.split()) or f"{method} (your own)"
+    options = ns.method_options(factory) if factory is not None and takes else {}
+    what = " ".join((getattr(factory, "__doc__", None) or "").split("\n\n")[0].split())
+    what = what or method
     described = tyro.conf.arg(constructor=str, help=f"{what} Its options follow.")
     fields: list[tuple[str, Any, Any]] = [
         ("method", Annotated[str | ns.Strategy, described], dataclasses.field(default=method))
@@ -293,19 +295,26 @@ def _config(cmd: TrainCommand) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-#: `neurosurgery train`: one subcommand per agent
-TrainSubcommand = Union[  # noqa: UP007 (tyro reads the members' subcommand names)
-    tuple(
-        Annotated[cls, tyro.conf.subcommand(agent, description=cls.__doc__)]
-        for agent, cls in TRAIN_COMMANDS.items()
-    )
-]
+def _train_entry(commands: dict[str, type[TrainCommand]]) -> Any:
+    """`neurosurgery train`: one subcommand per agent, each taking `commands[agent]`'s options
+    (tyro reads the union of the members' subcommand names from the annotation)."""
+    union = Union[  # noqa: UP007
+        tuple(
+            Annotated[cls, tyro.conf.subcommand(a, description=cls.__doc__)]
+            for a, cls in commands.items()
+        )
+    ]
+
+    def train(agent: Any) -> TrainCommand:
+        """Train an agent (`neurosurgery train sac|bro|dacer [OPTIONS]`; `train AGENT --help`
+        lists the agent's options); metrics, checkpoints and plots go to the run folder."""
+        return agent
+
+    train.__annotations__ = {"agent": union, "return": TrainCommand}
+    return train
 
 
-def _train(agent: TrainSubcommand) -> TrainCommand:  # type: ignore[valid-type]
-    """Train an agent (`neurosurgery train sac|bro|dacer [OPTIONS]`; `train AGENT --help` lists
-    the agent's options); metrics, checkpoints and plots go to the run folder."""
-    return agent
+_train = _train_entry(TRAIN_COMMANDS)
 
 
 def parse(
@@ -315,20 +324,8 @@ def parse(
     train = _train
     method = _asked_method(args)
     view = _reset_view(method) if method is not None else None
-    if view is not None:
-        commands = {a: _train_command(a, view) for a in AGENTS}
-        union = Union[  # noqa: UP007
-            tuple(
-                Annotated[cls, tyro.conf.subcommand(a, description=cls.__doc__)]
-                for a, cls in commands.items()
-            )
-        ]
-
-        def train(agent: Any) -> TrainCommand:
-            return agent
-
-        train.__annotations__ = {"agent": union, "return": TrainCommand}
-        train.__doc__ = _train.__doc__
+    if view is not None:  # help asked after --reset.method: that method's options only
+        train = _train_entry({a: _train_command(a, view) for a in AGENTS})
     return tyro.extras.subcommand_cli_from_dict(
         {
             "train": train,

@@ -215,5 +215,7 @@ def test_a_method_in_a_file_of_its_own_trains_from_the_command_line(tmp_path, mo
     assert values and set(values) == {1.0}  # due at every surgery step, every 50 updates
     with pytest.raises(SystemExit):
         main(["train", "sac", "--reset.method", "my_reset_method:every_reset", "--help"])
-    shown = set(re.findall(r"--reset\.([a-z-]+)", capsys.readouterr().out))
+    out = capsys.readouterr().out
+    shown = set(re.findall(r"--reset\.([a-z-]+)", out))
     assert shown == {"method", "networks", "every", "reset-optimizer"}
+    assert "start the optimizer state afresh." in out  # its own Args text is the help
